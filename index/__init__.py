@@ -1,0 +1,1 @@
+"""Hamming-distance indexes, the durable code store and collections tying them together."""

@@ -1,0 +1,283 @@
+"""A collection: one Hamming index per modality kept in step with a durable CodeStore.
+
+SQLite is the truth: every write commits there first and is then applied to the
+in-memory indexes. Snapshots record the store seq they reflect; on open a
+snapshot is used only if that seq is still current, otherwise the modality's
+index is rebuilt from SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from index.base import HammingIndex, PathLike, check_ids, check_k
+from index.codes import check_bits, validate_codes
+from index.errors import BitsMismatchError, IndexFileError
+from index.factory import IndexConfig, load_index, make_index
+from index.fileio import read_header
+from index.rwlock import RWLock
+from index.store import CodeStore, NewItem, StoredItem
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "store.sqlite3"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search hit."""
+
+    id: int
+    distance: int
+    modality: str
+
+
+class Collection:
+    """Per-modality indexes over one CodeStore; searches run concurrently, writes exclusively."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        store: CodeStore,
+        indexes: dict[str, HammingIndex],
+        config: IndexConfig,
+        open_report: dict[str, str],
+    ) -> None:
+        self.data_dir = data_dir
+        self.store = store
+        self.config = config
+        #: How each modality's index was obtained at open: "loaded" or why it was rebuilt.
+        self.open_report = open_report
+        self._indexes = indexes
+        self._lock = RWLock()
+
+    @classmethod
+    def open(cls, data_dir: PathLike, bits: int, config: IndexConfig | None = None) -> Self:
+        """Open or create a collection; fails with BitsMismatchError if bits differ."""
+        root = Path(data_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        config = config or IndexConfig()
+        store = CodeStore(root / STORE_FILE, check_bits(bits))
+        indexes: dict[str, HammingIndex] = {}
+        report: dict[str, str] = {}
+        for modality in store.modalities():
+            indexes[modality], report[modality] = _restore(root, store, modality, config)
+        return cls(root, store, indexes, config, report)
+
+    @property
+    def bits(self) -> int:
+        """Code width in bits."""
+        return self.store.bits
+
+    def __len__(self) -> int:
+        with self._lock.read():
+            return sum(len(i) for i in self._indexes.values())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the store."""
+        with self._lock.write():
+            self.store.close()
+
+    def upsert(self, items: Sequence[NewItem]) -> list[int]:
+        """Write items to the store, then to the indexes; return their ids."""
+        with self._lock.write():
+            previous = self.store.lookup_client_ids([i.client_id for i in items if i.client_id])
+            ids = self.store.upsert(items)
+            try:
+                self._apply_upsert(items, ids, previous)
+            except Exception:
+                # The store committed, so it stays the truth; resync the indexes from it.
+                log.exception("index update failed after commit; rebuilding indexes from store")
+                self._indexes = {
+                    m: _rebuild(self.store, m, self.config) for m in self._modalities()
+                }
+                raise
+            return ids
+
+    def delete(self, ids: Sequence[int]) -> int:
+        """Delete items from the store, then from the indexes; return how many existed."""
+        # Validate before the store commits, so the index removal below cannot fail.
+        id_array = check_ids(ids, unique=False)
+        with self._lock.write():
+            deleted = self.store.delete(id_array.tolist())
+            if deleted:
+                for index in self._indexes.values():
+                    index.remove(id_array)
+            return deleted
+
+    def get(self, item_id: int) -> StoredItem | None:
+        """Return one stored item, or None."""
+        return self.store.get(item_id)
+
+    def search(
+        self,
+        codes: npt.ArrayLike,
+        k: int,
+        *,
+        modalities: Sequence[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[Hit]]:
+        """Return up to k hits per query across modalities, nearest first.
+
+        ``where`` keeps only items whose metadata has exactly these key/value
+        pairs. Hits from several modalities are merged by distance; equal
+        distances keep the order of ``modalities`` (default: sorted names).
+        """
+        queries = validate_codes(codes, self.bits)
+        k = check_k(k)
+        if isinstance(modalities, str):
+            modalities = [modalities]
+        merged: list[list[Hit]] = [[] for _ in range(queries.shape[0])]
+        with self._lock.read():
+            for modality in modalities if modalities is not None else sorted(self._indexes):
+                index = self._indexes.get(modality)
+                if index is None or not len(index):
+                    continue
+                for row, hits in zip(
+                    merged,
+                    self._search_one(index, modality, queries, k, where, nprobe),
+                    strict=True,
+                ):
+                    row.extend(hits)
+        return [sorted(row, key=lambda h: h.distance)[:k] for row in merged]
+
+    def snapshot(self) -> dict[str, Path]:
+        """Atomically save every index tagged with the store seq it reflects."""
+        paths: dict[str, Path] = {}
+        # A read lock suffices: it excludes writers, so seq and index contents agree.
+        with self._lock.read():
+            seq = self.store.last_seq()
+            for modality, index in self._indexes.items():
+                path = _snapshot_path(self.data_dir, modality)
+                index.save(path, extra={"store_seq": seq, "modality": modality})
+                paths[modality] = path
+        log.info("snapshot of %d indexes at store seq %d", len(paths), seq)
+        return paths
+
+    def stats(self) -> dict[str, Any]:
+        """Return store statistics plus each index's size."""
+        with self._lock.read():
+            sizes = {m: len(i) for m, i in self._indexes.items()}
+        return {**self.store.stats(), "index_sizes": sizes}
+
+    def _modalities(self) -> list[str]:
+        return sorted(set(self._indexes) | set(self.store.modalities()))
+
+    def _apply_upsert(
+        self, items: Sequence[NewItem], ids: list[int], previous: dict[str, tuple[int, str]]
+    ) -> None:
+        groups: dict[str, tuple[list[int], list[bytes]]] = {}
+        for item, item_id in zip(items, ids, strict=True):
+            old = previous.get(item.client_id) if item.client_id else None
+            if old is not None and old[1] != item.modality:
+                self._indexes[old[1]].remove(np.array([item_id], dtype=np.int64))
+            code = item.code if isinstance(item.code, bytes) else item.code.tobytes()
+            group = groups.setdefault(item.modality, ([], []))
+            group[0].append(item_id)
+            group[1].append(code)
+        width = self.bits // 8
+        for modality, (gids, gcodes) in groups.items():
+            if modality not in self._indexes:
+                self._indexes[modality] = make_index(self.bits, self.config)
+            codes = np.frombuffer(b"".join(gcodes), dtype=np.uint8).reshape(-1, width)
+            self._indexes[modality].add(np.array(gids, dtype=np.int64), codes)
+
+    def _search_one(
+        self,
+        index: HammingIndex,
+        modality: str,
+        queries: npt.NDArray[np.uint8],
+        k: int,
+        where: Mapping[str, Any] | None,
+        nprobe: int | None,
+    ) -> list[list[Hit]]:
+        n = len(index)
+        out: list[list[Hit] | None] = [None] * queries.shape[0]
+        todo = np.arange(queries.shape[0])
+        # Over-fetch for filters, doubling until k survive or the index is exhausted.
+        kk = k if where is None else min(n, 2 * k)
+        while todo.size:
+            res = index.search(queries[todo], kk, nprobe)
+            meta = None
+            if where is not None:
+                meta = self.store.metadata_for(np.unique(res.ids[res.ids >= 0]).tolist())
+            for r, q in enumerate(todo.tolist()):
+                hits = [
+                    Hit(int(i), int(d), modality)
+                    for i, d in zip(res.ids[r], res.distances[r], strict=True)
+                    if i >= 0 and (meta is None or _matches(meta.get(int(i)), where))
+                ]
+                if len(hits) >= k or kk >= n or res.ids[r, -1] < 0 or where is None:
+                    out[q] = hits[:k]
+            todo = np.array([q for q in todo.tolist() if out[q] is None], dtype=np.intp)
+            kk = min(n, 2 * kk)
+        return [hits or [] for hits in out]
+
+
+def _matches(metadata: Mapping[str, Any] | None, where: Mapping[str, Any] | None) -> bool:
+    if metadata is None or where is None:
+        return metadata is not None
+    # Compare canonical JSON so that 1, 1.0 and true are different values.
+    return all(
+        key in metadata and _canon(metadata[key]) == _canon(value) for key, value in where.items()
+    )
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _snapshot_path(root: Path, modality: str) -> Path:
+    return root / f"index-{modality}.hbix"
+
+
+def _rebuild(store: CodeStore, modality: str, config: IndexConfig) -> HammingIndex:
+    """Build a modality's index from the store in write order (same ties as live)."""
+    index = make_index(store.bits, config)
+    batches = list(store.iter_codes(modality))
+    if batches:
+        # One add, so an IVF index trains once on everything instead of per batch.
+        index.add(np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
+    return index
+
+
+def _restore(
+    root: Path, store: CodeStore, modality: str, config: IndexConfig
+) -> tuple[HammingIndex, str]:
+    path = _snapshot_path(root, modality)
+    seq = store.last_seq()
+    reason = "missing"
+    if path.exists():
+        try:
+            header = read_header(path)
+            extra = header.get("extra") or {}
+            if extra.get("store_seq") != seq or extra.get("modality") != modality:
+                reason = f"stale (snapshot seq {extra.get('store_seq')}, store seq {seq})"
+            elif not config.matches(header):
+                reason = "built with a different index config"
+            else:
+                index = load_index(path, store.bits, config)
+                if len(index) != store.count(modality):
+                    reason = "item count disagrees with the store"
+                else:
+                    log.info("loaded %s index snapshot at seq %d", modality, seq)
+                    return index, "loaded"
+        except (IndexFileError, BitsMismatchError) as exc:
+            reason = f"corrupt ({exc})"
+    log.warning("%s index snapshot %s: rebuilding from the store", modality, reason)
+    return _rebuild(store, modality, config), reason

@@ -1,0 +1,17 @@
+"""Typed errors raised by the index package; the service maps them to HTTP."""
+
+
+class CodeError(ValueError):
+    """A hash code array or string is malformed (dtype, shape, width, hex)."""
+
+
+class BitsMismatchError(ValueError):
+    """An index file or store holds codes of a different bit width than requested."""
+
+
+class IndexFileError(ValueError):
+    """An index file is missing, truncated, corrupt or of an unknown format."""
+
+
+class ItemError(ValueError):
+    """An item handed to the store is invalid (modality, client_id, metadata)."""

@@ -1,0 +1,184 @@
+"""Run configuration: one dataclass per concern, loaded from TOML and `--set key=value` overrides.
+
+`bits` and `split_seed` are top-level keys so that `--set bits=64 --set split_seed=7` works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or override the user must fix."""
+
+
+@dataclass
+class DataConfig:
+    """Which dataset and how it is split."""
+
+    kind: str = "manifest"  # manifest | mirflickr | wikipedia
+    path: str = ""  # manifest file, or the dataset folder
+    n_query: int = 2000
+    n_train: int = 10000
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+
+
+@dataclass
+class ImageConfig:
+    """Image stream: pretrained 2-D CNN, frozen with cached features."""
+
+    backbone: str = "efficientnet-lite0"
+    size: int = 128
+    flip_features: bool = False  # average features of the image and its mirror
+    cache_dir: str = ".cache/features"
+    hidden: list[int] = field(default_factory=lambda: [1024])
+    dropout: float = 0.2
+
+
+@dataclass
+class TextConfig:
+    """Text stream: bag of words (or character n-grams) into an MLP."""
+
+    tokenizer: str = "word"  # word | char
+    ngram: int = 2
+    min_count: int = 1
+    max_vocab: int = 20000
+    hidden: list[int] = field(default_factory=lambda: [1024])
+    dropout: float = 0.2
+
+
+@dataclass
+class FeatureConfig:
+    """Streams over precomputed feature vectors (datasets that ship features)."""
+
+    hidden: list[int] = field(default_factory=lambda: [1024])
+    dropout: float = 0.2
+
+
+@dataclass
+class LossConfig:
+    """DSMHN loss terms and their weights."""
+
+    similarity: str = "pairwise_nll"  # pairwise_nll | contrastive | triplet
+    similarity_params: dict[str, Any] = field(default_factory=dict)
+    w_similarity: float = 1.0
+    w_intra: float = 0.0
+    w_semantic: float = 1.0
+    w_quantization: float = 0.1
+    w_balance: float = 0.01
+    shared_label_head: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    eval_every: int = 10
+    device: str = "cpu"
+    threads: int = 0  # 0: torch's default
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval metrics settings."""
+
+    top_r: int = 5000
+    ks: list[int] = field(default_factory=lambda: [1, 10, 50, 100, 500, 1000])
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs; stored in every checkpoint."""
+
+    method: str = "dsmhn"
+    bits: int = 32
+    split_seed: int = 0
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build a dataclass from a dict, refusing unknown keys with the path that holds them."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key '{where}{key}'; known: {', '.join(sorted(known))}"
+            )
+        default = (
+            known[key].default_factory()
+            if known[key].default_factory is not dataclasses.MISSING
+            else known[key].default
+        )  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{where}{key}' must be a table")
+            value = _build(type(default), value, f"{where}{key}.")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    """Read an override value as a TOML literal, falling back to a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. bits=64)")
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is not a table")
+        node[parts[-1]] = _parse_value(value.strip())
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Validate and build a RunConfig."""
+    config = _build(RunConfig, data, "")
+    if config.bits % 8 or not 8 <= config.bits <= 1024:
+        raise ConfigError(f"bits must be a multiple of 8 between 8 and 1024, got {config.bits}")
+    return config
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML config (data paths relative to its folder) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        rel = data.get("data", {}).get("path")
+        if rel and not Path(rel).is_absolute():
+            data["data"]["path"] = str((Path(path).parent / rel).resolve())
+    return config_from_dict(apply_overrides(data, overrides or []))

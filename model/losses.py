@@ -1,0 +1,234 @@
+"""DSMHN training losses.
+
+The building blocks (similarity losses, semantic, quantization, balance) return a
+scalar tensor so methods can combine them freely; :class:`DSMHNLoss`, the object
+a trainer calls, returns a dict of named scalar terms plus ``"total"``.
+
+Codes are the continuous tanh outputs of the hash layers, shape (n, bits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from itertools import combinations
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "SIMILARITY_LOSSES",
+    "ContrastiveLoss",
+    "DSMHNLoss",
+    "PairwiseNLLLoss",
+    "TripletLoss",
+    "bit_balance_loss",
+    "code_distance",
+    "label_similarity",
+    "make_similarity_loss",
+    "quantization_loss",
+    "semantic_label_loss",
+]
+
+
+def label_similarity(labels_a: Tensor, labels_b: Tensor) -> Tensor:
+    """Return s (n, m) with 1 where items share at least one label, else 0."""
+    dtype = labels_a.dtype if labels_a.is_floating_point() else torch.get_default_dtype()
+    # Cast before the matmul: integer matmul is unsupported on CUDA, and bool has none.
+    shared = labels_a.to(dtype) @ labels_b.to(dtype).T
+    return (shared > 0).to(dtype)
+
+
+def code_distance(u: Tensor, v: Tensor) -> Tensor:
+    """Return the normalised Hamming-like distance (bits - u.v) / (2 bits), in [0, 1]."""
+    bits = u.shape[1]
+    # For codes in {-1, 1}^bits this is exactly Hamming distance / bits.
+    return (bits - u @ v.T) / (2 * bits)
+
+
+def _check_pair(u: Tensor, v: Tensor, s: Tensor) -> None:
+    if u.dim() != 2 or v.dim() != 2 or u.shape[1] != v.shape[1]:
+        raise ValueError(
+            f"codes must be (n, bits) and (m, bits); got {tuple(u.shape)} and {tuple(v.shape)}"
+        )
+    if s.shape != (u.shape[0], v.shape[0]):
+        raise ValueError(f"similarity must be ({u.shape[0]}, {v.shape[0]}); got {tuple(s.shape)}")
+
+
+class PairwiseNLLLoss(nn.Module):
+    """Negative log-likelihood of pairwise similarity under p(s=1) = sigmoid(alpha u.v)."""
+
+    def __init__(self, alpha: float = 0.5, balance: bool = False) -> None:
+        super().__init__()
+        # alpha = 0.5 follows DCMH. |theta| can reach alpha * bits (32 at 64 bits); softplus
+        # keeps that numerically stable, but the sigmoid saturates sooner as bits grow, so
+        # for long codes a smaller alpha (e.g. 16 / bits) keeps gradients alive.
+        if alpha <= 0:
+            raise ValueError(f"alpha must be positive; got {alpha}")
+        self.alpha = alpha
+        self.balance = balance
+
+    def forward(self, u: Tensor, v: Tensor, s: Tensor) -> Tensor:
+        """Return mean over pairs of softplus(theta) - s * theta, theta = alpha u v^T."""
+        _check_pair(u, v, s)
+        s = s.to(u.dtype)
+        theta = self.alpha * (u @ v.T)
+        # softplus(theta) - s*theta == -log p(s | theta) without overflowing exp(theta).
+        nll = F.softplus(theta) - s * theta
+        if not self.balance:
+            return nll.mean()
+        # Each class present contributes equally, so datasets where nearly every pair is
+        # similar (MIRFlickr) do not drown the few dissimilar pairs, or vice versa.
+        n_pos = s.sum()
+        n_neg = s.numel() - n_pos
+        pos = (s * nll).sum() / n_pos.clamp(min=1)
+        neg = ((1 - s) * nll).sum() / n_neg.clamp(min=1)
+        classes_present = (n_pos > 0).to(u.dtype) + (n_neg > 0).to(u.dtype)
+        return (pos + neg) / classes_present
+
+
+class ContrastiveLoss(nn.Module):
+    """Pull similar pairs to distance 0, push dissimilar ones beyond ``margin``."""
+
+    def __init__(self, margin: float = 0.5) -> None:
+        super().__init__()
+        # d is in [0, 1]; 0.5 is the distance of two random (orthogonal) codes.
+        self.margin = margin
+
+    def forward(self, u: Tensor, v: Tensor, s: Tensor) -> Tensor:
+        """Return mean over pairs of s d^2 + (1 - s) relu(margin - d)^2."""
+        _check_pair(u, v, s)
+        s = s.to(u.dtype)
+        d = code_distance(u, v)
+        return (s * d.square() + (1 - s) * F.relu(self.margin - d).square()).mean()
+
+
+class TripletLoss(nn.Module):
+    """Batch-all triplet loss: anchors from u, positives and negatives from v."""
+
+    def __init__(self, margin: float = 0.25) -> None:
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, u: Tensor, v: Tensor, s: Tensor) -> Tensor:
+        """Return the mean of relu(margin + d(i,j) - d(i,k)) over valid (i, j+, k-); 0 if none."""
+        _check_pair(u, v, s)
+        s = s.to(u.dtype)
+        d = code_distance(u, v)
+        # Materialises (n, m, m): 16M floats (64 MiB) at batch 256, acceptable for training.
+        hinge = F.relu(self.margin + d.unsqueeze(2) - d.unsqueeze(1))
+        valid = s.unsqueeze(2) * (1 - s).unsqueeze(1)
+        # Clamp instead of branching: no host sync, and an all-zero mask gives 0 with a
+        # finite (zero) gradient rather than 0/0.
+        return (valid * hinge).sum() / valid.sum().clamp(min=1)
+
+
+SIMILARITY_LOSSES: dict[str, type[nn.Module]] = {
+    "pairwise_nll": PairwiseNLLLoss,
+    "contrastive": ContrastiveLoss,
+    "triplet": TripletLoss,
+}
+
+
+def make_similarity_loss(name: str, **params: Any) -> nn.Module:
+    """Build the inter-modality similarity loss registered under ``name``."""
+    try:
+        cls = SIMILARITY_LOSSES[name]
+    except KeyError:
+        known = ", ".join(sorted(SIMILARITY_LOSSES))
+        raise ValueError(f"unknown similarity loss {name!r}; choose one of: {known}") from None
+    return cls(**params)
+
+
+def semantic_label_loss(logits: Tensor, labels: Tensor, multi_label: bool) -> Tensor:
+    """Return sigmoid BCE (multi-label) or softmax cross-entropy (single-label) of logits."""
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    if labels.dim() == 1:
+        return F.cross_entropy(logits, labels.long())
+    # 2-D targets are read as class probabilities; for one-hot rows this is ordinary CE.
+    return F.cross_entropy(logits, labels.to(logits.dtype))
+
+
+def quantization_loss(h: Tensor) -> Tensor:
+    """Return mean((h - sign(h))^2), with sign(0) = +1 and the sign detached."""
+    # torch.sign(0) is 0, which would leave a zero code unpenalised and unpacked.
+    target = torch.where(h >= 0, 1.0, -1.0).to(h.dtype).detach()
+    return (h - target).square().mean()
+
+
+def bit_balance_loss(h: Tensor) -> Tensor:
+    """Return the mean over bits of (batch mean of the bit)^2: 0 when bits are balanced."""
+    return h.mean(dim=0).square().mean()
+
+
+class DSMHNLoss(nn.Module):
+    """DSMHN objective over any number of modalities; forward returns named terms and total."""
+
+    def __init__(
+        self,
+        similarity: float = 1.0,
+        semantic: float = 1.0,
+        quantization: float = 0.1,
+        balance: float = 0.1,
+        intra: float = 0.0,
+        similarity_loss: str = "pairwise_nll",
+        similarity_params: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.weights = {
+            "sim": similarity,
+            "intra": intra,
+            "sem": semantic,
+            "quant": quantization,
+            "balance": balance,
+        }
+        self.similarity_loss = make_similarity_loss(similarity_loss, **(similarity_params or {}))
+
+    def _pair_term(self, u: Tensor, v: Tensor, s: Tensor) -> Tensor:
+        # Average both directions so the term does not depend on modality order; this only
+        # matters for the asymmetric triplet loss (anchors come from the first argument).
+        return 0.5 * (self.similarity_loss(u, v, s) + self.similarity_loss(v, u, s.T))
+
+    def forward(
+        self,
+        codes: Mapping[str, Tensor],
+        logits: Mapping[str, Tensor],
+        labels: Tensor,
+        multi_label: bool,
+    ) -> dict[str, Tensor]:
+        """Return {"sim/a-b", "intra/a", "sem/a", "quant/a", "balance/a", ..., "total"}."""
+        if not codes:
+            raise ValueError("codes is empty: need at least one modality")
+        n = labels.shape[0]
+        for name, h in codes.items():
+            if h.dim() != 2 or h.shape[0] != n:
+                raise ValueError(
+                    f"codes[{name!r}] must be ({n}, bits) to match labels; got {tuple(h.shape)}"
+                )
+        unknown = set(logits) - set(codes)
+        if unknown:
+            raise ValueError(f"logits for modalities without codes: {sorted(unknown)}")
+
+        # Items at the same row are paired across modalities, so they share one label set.
+        s = label_similarity(labels, labels)
+        terms: dict[str, Tensor] = {}
+        # Each unordered pair once (dict order names it); the term is direction-symmetric.
+        for a, b in combinations(codes, 2):
+            terms[f"sim/{a}-{b}"] = self._pair_term(codes[a], codes[b], s)
+        if self.weights["intra"] != 0:
+            for a, h in codes.items():
+                terms[f"intra/{a}"] = self._pair_term(h, h, s)
+        for a, z in logits.items():
+            terms[f"sem/{a}"] = semantic_label_loss(z, labels, multi_label)
+        for a, h in codes.items():
+            terms[f"quant/{a}"] = quantization_loss(h)
+        for a, h in codes.items():
+            terms[f"balance/{a}"] = bit_balance_loss(h)
+
+        # Sum over pairs/modalities (not mean): each stream gets the same pull per term
+        # whatever the number of modalities, as in the two-modality formulation.
+        weighted = [self.weights[key.split("/", 1)[0]] * value for key, value in terms.items()]
+        terms["total"] = torch.stack(weighted).sum()
+        return terms

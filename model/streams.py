@@ -1,0 +1,38 @@
+"""Per-modality streams: an input network ending in a hash head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from model.hashing import HashHead
+
+
+class MLPStream(nn.Module):
+    """MLP over a vector input (cached CNN features, bag of words, precomputed features).
+
+    Inputs are standardised with statistics of the training set, stored as buffers so the
+    exported encoder carries them.
+    """
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], bits: int, dropout: float) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(in_dim))
+        self.register_buffer("scale", torch.ones(in_dim))
+        layers: list[nn.Module] = []
+        width = in_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.hash = HashHead(width, bits)
+
+    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise inputs with training-set statistics (constant columns are left alone)."""
+        self.shift.copy_(mean)
+        self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hash(self.body((x - self.shift) / self.scale))

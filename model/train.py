@@ -1,0 +1,178 @@
+"""Offline trainer: epochs over cached inputs, atomic checkpoints, resume, periodic evaluation.
+
+Each epoch's shuffling and dropout are seeded from (seed, epoch), so a run resumed from the
+checkpoint of epoch e continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import RunConfig, config_from_dict
+from model.evaluate import quick_map
+from model.methods import build_method, standardize_inputs
+from model.prepare import Prepared, prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run reports."""
+
+    run_dir: Path
+    epochs: int
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _device(config: RunConfig) -> torch.device:
+    name = config.train.device
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("train.device is cuda but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def train(config: RunConfig, run_dir: Path, *, resume: bool = False) -> TrainResult:
+    """Train `config` into `run_dir` (resuming from its checkpoint when asked)."""
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir) if resume else None
+    if state is not None:
+        config = config_from_dict(state["config"])
+        log.info("resuming %s from epoch %d", run_dir, state["epoch"])
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    seed_everything(config.seed)
+    device = _device(config)
+    started = time.perf_counter()
+    prepared = prepare(config)
+    data, split = prepared.data, prepared.split
+    method = build_method(
+        config,
+        {m: x.shape[1] for m, x in prepared.inputs.items()},
+        prepared.kinds,
+        len(data.label_names),
+        data.multi_label,
+    )
+    standardize_inputs(method, prepared.inputs, prepared.kinds, split.train)
+    method.to(device)
+    inputs = {m: torch.from_numpy(x).to(device) for m, x in prepared.inputs.items()}
+    labels = torch.from_numpy(data.labels.astype(np.float32)).to(device)
+    train_rows = torch.from_numpy(split.train).to(device)
+    train_labels = labels[train_rows]
+    optimizer = torch.optim.Adam(
+        method.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.train.epochs)
+    method.init_banks(len(split.train), device)
+    history: list[dict[str, Any]] = []
+    first_epoch = 0
+    if state is not None:
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        method.banks = {m: b.to(device) for m, b in state["banks"].items()}
+        history = state["history"]
+        first_epoch = state["epoch"]
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    n = len(split.train)
+    for epoch in range(first_epoch, config.train.epochs):
+        method.train()
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        order = torch.randperm(
+            n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        )
+        sums: dict[str, float] = {}
+        steps = range(0, n, config.train.batch_size)
+        for start in tqdm(steps, desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False):
+            positions = order[start : start + config.train.batch_size].to(device)
+            rows = train_rows[positions]
+            with amp:
+                terms = method.training_loss(
+                    {m: x[rows] for m, x in inputs.items()}, positions, labels[rows], train_labels
+                )
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+        scheduler.step()
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": {k: v / len(steps) for k, v in sums.items()},
+        }
+        last = epoch + 1 == config.train.epochs
+        if config.train.eval_every and ((epoch + 1) % config.train.eval_every == 0 or last):
+            record["map"] = quick_map(method, prepared, device)
+            log.info("epoch %d: %s", epoch + 1, record["map"])
+        history.append(record)
+        save_checkpoint(
+            checkpoint_state(config, method, prepared, optimizer, scheduler, epoch + 1, history),
+            run_dir,
+        )
+    seconds = time.perf_counter() - started
+    _write_json(
+        run_dir / "metrics.json",
+        {
+            "bits": config.bits,
+            "split_seed": config.split_seed,
+            "history": history,
+            "seconds": seconds,
+        },
+    )
+    return TrainResult(
+        run_dir=run_dir, epochs=config.train.epochs, history=history, seconds=seconds
+    )
+
+
+def checkpoint_state(
+    config: RunConfig,
+    method: torch.nn.Module,
+    prepared: Prepared,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epoch: int,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Everything needed to resume, evaluate and export."""
+    return {
+        "format": 1,
+        "config": config.to_dict(),
+        "epoch": epoch,
+        "model": method.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "banks": {m: b.cpu() for m, b in method.banks.items()},  # type: ignore[attr-defined]
+        "history": history,
+        "input_dims": {m: int(x.shape[1]) for m, x in prepared.inputs.items()},
+        "kinds": prepared.kinds,
+        "vocabulary": prepared.vocabulary.to_json() if prepared.vocabulary else None,
+        "label_names": prepared.data.label_names,
+        "multi_label": prepared.data.multi_label,
+    }

@@ -1,0 +1,1 @@
+"""The hashbridge HTTP service: encoders loaded from a bundle in front of a Hamming collection."""

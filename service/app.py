@@ -1,0 +1,80 @@
+"""``create_app(settings)``: the FastAPI application and its lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from index.faiss_index import set_num_threads
+from service import openapi
+from service.encoders import Bundle
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.middleware import BodyLimit, RequestMetrics
+from service.routes import encode, health, items, search
+from service.runtime import open_runtime
+from service.schemas import EncodeRequest, IngestRequest, SearchRequest
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Cross-modal retrieval over binary hash codes.
+
+Texts, images (and video clips, with a video bundle) are encoded into {bits}-bit codes by
+the encoders of a model bundle and stored in a Hamming index; a text finds images and an
+image finds texts. Errors are RFC 9457 `application/problem+json`; `detail` says what to fix.
+Write endpoints need the API key (`X-API-Key` or `Authorization: Bearer`) when one is set.
+"""
+
+
+def create_app(settings: Settings, *, bundle: Bundle | None = None) -> FastAPI:
+    """Build the app; the lifespan loads the bundle (unless given) and opens the collection."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Searches already run in a thread pool; OpenMP threads on top oversubscribe the CPU.
+        previous_threads = set_num_threads(1)
+        try:
+            runtime = await open_runtime(settings, bundle, metrics)
+        except BaseException:
+            set_num_threads(previous_threads)
+            raise
+        app.state.runtime = runtime
+        log.info(
+            "ready: %s bundle (%d bits, %s), %d items in %s",
+            runtime.bundle.method,
+            runtime.bundle.bits,
+            ", ".join(runtime.bundle.modalities),
+            len(runtime.collection),
+            settings.data_dir,
+        )
+        try:
+            yield
+        finally:
+            app.state.runtime = None
+            await runtime.close()
+            set_num_threads(previous_threads)
+            log.info("stopped; indexes snapshotted")
+
+    app = FastAPI(
+        title="hashbridge",
+        version="0.1.0",
+        description=DESCRIPTION.format(bits="16-128"),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.runtime = None
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    for module in (items, search, encode, health):
+        app.include_router(module.router)
+    openapi.install(app, [IngestRequest, SearchRequest, EncodeRequest])
+    if settings.api_key is None:
+        log.warning("no HASHBRIDGE_API_KEY set: write endpoints are open to anyone who can connect")
+    return app

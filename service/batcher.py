@@ -1,0 +1,129 @@
+"""Micro-batching: concurrent encode requests for one encoder are gathered into one call.
+
+Each request's items go on a queue; a worker takes what is queued, waits up to the
+window for more (until ``max_items``), runs the encoder once in the thread pool and
+hands each request its rows back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.encoders import Encoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    batch: npt.NDArray[Any]
+    future: asyncio.Future[npt.NDArray[np.uint8]]
+
+
+class MicroBatcher:
+    """Gathers encode jobs for one encoder; start() in the serving loop, stop() at shutdown."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        pool: Executor,
+        *,
+        max_items: int,
+        window_s: float,
+        observe: Callable[[str, float, int], None] | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.max_items = max_items
+        self.window_s = window_s
+        self._pool = pool
+        self._observe = observe
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the worker task on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Finish queued jobs, then stop the worker."""
+        if self._task is not None:
+            await self._queue.put(None)
+            await self._task
+            self._task = None
+
+    async def encode(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+        """Encode a batch (possibly together with others); returns its codes in order."""
+        if self._task is None:
+            raise RuntimeError("MicroBatcher.encode called before start()")
+        loop = asyncio.get_running_loop()
+        futures = []
+        for s in range(0, batch.shape[0], self.max_items):
+            future: asyncio.Future[npt.NDArray[np.uint8]] = loop.create_future()
+            await self._queue.put(_Job(batch[s : s + self.max_items], future))
+            futures.append(future)
+        parts = await asyncio.gather(*futures)
+        return np.concatenate(parts) if parts else np.empty((0, self.encoder.bits // 8), np.uint8)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                return
+            jobs, n = [first], len(first.batch)
+            deadline = loop.time() + self.window_s
+            while n < self.max_items:
+                try:
+                    job = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        job = await asyncio.wait_for(self._queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                if job is None:
+                    stopping = True
+                    break
+                if n + len(job.batch) > self.max_items:
+                    # Keep batches bounded: this job opens the next batch instead.
+                    await self._run_batch(jobs)
+                    jobs, n = [job], 0
+                else:
+                    jobs.append(job)
+                n += len(job.batch)
+            await self._run_batch(jobs)
+
+    async def _run_batch(self, jobs: list[_Job]) -> None:
+        live = [j for j in jobs if not j.future.done()]
+        if not live:
+            return
+        batch = np.concatenate([j.batch for j in live])
+        start = time.perf_counter()
+        try:
+            codes = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.encoder.encode, batch
+            )
+        except Exception as exc:  # handed to every waiting request, which maps it
+            for j in live:
+                if not j.future.done():
+                    j.future.set_exception(exc)
+            return
+        if self._observe is not None:
+            self._observe(self.encoder.modality, time.perf_counter() - start, len(batch))
+        offset = 0
+        for j in live:
+            if not j.future.done():
+                j.future.set_result(codes[offset : offset + len(j.batch)])
+            offset += len(j.batch)

@@ -1,0 +1,68 @@
+"""FastAPI dependencies: the loaded runtime and API-key checks."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from service.errors import BadCredentials, MissingCredentials, NotReady
+from service.runtime import Runtime
+from service.settings import Settings
+
+# auto_error=False: a missing key is answered by our own problem+json, not FastAPI's.
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The loaded runtime, or 503 while the service starts or stops."""
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise NotReady("the service is starting or stopping; retry shortly")
+    return runtime
+
+
+def _check_key(settings: Settings, header: str | None, bearer: str | None) -> None:
+    if settings.api_key is None:
+        return
+    presented = header or bearer
+    if not presented:
+        raise MissingCredentials(
+            "this endpoint needs an API key: send it in the X-API-Key header "
+            "or as 'Authorization: Bearer <key>'"
+        )
+    expected = settings.api_key.get_secret_value().encode()
+    if not hmac.compare_digest(presented.encode(), expected):
+        raise BadCredentials("the API key is not valid; check HASHBRIDGE_API_KEY on the server")
+
+
+def require_write(
+    request: Request,
+    header: Annotated[str | None, Security(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    """Guard a write endpoint with the API key (when one is configured)."""
+    _check_key(get_settings(request), header, bearer.credentials if bearer else None)
+
+
+def require_read(
+    request: Request,
+    header: Annotated[str | None, Security(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    """Guard a read endpoint when ``protect_reads`` is set."""
+    settings = get_settings(request)
+    if settings.protect_reads:
+        _check_key(settings, header, bearer.credentials if bearer else None)
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -1,0 +1,284 @@
+"""The Encoder protocol and loading of a model bundle (manifest + TorchScript encoders).
+
+A bundle is refused at start-up, with a message naming the problem, when its manifest
+is missing or malformed, a file is missing or fails its sha256, the format version is
+unknown, or an encoder's output does not have the manifest's code width.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from index.codes import MAX_BITS, MIN_BITS
+from service.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+#: What each modality's encoder takes, as the manifest names it.
+INPUTS = {"image": "pixels", "text": "bag_of_words", "video": "clip"}
+#: Inputs run through each encoder at load (a check and the bundle's fingerprint).
+PROBES = 4
+
+
+class Encoder(Protocol):
+    """Maps a batch of prepared inputs to packed codes, uint8 (n, bits // 8)."""
+
+    modality: str
+    bits: int
+
+    def encode(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+        """Encode a batch; the first axis is the item axis."""
+        ...
+
+
+class TorchScriptEncoder:
+    """An encoder backed by a traced TorchScript module run under inference mode."""
+
+    def __init__(self, modality: str, bits: int, module: torch.jit.ScriptModule) -> None:
+        self.modality = modality
+        self.bits = bits
+        self._module = module
+
+    def encode(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+        """Encode a batch and check the output is (n, bits // 8) uint8."""
+        with torch.inference_mode():
+            out = self._module(torch.from_numpy(np.ascontiguousarray(batch)))
+        codes = out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+        expected = (batch.shape[0], self.bits // 8)
+        if codes.dtype != np.uint8 or codes.shape != expected:
+            raise BundleError(
+                f"{self.modality} encoder returned {codes.dtype} {codes.shape}; "
+                f"the manifest promises uint8 {expected} for {self.bits}-bit codes"
+            )
+        return codes
+
+
+@dataclass(frozen=True)
+class TextVectorizer:
+    """Binary bag of words over the bundle's vocabulary, tokenised as the model side does."""
+
+    tokens: Sequence[str]
+    mode: str = "word"
+    ngram: int = 2
+    pattern: str = r"[^\W_]+"
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {t: i for i, t in enumerate(self.tokens)})
+        object.__setattr__(self, "_regex", re.compile(self.pattern))
+
+    def tokenize(self, text: str) -> list[str]:
+        """Split text into vocabulary tokens (words or character n-grams), lower-cased."""
+        words = self._regex.findall(text.lower())
+        if self.mode == "word":
+            return list(words)
+        joined = "".join(words)
+        return [joined[i : i + self.ngram] for i in range(max(len(joined) - self.ngram + 1, 0))]
+
+    def vectorize(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], list[int]]:
+        """Return the (n, vocab) float32 bag of words and each text's count of known tokens."""
+        out = np.zeros((len(texts), len(self.tokens)), dtype=np.float32)
+        known: list[int] = []
+        for row, text in enumerate(texts):
+            cols = [self._index[t] for t in self.tokenize(text) if t in self._index]
+            out[row, cols] = 1.0
+            known.append(len(cols))
+        return out, known
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle."""
+
+    path: Path
+    method: str
+    bits: int
+    label_names: list[str]
+    encoders: dict[str, Encoder]
+    #: Per-modality input settings from the manifest (size, frames, vocabulary).
+    inputs: dict[str, dict[str, Any]]
+    vectorizer: TextVectorizer | None
+    #: Hash of the codes of fixed probe inputs: equal exactly when codes are comparable.
+    fingerprint: str
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modalities this bundle can encode, sorted."""
+        return sorted(self.encoders)
+
+
+def load_bundle(path: Path | str) -> Bundle:
+    """Load and verify a bundle folder; raise BundleError naming the problem."""
+    root = Path(path)
+    manifest = _read_manifest(root)
+    bits = _check_bits(manifest.get("bits"))
+    modalities = manifest.get("modalities")
+    hashes = manifest.get("files")
+    if not isinstance(modalities, dict) or not modalities:
+        raise BundleError(f"{root / MANIFEST}: 'modalities' must be a non-empty object")
+    if not isinstance(hashes, dict):
+        raise BundleError(f"{root / MANIFEST}: 'files' must map file names to sha256 hex")
+    encoders: dict[str, Encoder] = {}
+    inputs: dict[str, dict[str, Any]] = {}
+    vectorizer = None
+    fingerprint = hashlib.sha256(str(bits).encode())
+    for modality, spec in sorted(modalities.items()):
+        spec = _check_spec(root, modality, spec)
+        if modality == "text":
+            vectorizer = _vectorizer(root, spec)
+        module = _load_module(root, str(spec["file"]), hashes)
+        encoder = TorchScriptEncoder(modality, bits, module)
+        probe = _probe(encoder, _probe_input(modality, spec, vectorizer), root / str(spec["file"]))
+        fingerprint.update(modality.encode() + probe.tobytes())
+        encoders[modality] = encoder
+        inputs[modality] = spec
+    log.info(
+        "loaded %s bundle %s: %d bits, %s", manifest.get("method"), root, bits, sorted(encoders)
+    )
+    return Bundle(
+        path=root,
+        method=str(manifest.get("method", "unknown")),
+        bits=bits,
+        label_names=[str(n) for n in manifest.get("label_names") or []],
+        encoders=encoders,
+        inputs=inputs,
+        vectorizer=vectorizer,
+        fingerprint=fingerprint.hexdigest(),
+    )
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"bundle {root} has no {MANIFEST}; point bundle_dir at an export folder")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path} must hold a JSON object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path} has format_version {version!r}; this service reads format_version "
+            f"{FORMAT_VERSION} (re-export the bundle or upgrade the service)"
+        )
+    return manifest
+
+
+def _check_bits(bits: object) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise BundleError(f"manifest 'bits' must be an integer, got {bits!r}")
+    if bits % 8 or not MIN_BITS <= bits <= MAX_BITS:
+        raise BundleError(
+            f"manifest 'bits' is {bits}; codes must be a multiple of 8 bits "
+            f"between {MIN_BITS} and {MAX_BITS}"
+        )
+    return bits
+
+
+def _check_spec(root: Path, modality: str, spec: object) -> dict[str, Any]:
+    where = f"{root / MANIFEST}: modalities.{modality}"
+    if modality not in INPUTS:
+        raise BundleError(f"{where}: unknown modality; expected one of {sorted(INPUTS)}")
+    if not isinstance(spec, dict) or not isinstance(spec.get("file"), str):
+        raise BundleError(f"{where} must be an object with a 'file'")
+    if spec.get("input") != INPUTS[modality]:
+        raise BundleError(f"{where}.input is {spec.get('input')!r}; expected {INPUTS[modality]!r}")
+    needed = {"image": ("size",), "video": ("frames", "size"), "text": ()}[modality]
+    for key in needed:
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BundleError(f"{where}.{key} must be a positive integer, got {value!r}")
+    return spec
+
+
+def _vectorizer(root: Path, spec: Mapping[str, Any]) -> TextVectorizer:
+    where = f"{root / MANIFEST}: modalities.text.vocabulary"
+    vocab = spec.get("vocabulary")
+    if not isinstance(vocab, dict) or not isinstance(vocab.get("tokens"), list):
+        raise BundleError(f"{where} must be an object with a 'tokens' list")
+    tokens = vocab["tokens"]
+    if not tokens or not all(isinstance(t, str) for t in tokens):
+        raise BundleError(f"{where}.tokens must be a non-empty list of strings")
+    mode = vocab.get("mode", "word")
+    if mode not in ("word", "char"):
+        raise BundleError(f"{where}.mode is {mode!r}; expected 'word' or 'char'")
+    ngram = vocab.get("ngram", 2)
+    if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1:
+        raise BundleError(f"{where}.ngram must be a positive integer, got {ngram!r}")
+    pattern = vocab.get("pattern", r"[^\W_]+")
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError) as exc:
+        raise BundleError(f"{where}.pattern is not a valid regular expression: {exc}") from None
+    return TextVectorizer(tokens=tuple(tokens), mode=mode, ngram=ngram, pattern=pattern)
+
+
+def _load_module(root: Path, name: str, hashes: Mapping[str, Any]) -> torch.jit.ScriptModule:
+    path = root / name
+    if not path.is_file():
+        raise BundleError(f"bundle {root} is missing {name}, which the manifest lists")
+    expected = hashes.get(name)
+    if not isinstance(expected, str):
+        raise BundleError(f"{root / MANIFEST} lists no sha256 for {name} under 'files'")
+    actual = _sha256(path)
+    if actual != expected.lower():
+        raise BundleError(
+            f"sha256 mismatch for {name}: manifest says {expected}, file is {actual}; "
+            "the bundle is corrupt or was modified after export"
+        )
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as exc:
+        raise BundleError(f"{path} is not a loadable TorchScript module: {exc}") from None
+    module.eval()
+    return module
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _probe_input(
+    modality: str, spec: Mapping[str, Any], vectorizer: TextVectorizer | None
+) -> npt.NDArray[Any]:
+    """Fixed pseudo-random inputs: their codes identify the model, not the file bytes."""
+    rng = np.random.default_rng(20240601)
+    if modality == "text":
+        assert vectorizer is not None
+        return (rng.random((PROBES, len(vectorizer.tokens))) < 0.1).astype(np.float32)
+    shape: tuple[int, ...] = (PROBES, 3, spec["size"], spec["size"])
+    if modality == "video":
+        shape = (PROBES, 3, spec["frames"], spec["size"], spec["size"])
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def _probe(encoder: Encoder, dummy: npt.NDArray[Any], path: Path) -> npt.NDArray[np.uint8]:
+    """Run the probe so a width mismatch fails at start-up, not on the first request."""
+    try:
+        return encoder.encode(dummy)
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from None
+    except RuntimeError as exc:
+        raise BundleError(
+            f"{path} failed on a probe {encoder.modality} input of shape {dummy.shape}: {exc}"
+        ) from None

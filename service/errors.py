@@ -1,0 +1,200 @@
+"""Typed service errors and the one place that maps every error to RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from index.errors import CodeError, ItemError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "application/problem+json"
+
+
+class ServiceError(Exception):
+    """Base of errors a request can end in; ``status`` and ``title`` say how to answer."""
+
+    status = 500
+    title = "Internal Server Error"
+    slug = "internal"
+
+    def __init__(self, detail: str, *, errors: Sequence[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = list(errors) if errors else None
+
+
+class InvalidInput(ServiceError):
+    """The request is well-formed HTTP but its content cannot be used."""
+
+    status = 422
+    title = "Invalid input"
+    slug = "invalid-input"
+
+
+class MediaError(InvalidInput):
+    """An uploaded file is not a readable image or clip."""
+
+    title = "Unreadable media"
+    slug = "unreadable-media"
+
+
+class UnsupportedModality(InvalidInput):
+    """The bundle has no encoder for the requested modality."""
+
+    title = "Unsupported modality"
+    slug = "unsupported-modality"
+
+
+class PayloadTooLarge(ServiceError):
+    """A request, a file, or an image's declared size exceeds a limit."""
+
+    status = 413
+    title = "Content too large"
+    slug = "too-large"
+
+
+class UnsupportedMediaType(ServiceError):
+    """The request body has a content type the endpoint does not read."""
+
+    status = 415
+    title = "Unsupported media type"
+    slug = "unsupported-media-type"
+
+
+class NotFound(ServiceError):
+    status = 404
+    title = "Not found"
+    slug = "not-found"
+
+
+class MissingCredentials(ServiceError):
+    status = 401
+    title = "Unauthorized"
+    slug = "missing-api-key"
+
+
+class BadCredentials(ServiceError):
+    status = 403
+    title = "Forbidden"
+    slug = "bad-api-key"
+
+
+class NotReady(ServiceError):
+    status = 503
+    title = "Service unavailable"
+    slug = "not-ready"
+
+
+class NotImplementedYet(ServiceError):
+    status = 501
+    title = "Not implemented"
+    slug = "not-implemented"
+
+
+class BundleError(RuntimeError):
+    """A model bundle is missing, inconsistent or incompatible; raised at start-up."""
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    slug: str,
+    instance: str | None = None,
+    errors: Sequence[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """Build a problem+json response."""
+    body: dict[str, Any] = {
+        "type": f"urn:hashbridge:problem:{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    if errors:
+        body["errors"] = list(errors)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status >= 500:
+        log.error("%s %s: %s", request.method, request.url.path, exc.detail)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, MissingCredentials) else None
+    return problem(
+        exc.status,
+        exc.title,
+        exc.detail,
+        slug=exc.slug,
+        instance=request.url.path,
+        errors=exc.errors,
+        headers=headers,
+    )
+
+
+async def _index_error(request: Request, exc: Exception) -> JSONResponse:
+    # CodeError / ItemError come from index/ validating what a client sent.
+    return problem(422, "Invalid input", str(exc), slug="invalid-input", instance=request.url.path)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type")}
+        for e in exc.errors()
+    ]
+    summary = "; ".join(f"{'.'.join(e['loc']) or 'body'}: {e['msg']}" for e in errors[:5])
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return problem(
+        422,
+        "Invalid request",
+        f"{summary}{more}",
+        slug="invalid-request",
+        instance=request.url.path,
+        errors=errors,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
+    return problem(
+        exc.status_code,
+        title,
+        str(exc.detail),
+        slug=f"http-{exc.status_code}",
+        instance=request.url.path,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(
+        500,
+        "Internal Server Error",
+        "the server hit a bug; the error has been logged",
+        slug="internal",
+        instance=request.url.path,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error a request can raise through problem+json."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(CodeError, _index_error)
+    app.add_exception_handler(ItemError, _index_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

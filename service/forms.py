@@ -1,0 +1,108 @@
+"""Reading request bodies that may be JSON or multipart/form-data into validated values."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Literal, TypeVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import InvalidInput, UnsupportedMediaType
+from service.media import Upload
+from service.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
+BodyKind = Literal["json", "multipart"]
+
+
+def body_kind(request: Request) -> BodyKind:
+    """Whether the request carries JSON or multipart/form-data; refuse anything else."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        return "json"
+    if ctype == "multipart/form-data":
+        return "multipart"
+    raise UnsupportedMediaType(
+        f"content type {ctype or '(none)'!r} is not accepted here; "
+        "send application/json or multipart/form-data"
+    )
+
+
+async def read_json(request: Request, model: type[M]) -> M:
+    """Parse and validate a JSON body."""
+    body = await request.body()
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    return validate(model, data, ("body",))
+
+
+def validate(model: Any, data: Any, loc: tuple[str | int, ...]) -> Any:
+    """Validate data against a model or type; errors point at ``loc`` in the request."""
+    try:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return model.model_validate(data)
+        return TypeAdapter(model).validate_python(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError([{**e, "loc": (*loc, *e["loc"])} for e in errors]) from None
+
+
+async def read_form(request: Request, settings: Settings, fields: Sequence[str]) -> FormData:
+    """Parse a multipart body, refusing fields other than ``fields``."""
+    try:
+        form = await request.form(
+            max_files=settings.max_batch_items,
+            max_fields=len(fields) * 4,
+            max_part_size=settings.max_request_bytes,
+        )
+    except StarletteHTTPException as exc:
+        # Starlette reports multipart limits and syntax errors as a 400 HTTPException.
+        raise InvalidInput(f"the multipart body could not be read: {exc.detail}") from None
+    unknown = sorted(set(form.keys()) - set(fields))
+    if unknown:
+        raise InvalidInput(
+            f"unknown form field {unknown[0]!r}; this endpoint reads {', '.join(fields)}"
+        )
+    return form
+
+
+def form_text(form: FormData, name: str) -> str | None:
+    """The single text value of a form field, or None."""
+    values = form.getlist(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidInput(f"form field {name!r} appears {len(values)} times; send it once")
+    value = values[0]
+    if not isinstance(value, str):
+        raise InvalidInput(f"form field {name!r} must be a text field, not a file")
+    return value
+
+
+def form_json(form: FormData, name: str) -> Any:
+    """The JSON value of a form field, or None when absent."""
+    text = form_text(form, name)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"form field {name!r} is not valid JSON: {exc}") from None
+
+
+async def form_uploads(form: FormData, name: str) -> list[Upload]:
+    """All files sent under a field name, read into memory (the body size is bounded)."""
+    uploads = []
+    for i, value in enumerate(form.getlist(name)):
+        if not isinstance(value, UploadFile):
+            raise InvalidInput(f"form field {name!r} #{i} must be a file, not a text value")
+        data = await value.read()
+        uploads.append(Upload(value.filename or f"{name}#{i}", value.content_type, data))
+    return uploads

@@ -1,0 +1,34 @@
+"""``serve(settings)``: run the service under uvicorn (the CLI's ``serve`` calls this)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from service.app import create_app
+from service.encoders import load_bundle
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def serve(settings: Settings) -> None:
+    """Load and verify the bundle, then serve until SIGINT/SIGTERM (which snapshot the index).
+
+    The bundle is loaded before the port is bound so a bad bundle fails with its
+    own message (BundleError) instead of a failed uvicorn start-up.
+    """
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    bundle = load_bundle(settings.bundle_dir)
+    app = create_app(settings, bundle=bundle)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )

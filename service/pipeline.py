@@ -1,0 +1,324 @@
+"""Domain operations behind the routes: validate a whole batch, decode, encode, write, search.
+
+Every check runs before anything is written, so a batch is stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from index.codes import codes_from_hex
+from index.errors import CodeError
+from index.store import NewItem, StoredItem
+from service.encoders import Bundle
+from service.errors import (
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedModality,
+)
+from service.media import Upload, check_upload_size, decode_clip, decode_image, sniff_kind
+from service.runtime import Runtime
+from service.settings import Settings
+
+#: Metadata keys the service fills in itself so results can show what an item was.
+RESERVED_KEYS = ("text", "filename")
+MAX_CLIENT_ID_CHARS = 256
+
+Source = str | Upload
+
+
+@dataclass(frozen=True)
+class ItemInput:
+    """One item to ingest: a text or an uploaded file, with optional client id and metadata."""
+
+    source: Source
+    client_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The code of one text or file."""
+
+    modality: str
+    code: npt.NDArray[np.uint8]
+    known_tokens: int | None = None
+    filename: str | None = None
+
+    @property
+    def hex(self) -> str:
+        """The code as lowercase hex."""
+        return self.code.tobytes().hex()
+
+
+@dataclass(frozen=True)
+class Written:
+    """An ingested item."""
+
+    id: int
+    client_id: str | None
+    encoded: Encoded
+
+
+@dataclass(frozen=True)
+class Found:
+    """A search result joined with its stored item."""
+
+    id: int
+    client_id: str | None
+    modality: str
+    distance: int
+    metadata: dict[str, Any]
+
+
+def check_count(settings: Settings, n: int) -> None:
+    """Refuse an empty batch or one over ``max_batch_items``."""
+    if n == 0:
+        raise InvalidInput("the request holds no items; send at least one file or text")
+    if n > settings.max_batch_items:
+        raise PayloadTooLarge(
+            f"the request holds {n} items; the limit is {settings.max_batch_items} per call "
+            "(HASHBRIDGE_MAX_BATCH_ITEMS): split it"
+        )
+
+
+async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded]:
+    """Validate, decode and encode texts and files; any problem refuses the whole batch."""
+    _raise_all([(i, _precheck(rt, s)) for i, s in enumerate(sources)], len(sources))
+    prepared: list[Any] = list(sources)
+    uploads = [i for i, s in enumerate(sources) if isinstance(s, Upload)]
+    decoded = await asyncio.gather(
+        *(rt.run(_decode, rt.bundle, rt.settings, sources[i]) for i in uploads),
+        return_exceptions=True,
+    )
+    problems: list[tuple[int, ServiceError | None]] = []
+    for i, result in zip(uploads, decoded, strict=True):
+        if isinstance(result, ServiceError):
+            problems.append((i, result))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            prepared[i] = result
+    _raise_all(problems, len(sources))
+
+    texts = [i for i, s in enumerate(sources) if isinstance(s, str)]
+    known: dict[int, int] = {}
+    if texts:
+        assert rt.bundle.vectorizer is not None  # _precheck refused text without an encoder
+        bags, counts = await rt.run(rt.bundle.vectorizer.vectorize, [sources[i] for i in texts])
+        for row, i in enumerate(texts):
+            prepared[i] = bags[row]
+            known[i] = counts[row]
+
+    modalities = [_modality_of(rt.bundle, s) for s in sources]
+    groups: dict[str, list[int]] = {}
+    for i, modality in enumerate(modalities):
+        groups.setdefault(modality, []).append(i)
+    results = await asyncio.gather(
+        *(
+            rt.batchers[m].encode(np.stack([prepared[i] for i in members]))
+            for m, members in groups.items()
+        )
+    )
+    codes: dict[int, npt.NDArray[np.uint8]] = {}
+    for members, group_codes in zip(groups.values(), results, strict=True):
+        codes.update(zip(members, group_codes, strict=True))
+    return [
+        Encoded(
+            modalities[i],
+            codes[i],
+            known_tokens=known.get(i),
+            filename=s.filename if isinstance(s, Upload) else None,
+        )
+        for i, s in enumerate(sources)
+    ]
+
+
+async def ingest(rt: Runtime, items: Sequence[ItemInput]) -> list[Written]:
+    """Encode and upsert a batch in one write; re-sent client ids replace their items."""
+    check_count(rt.settings, len(items))
+    _raise_all([(i, _check_item(item)) for i, item in enumerate(items)], len(items))
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item.client_id is not None and item.client_id in seen:
+            raise InvalidInput(
+                f"client_id {item.client_id!r} appears twice (items #{seen[item.client_id]} "
+                f"and #{i}); client ids must be unique within a batch"
+            )
+        if item.client_id is not None:
+            seen[item.client_id] = i
+    encoded = await encode_sources(rt, [item.source for item in items])
+    new = [
+        NewItem(e.modality, e.code, item.client_id, _stored_metadata(item))
+        for item, e in zip(items, encoded, strict=True)
+    ]
+    ids = await rt.run(rt.collection.upsert, new)
+    for e in encoded:
+        rt.metrics.items_written.inc(modality=e.modality)
+    rt.wrote(len(ids))
+    return [Written(i, item.client_id, e) for i, item, e in zip(ids, items, encoded, strict=True)]
+
+
+def parse_code(bundle: Bundle, code: str) -> Encoded:
+    """Parse a hex query code of the bundle's width."""
+    width = bundle.bits // 4
+    if len(code) != width:
+        raise InvalidInput(
+            f"code must be {width} hex characters for this bundle's {bundle.bits}-bit codes, "
+            f"got {len(code)}"
+        )
+    try:
+        packed = codes_from_hex([code], bundle.bits)[0]
+    except CodeError:
+        raise InvalidInput(f"code {code!r} is not valid hex (0-9, a-f)") from None
+    return Encoded("code", packed)
+
+
+async def search(
+    rt: Runtime,
+    query: Encoded,
+    k: int,
+    *,
+    modalities: Sequence[str] | None = None,
+    where: Mapping[str, Any] | None = None,
+    nprobe: int | None = None,
+) -> list[Found]:
+    """Return up to k stored items nearest to the query code, with their metadata."""
+    if not 1 <= k <= rt.settings.max_k:
+        raise InvalidInput(f"k must be between 1 and {rt.settings.max_k}, got {k}")
+    if modalities is not None:
+        if not modalities:
+            raise InvalidInput("modalities is empty; omit it to search every modality")
+        for m in modalities:
+            if m not in rt.bundle.encoders:
+                raise UnsupportedModality(
+                    f"unknown modality {m!r}; this bundle has {', '.join(rt.bundle.modalities)}"
+                )
+    start = time.perf_counter()
+    found = await rt.run(_search, rt, query.code[None, :], k, modalities, where, nprobe)
+    rt.metrics.search.observe(time.perf_counter() - start, query=query.modality)
+    return found
+
+
+async def get_item(rt: Runtime, item_id: int) -> StoredItem:
+    """Return a stored item or raise NotFound."""
+    item = await rt.run(rt.collection.get, item_id)
+    if item is None:
+        raise NotFound(f"no item with id {item_id}")
+    return item
+
+
+async def delete_item(rt: Runtime, item_id: int) -> None:
+    """Delete a stored item or raise NotFound."""
+    if not await rt.run(rt.collection.delete, [item_id]):
+        raise NotFound(f"no item with id {item_id}")
+    rt.metrics.items_deleted.inc()
+    rt.wrote(1)
+
+
+def _search(
+    rt: Runtime,
+    codes: npt.NDArray[np.uint8],
+    k: int,
+    modalities: Sequence[str] | None,
+    where: Mapping[str, Any] | None,
+    nprobe: int | None,
+) -> list[Found]:
+    hits = rt.collection.search(codes, k, modalities=modalities, where=where, nprobe=nprobe)[0]
+    items = rt.collection.store.get_many([h.id for h in hits])
+    # An item deleted between the search and this lookup is simply left out.
+    return [
+        Found(h.id, items[h.id].client_id, h.modality, h.distance, items[h.id].metadata)
+        for h in hits
+        if h.id in items
+    ]
+
+
+def _precheck(rt: Runtime, source: Source) -> ServiceError | None:
+    settings = rt.settings
+    try:
+        if isinstance(source, Upload):
+            check_upload_size(source, settings.max_upload_bytes)
+        elif not source.strip():
+            return InvalidInput("text is empty; send at least one word")
+        elif len(source) > settings.max_text_chars:
+            return PayloadTooLarge(
+                f"text has {len(source)} characters; the limit is {settings.max_text_chars} "
+                "(HASHBRIDGE_MAX_TEXT_CHARS)"
+            )
+        _modality_of(rt.bundle, source)
+    except ServiceError as exc:
+        return exc
+    return None
+
+
+def _modality_of(bundle: Bundle, source: Source) -> str:
+    if isinstance(source, Upload):
+        modality: str = sniff_kind(source)
+        what = f"file {source.filename!r} is a {'video clip' if modality == 'video' else 'image'}"
+    else:
+        modality, what = "text", "this is a text"
+    if modality not in bundle.encoders:
+        raise UnsupportedModality(
+            f"{what}, but this bundle has no {modality} encoder "
+            f"(it encodes {', '.join(bundle.modalities)})"
+        )
+    return modality
+
+
+def _decode(bundle: Bundle, settings: Settings, upload: Upload) -> npt.NDArray[np.uint8]:
+    spec = bundle.inputs[_modality_of(bundle, upload)]
+    if "frames" in spec:
+        return decode_clip(upload, spec["frames"], spec["size"])
+    return decode_image(upload, spec["size"], settings.max_image_pixels)
+
+
+def _check_item(item: ItemInput) -> ServiceError | None:
+    cid = item.client_id
+    if cid is not None and not (0 < len(cid) <= MAX_CLIENT_ID_CHARS):
+        return InvalidInput(f"client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters")
+    if not isinstance(item.metadata, Mapping):
+        return InvalidInput("metadata must be a JSON object")
+    taken = [k for k in RESERVED_KEYS if k in item.metadata]
+    if taken:
+        return InvalidInput(
+            f"metadata key {taken[0]!r} is reserved (the service stores the item's "
+            f"{' and '.join(RESERVED_KEYS)} there); rename it"
+        )
+    try:
+        json.dumps(dict(item.metadata), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return InvalidInput(f"metadata is not plain JSON: {exc}")
+    return None
+
+
+def _stored_metadata(item: ItemInput) -> dict[str, Any]:
+    extra = (
+        {"filename": item.source.filename}
+        if isinstance(item.source, Upload)
+        else {"text": item.source}
+    )
+    return {**item.metadata, **extra}
+
+
+def _raise_all(problems: Sequence[tuple[int, ServiceError | None]], n: int) -> None:
+    """Raise the first problem, listing all of them in ``errors``; prefix item numbers."""
+    found = [(i, p) for i, p in problems if p is not None]
+    if not found:
+        return
+    index, first = found[0]
+    detail = first.detail if n == 1 else f"item #{index}: {first.detail}"
+    if len(found) > 1:
+        detail += f" (and {len(found) - 1} more problems, listed in errors)"
+    errors = [{"item": i, "title": p.title, "detail": p.detail} for i, p in found]
+    raise type(first)(detail, errors=errors)

@@ -1,0 +1,1 @@
+"""HTTP routes; each module is a thin shell over ``service.pipeline``."""

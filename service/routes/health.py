@@ -1,0 +1,32 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+
+from service.deps import get_runtime
+from service.metrics import CONTENT_TYPE, Metrics
+from service.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"description": "Not ready"}})
+async def readyz(request: Request) -> Health:
+    """The bundle and the collection are loaded."""
+    get_runtime(request)
+    return Health(status="ready")
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus text exposition."""
+    registry: Metrics = request.app.state.metrics
+    return PlainTextResponse(registry.render(), media_type=CONTENT_TYPE)

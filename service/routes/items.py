@@ -1,0 +1,145 @@
+"""POST /v1/items (batch ingest), GET and DELETE /v1/items/{id}, GET /v1/stats."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+
+from service import forms, pipeline
+from service.deps import RuntimeDep, require_read, require_write
+from service.errors import InvalidInput
+from service.openapi import PROBLEM_RESPONSES, body, files_field, text_field
+from service.pipeline import ItemInput
+from service.runtime import Runtime
+from service.schemas import IngestedItem, IngestRequest, IngestResponse, Item, Stats, TextItem
+
+router = APIRouter(prefix="/v1", tags=["items"])
+
+FORM_FIELDS = ("files", "client_ids", "metadata", "items")
+_FORM_DOC = {
+    "files": files_field("Images (or clips, with a video bundle) to ingest"),
+    "client_ids": text_field(
+        'JSON array aligned with files, e.g. ["a", null]; null leaves an item without one'
+    ),
+    "metadata": text_field('JSON array of objects aligned with files, e.g. [{"tag": "cat"}, {}]'),
+    "items": text_field("JSON array of text items, as in the JSON body, stored after the files"),
+}
+
+
+@router.post(
+    "/items",
+    response_model=IngestResponse,
+    summary="Ingest a batch of texts and/or files (all or nothing)",
+    description=(
+        'Send **application/json** `{"items": [{"text", "client_id", "metadata"}]}` '
+        "for texts, or **multipart/form-data** with `files` (plus optional JSON-array fields "
+        "`client_ids` and `metadata` aligned with them, and `items` for texts). The whole "
+        "batch is validated and encoded before one write; any problem refuses all of it. "
+        "Re-sending a client_id replaces that item and keeps its id. Results are in request "
+        "order: files first, then texts."
+    ),
+    dependencies=[Depends(require_write)],
+    openapi_extra=body(IngestRequest, _FORM_DOC),
+    responses=PROBLEM_RESPONSES,
+)
+async def ingest_items(request: Request, rt: RuntimeDep) -> IngestResponse:
+    """Ingest a batch."""
+    if forms.body_kind(request) == "json":
+        texts = (await forms.read_json(request, IngestRequest)).items
+        items = [_text_input(t) for t in texts]
+    else:
+        items = await _form_items(request, rt)
+    written = await pipeline.ingest(rt, items)
+    return IngestResponse(
+        items=[
+            IngestedItem(
+                id=w.id,
+                client_id=w.client_id,
+                modality=w.encoded.modality,
+                code=w.encoded.hex,
+                filename=w.encoded.filename,
+                known_tokens=w.encoded.known_tokens,
+            )
+            for w in written
+        ]
+    )
+
+
+@router.get(
+    "/items/{item_id}",
+    response_model=Item,
+    dependencies=[Depends(require_read)],
+    responses=PROBLEM_RESPONSES,
+)
+async def get_item(item_id: Annotated[int, Path(ge=0)], rt: RuntimeDep) -> Item:
+    """Return one stored item."""
+    item = await pipeline.get_item(rt, item_id)
+    return Item(
+        id=item.id,
+        client_id=item.client_id,
+        modality=item.modality,
+        code=item.code.hex(),
+        metadata=item.metadata,
+        created_at=item.created_at,
+    )
+
+
+@router.delete(
+    "/items/{item_id}",
+    status_code=204,
+    dependencies=[Depends(require_write)],
+    responses=PROBLEM_RESPONSES,
+)
+async def delete_item(item_id: Annotated[int, Path(ge=0)], rt: RuntimeDep) -> Response:
+    """Delete one item."""
+    await pipeline.delete_item(rt, item_id)
+    return Response(status_code=204)
+
+
+@router.get("/stats", response_model=Stats, dependencies=[Depends(require_read)])
+async def stats(rt: RuntimeDep) -> Stats:
+    """Item counts per modality and what the loaded bundle is."""
+    raw: dict[str, Any] = await rt.run(rt.collection.stats)
+    return Stats(
+        count=raw["count"],
+        by_modality=raw["by_modality"],
+        index_sizes=raw["index_sizes"],
+        bits=rt.bundle.bits,
+        method=rt.bundle.method,
+        modalities=rt.bundle.modalities,
+        label_names=rt.bundle.label_names,
+        seq=raw["seq"],
+    )
+
+
+def _text_input(item: TextItem) -> ItemInput:
+    return ItemInput(item.text, item.client_id, item.metadata)
+
+
+async def _form_items(request: Request, rt: Runtime) -> list[ItemInput]:
+    form = await forms.read_form(request, rt.settings, FORM_FIELDS)
+    uploads = await forms.form_uploads(form, "files")
+    n = len(uploads)
+    client_ids = forms.form_json(form, "client_ids")
+    metadata = forms.form_json(form, "metadata")
+    if client_ids is not None:
+        client_ids = forms.validate(list[str | None], client_ids, ("form", "client_ids"))
+    if metadata is not None:
+        metadata = forms.validate(list[dict[str, Any] | None], metadata, ("form", "metadata"))
+    for name, values in (("client_ids", client_ids), ("metadata", metadata)):
+        if values is not None and len(values) != n:
+            raise InvalidInput(
+                f"form field {name!r} has {len(values)} entries for {n} files; "
+                "it must be a JSON array aligned with the files"
+            )
+    items = [
+        ItemInput(
+            u, client_ids[i] if client_ids else None, (metadata[i] if metadata else None) or {}
+        )
+        for i, u in enumerate(uploads)
+    ]
+    texts = forms.form_json(form, "items")
+    if texts is not None:
+        items += [_text_input(t) for t in forms.validate(list[TextItem], texts, ("form", "items"))]
+    return items

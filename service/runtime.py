@@ -1,0 +1,140 @@
+"""What the lifespan builds and every request shares: bundle, collection, pool, batchers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from index.collection import Collection
+from index.errors import BitsMismatchError
+from index.factory import IndexConfig
+from index.fileio import atomic_write
+from service.batcher import MicroBatcher
+from service.encoders import Bundle, load_bundle
+from service.errors import BundleError
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+BUNDLE_RECORD = "bundle.json"
+
+
+@dataclass
+class Runtime:
+    """Loaded state of a running service."""
+
+    settings: Settings
+    bundle: Bundle
+    collection: Collection
+    pool: ThreadPoolExecutor
+    metrics: Metrics
+    batchers: dict[str, MicroBatcher]
+    _writes_since_snapshot: int = 0
+    _snapshot_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run CPU-heavy or blocking work in the bounded pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, partial(fn, *args, **kwargs))
+
+    def wrote(self, n: int) -> None:
+        """Count writes; snapshot in the background once ``snapshot_every`` accumulate."""
+        self._writes_since_snapshot += n
+        if self._writes_since_snapshot >= self.settings.snapshot_every:
+            self._writes_since_snapshot = 0
+            task = asyncio.get_running_loop().create_task(self.snapshot())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def snapshot(self) -> None:
+        """Save index snapshots (one at a time); a failure is logged, the store stays the truth."""
+        async with self._snapshot_lock:
+            try:
+                await self.run(self.collection.snapshot)
+            except Exception:
+                log.exception("index snapshot failed; the next start-up rebuilds from the store")
+
+    async def close(self) -> None:
+        """Stop batchers, wait for snapshots, snapshot once more and close the collection."""
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        if self._background:
+            await asyncio.gather(*self._background)
+        await self.snapshot()
+        await self.run(self.collection.close)
+        self.pool.shutdown(wait=True)
+
+
+async def open_runtime(settings: Settings, bundle: Bundle | None, metrics: Metrics) -> Runtime:
+    """Load the bundle (unless given), open the collection and start the batchers."""
+    pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="hashbridge")
+    loop = asyncio.get_running_loop()
+    try:
+        if bundle is None:
+            bundle = await loop.run_in_executor(pool, load_bundle, settings.bundle_dir)
+        config = IndexConfig(
+            kind=settings.index_kind,
+            ivf_threshold=settings.ivf_threshold,
+            default_nprobe=settings.default_nprobe,
+        )
+        try:
+            collection = await loop.run_in_executor(
+                pool, partial(Collection.open, settings.data_dir, bundle.bits, config)
+            )
+        except BitsMismatchError as exc:
+            raise BundleError(f"bundle {bundle.path} does not fit the data dir: {exc}") from None
+        try:
+            await loop.run_in_executor(pool, check_bundle_record, settings.data_dir, bundle)
+        except BaseException:
+            collection.close()
+            raise
+    except BaseException:
+        pool.shutdown(wait=False)
+        raise
+    log.info("collection %s opened: %s", settings.data_dir, collection.open_report)
+    batchers = {
+        modality: MicroBatcher(
+            encoder,
+            pool,
+            max_items=settings.batch_max_items,
+            window_s=settings.batch_window_ms / 1000,
+            observe=metrics.observe_encode,
+        )
+        for modality, encoder in bundle.encoders.items()
+    }
+    for batcher in batchers.values():
+        batcher.start()
+    return Runtime(settings, bundle, collection, pool, metrics, batchers)
+
+
+def check_bundle_record(data_dir: Path, bundle: Bundle) -> None:
+    """Refuse a data dir whose codes came from a different model; record the model if new.
+
+    Codes of two models are not comparable, so serving a collection with another
+    bundle would return meaningless neighbours instead of failing.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / BUNDLE_RECORD
+    record = {"fingerprint": bundle.fingerprint, "method": bundle.method, "bits": bundle.bits}
+    if path.exists():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("fingerprint") != bundle.fingerprint:
+            raise BundleError(
+                f"data dir {data_dir} holds codes from another bundle "
+                f"({stored.get('method')}, {stored.get('bits')} bits, fingerprint "
+                f"{str(stored.get('fingerprint'))[:12]}) than {bundle.path} ({bundle.method}, "
+                f"{bundle.bits} bits, fingerprint {bundle.fingerprint[:12]}); codes of different "
+                "models are not comparable: use a new data dir and re-ingest"
+            )
+        return
+    atomic_write(path, [json.dumps(record, indent=2).encode()])

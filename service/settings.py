@@ -1,0 +1,50 @@
+"""Service settings, read from ``HASHBRIDGE_*`` environment variables once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1 << 20
+
+
+class Settings(BaseSettings):
+    """Everything the service can be configured with; build once and pass it in."""
+
+    model_config = SettingsConfigDict(env_prefix="HASHBRIDGE_", extra="ignore", frozen=True)
+
+    bundle_dir: Path = Field(description="Folder holding manifest.json and the encoders")
+    data_dir: Path = Field(description="Folder of the collection (SQLite store + index snapshots)")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    api_key: SecretStr | None = Field(
+        None, description="Key required on write endpoints (X-API-Key or Authorization: Bearer)"
+    )
+    protect_reads: bool = Field(False, description="Require the API key on read endpoints too")
+
+    max_upload_bytes: int = Field(20 * MiB, gt=0, description="Largest single uploaded file")
+    max_request_bytes: int = Field(256 * MiB, gt=0, description="Largest request body")
+    max_text_chars: int = Field(10_000, gt=0)
+    max_batch_items: int = Field(256, gt=0, description="Most items in one ingest/encode call")
+    max_image_pixels: int = Field(50_000_000, gt=0, description="Decompression-bomb limit")
+    max_k: int = Field(1000, ge=1)
+
+    index_kind: Literal["flat", "ivf", "auto"] = "auto"
+    ivf_threshold: int = Field(100_000, gt=0)
+    default_nprobe: int = Field(16, gt=0)
+
+    workers: int = Field(2, gt=0, description="Threads for decode, encode and search")
+    batch_window_ms: float = Field(5.0, ge=0, description="How long the encoder waits to fill")
+    batch_max_items: int = Field(64, gt=0, description="Most items per encoder call")
+    snapshot_every: int = Field(1000, gt=0, description="Snapshot indexes after this many writes")
+
+    @model_validator(mode="after")
+    def _reads_need_a_key(self) -> Self:
+        if self.protect_reads and self.api_key is None:
+            raise ValueError("protect_reads=true needs api_key (HASHBRIDGE_API_KEY) to be set")
+        return self

@@ -1,0 +1,342 @@
+"""CodeStore durability/idempotency and Collection crash-safety against the reference."""
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.collection import STORE_FILE, Collection
+from index.errors import BitsMismatchError, CodeError, ItemError
+from index.factory import IndexConfig
+from index.faiss_index import set_num_threads
+from index.reference import NumpyHammingIndex
+from index.store import CodeStore, NewItem
+
+BIG_NPROBE = 1 << 20
+CONFIGS = {
+    "flat": IndexConfig(kind="flat"),
+    # A low threshold so the collection crosses into IVF inside the test.
+    "auto": IndexConfig(kind="auto", ivf_threshold=300),
+    "numpy": IndexConfig(backend="numpy"),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_faiss_thread():
+    # OpenMP spin-waits badly on a shared 2-core box; one thread keeps timings stable.
+    previous = set_num_threads(1)
+    yield
+    set_num_threads(previous)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def items(rng, n, bits, modality="image", prefix=None, meta=None):
+    codes = rng.integers(0, 256, size=(n, bits // 8), dtype=np.uint8)
+    return [
+        NewItem(
+            modality=modality,
+            code=codes[i],
+            client_id=None if prefix is None else f"{prefix}{i}",
+            metadata={} if meta is None else meta(i),
+        )
+        for i in range(n)
+    ]
+
+
+def reference_from_store(store: CodeStore, modality: str, keep=None) -> NumpyHammingIndex:
+    """Build the reference from SQLite in write order, optionally keeping some ids."""
+    ref = NumpyHammingIndex(store.bits)
+    for ids, codes in store.iter_codes(modality):
+        mask = np.ones(len(ids), bool) if keep is None else np.isin(ids, list(keep))
+        ref.add(ids[mask], codes[mask])
+    return ref
+
+
+def as_arrays(hits_per_query, k):
+    ids = np.full((len(hits_per_query), k), -1, np.int64)
+    dist = np.full((len(hits_per_query), k), -1, np.int32)
+    for q, hits in enumerate(hits_per_query):
+        ids[q, : len(hits)] = [h.id for h in hits]
+        dist[q, : len(hits)] = [h.distance for h in hits]
+    return ids, dist
+
+
+def assert_matches_reference(
+    coll: Collection, modality: str, queries, k: int, keep=None, where=None
+):
+    ref = reference_from_store(coll.store, modality, keep).search(queries, k)
+    got = coll.search(queries, k, modalities=[modality], nprobe=BIG_NPROBE, where=where)
+    ids, dist = as_arrays(got, k)
+    np.testing.assert_array_equal(dist, ref.distances)
+    np.testing.assert_array_equal(ids, ref.ids)
+    return got
+
+
+# --- CodeStore -------------------------------------------------------------------------
+
+
+def test_store_round_trip_seq_and_pragmas(tmp_path: Path):
+    clock = FakeClock()
+    store = CodeStore(tmp_path / "s.db", 32, clock=clock)
+    assert store.last_seq() == 0 and store.count() == 0
+    ids = store.upsert(
+        [
+            NewItem("image", bytes([1, 2, 3, 4]), "a", {"lang": "en"}),
+            NewItem("text", np.array([5, 6, 7, 8], np.uint8)),
+        ]
+    )
+    assert ids == [1, 2]
+    item = store.get(1)
+    assert item is not None
+    assert (item.client_id, item.modality, item.code, item.metadata) == (
+        "a",
+        "image",
+        bytes([1, 2, 3, 4]),
+        {"lang": "en"},
+    )
+    assert item.created_at == 1001.0 and item.seq == 1
+    assert store.get(2).code == bytes([5, 6, 7, 8]) and store.get(2).seq == 2
+    assert store.get(99) is None
+    assert store.last_seq() == 2
+    assert (
+        store.count() == 2 and store.count("image") == 1 and store.modalities() == ["image", "text"]
+    )
+    assert store.stats()["by_modality"] == {"image": 1, "text": 1}
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    store.close()
+    with sqlite3.connect(tmp_path / "s.db") as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_store_upsert_by_client_id_is_idempotent_and_keeps_ids(tmp_path: Path):
+    clock = FakeClock()
+    store = CodeStore(tmp_path / "s.db", 16, clock=clock)
+    rng = np.random.default_rng(0)
+    batch = items(rng, 5, 16, prefix="c")
+    first = store.upsert(batch)
+    again = store.upsert(batch)
+    assert again == first and store.count() == 5
+    changed = NewItem("text", bytes([9, 9]), "c2", {"v": 2})
+    assert store.upsert([changed]) == [first[2]]
+    row = store.get(first[2])
+    assert row.code == bytes([9, 9]) and row.modality == "text" and row.metadata == {"v": 2}
+    assert row.created_at == 1001.0  # created_at of the first write is kept
+    # Rewritten rows move to the end of the write order, like an index update does.
+    order = np.concatenate([ids for ids, _ in store.iter_codes()]).tolist()
+    assert order == [first[0], first[1], first[3], first[4], first[2]]
+    # Ids are never reused (AUTOINCREMENT; upserts may leave gaps).
+    assert store.upsert([NewItem("image", bytes([0, 0]))])[0] > max(first)
+
+
+def test_store_rejects_bad_batches_without_writing(tmp_path: Path):
+    store = CodeStore(tmp_path / "s.db", 16)
+    good = NewItem("image", bytes(2), "x")
+    bad_batches = [
+        ([good, NewItem("image", bytes(3))], CodeError, "item #1: code must be 2 bytes"),
+        ([good, NewItem("Bad Name", bytes(2))], ItemError, "item #1: modality"),
+        ([good, NewItem("image", bytes(2), metadata={"x": float("nan")})], ItemError, "JSON"),
+        ([good, NewItem("image", bytes(2), "x")], ItemError, "unique"),
+        ([NewItem("image", np.zeros(2, np.int16))], CodeError, "uint8"),
+    ]
+    for batch, error, message in bad_batches:
+        with pytest.raises(error, match=message):
+            store.upsert(batch)
+    assert store.count() == 0 and store.last_seq() == 0
+
+
+def test_store_delete_and_bits_mismatch(tmp_path: Path):
+    path = tmp_path / "s.db"
+    store = CodeStore(path, 16)
+    ids = store.upsert(items(np.random.default_rng(1), 4, 16))
+    seq = store.last_seq()
+    assert store.delete([ids[0], ids[2], 12345]) == 2
+    assert store.last_seq() == seq + 1
+    assert store.delete([12345]) == 0 and store.last_seq() == seq + 1  # no-op: no bump
+    assert sorted(store.get_many(ids)) == [ids[1], ids[3]]
+    store.close()
+    with pytest.raises(BitsMismatchError, match="holds 16-bit codes but was opened with bits=32"):
+        CodeStore(path, 32)
+
+
+# --- Collection ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_collection_recovers_from_missing_stale_and_corrupt_snapshots(tmp_path: Path, config):
+    rng = np.random.default_rng(42)
+    bits = 16  # small codes tie a lot: the rebuilt index must break ties like the live one
+    queries = rng.integers(0, 256, size=(25, 2), dtype=np.uint8)
+    coll = Collection.open(tmp_path, bits, config)
+    coll.upsert(items(rng, 400, bits, prefix="a"))
+    coll.upsert(items(rng, 50, bits, modality="text"))
+    coll.snapshot()
+    # Writes after the snapshot make it stale: updates (by client_id) and deletes.
+    coll.upsert(items(rng, 120, bits, prefix="a"))
+    coll.delete(list(range(200, 260)))
+    live = coll.search(queries, 12, modalities=["image"], nprobe=BIG_NPROBE)
+    assert_matches_reference(coll, "image", queries, 12)
+    coll.close()  # no snapshot: as if the process died here
+
+    coll = Collection.open(tmp_path, bits, config)
+    assert coll.open_report["image"].startswith("stale")
+    assert coll.open_report["text"].startswith("stale")
+    assert coll.search(queries, 12, modalities=["image"], nprobe=BIG_NPROBE) == live
+    assert_matches_reference(coll, "image", queries, 12)
+    assert_matches_reference(coll, "text", queries, 5)
+    coll.snapshot()
+    coll.close()
+
+    coll = Collection.open(tmp_path, bits, config)
+    assert coll.open_report == {"image": "loaded", "text": "loaded"}
+    assert coll.search(queries, 12, modalities=["image"], nprobe=BIG_NPROBE) == live
+    coll.close()
+
+    (tmp_path / "index-image.hbix").unlink()
+    snap = tmp_path / "index-text.hbix"
+    data = bytearray(snap.read_bytes())
+    data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)
+    snap.write_bytes(bytes(data))
+    coll = Collection.open(tmp_path, bits, config)
+    assert coll.open_report["image"] == "missing"
+    assert coll.open_report["text"].startswith("corrupt")
+    assert coll.search(queries, 12, modalities=["image"], nprobe=BIG_NPROBE) == live
+    assert_matches_reference(coll, "text", queries, 5)
+    assert len(coll) == coll.store.count() == 400 + 50 - 60
+    coll.close()
+
+
+def test_collection_rebuilds_when_index_config_changes(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    coll = Collection.open(tmp_path, 64, CONFIGS["flat"])
+    coll.upsert(items(rng, 100, 64))
+    coll.snapshot()
+    coll.close()
+    coll = Collection.open(tmp_path, 64, CONFIGS["numpy"])
+    assert coll.open_report["image"] == "built with a different index config"
+    assert_matches_reference(coll, "image", rng.integers(0, 256, (5, 8), np.uint8), 7)
+    coll.close()
+
+
+def test_collection_bits_are_fixed(tmp_path: Path):
+    Collection.open(tmp_path, 64).close()
+    assert (tmp_path / STORE_FILE).exists()
+    with pytest.raises(BitsMismatchError, match="64-bit codes.*bits=128"):
+        Collection.open(tmp_path, 128)
+    coll = Collection.open(tmp_path, 64)
+    with pytest.raises(CodeError, match="8 bytes wide"):
+        coll.search(np.zeros((1, 16), np.uint8), 3)
+    coll.close()
+
+
+def test_collection_reupsert_gives_no_duplicates_and_modality_moves(tmp_path: Path):
+    rng = np.random.default_rng(5)
+    coll = Collection.open(tmp_path, 32, CONFIGS["flat"])
+    batch = items(rng, 30, 32, prefix="doc")
+    ids = coll.upsert(batch)
+    assert coll.upsert(batch) == ids
+    assert len(coll) == coll.store.count() == 30
+    hits = coll.search(np.stack([b.code for b in batch]), 30)
+    assert all(len({h.id for h in row}) == 30 for row in hits)
+    assert [(row[0].id, row[0].distance) for row in hits] == [(i, 0) for i in ids]
+    # Same client_id, new modality: the item leaves the image index for the text one.
+    moved = NewItem("text", batch[0].code, "doc0")
+    assert coll.upsert([moved]) == [ids[0]]
+    query = np.asarray(batch[0].code)[None]
+    assert ids[0] not in {h.id for h in coll.search(query, 30, modalities=["image"])[0]}
+    text_hits = coll.search(query, 1, modalities=["text"])[0]
+    assert [(h.id, h.distance, h.modality) for h in text_hits] == [(ids[0], 0, "text")]
+    assert coll.stats()["index_sizes"] == {"image": 29, "text": 1}
+    coll.close()
+
+
+@pytest.mark.parametrize("config", [CONFIGS["flat"], CONFIGS["auto"]], ids=["flat", "auto"])
+def test_collection_metadata_filter_matches_filtered_reference(tmp_path: Path, config):
+    rng = np.random.default_rng(8)
+    bits = 16
+    coll = Collection.open(tmp_path, bits, config)
+
+    def meta(i):
+        tag = {"tag": "rare"} if i in (14, 300) else {}
+        return {"lang": "de" if i % 7 == 0 else "en", "n": i % 3, "flag": i % 2 == 0, **tag}
+
+    batch = items(rng, 700, bits, prefix="m", meta=meta)
+    ids = coll.upsert(batch)
+    queries = rng.integers(0, 256, size=(10, 2), dtype=np.uint8)
+    rare = {i for i, item in zip(ids, batch, strict=True) if item.metadata["lang"] == "de"}
+    got = assert_matches_reference(coll, "image", queries, 8, keep=rare, where={"lang": "de"})
+    assert all(len(row) == 8 for row in got)
+    both = {
+        i for i, it in zip(ids, batch, strict=True) if it.metadata["n"] == 1 and it.metadata["flag"]
+    }
+    assert_matches_reference(coll, "image", queries, 5, keep=both, where={"n": 1, "flag": True})
+    # Exact JSON equality: true is not 1, and a missing key never matches.
+    assert coll.search(queries, 5, where={"flag": 1}) == [[] for _ in range(10)]
+    assert coll.search(queries, 5, where={"nope": "x"}) == [[] for _ in range(10)]
+    # Fewer matches than k: all of them come back, then padding.
+    got = assert_matches_reference(
+        coll, "image", queries, 4, keep={ids[14], ids[300]}, where={"tag": "rare"}
+    )
+    assert all({h.id for h in row} == {ids[14], ids[300]} for row in got)
+    coll.close()
+
+
+def test_collection_merges_modalities_by_distance(tmp_path: Path):
+    rng = np.random.default_rng(9)
+    coll = Collection.open(tmp_path, 32, CONFIGS["flat"])
+    coll.upsert(items(rng, 200, 32, modality="image"))
+    coll.upsert(items(rng, 200, 32, modality="video"))
+    queries = rng.integers(0, 256, size=(6, 4), dtype=np.uint8)
+    merged = coll.search(queries, 10, modalities=["video", "image"])
+    image = reference_from_store(coll.store, "image").search(queries, 10)
+    video = reference_from_store(coll.store, "video").search(queries, 10)
+    rank = {"video": 0, "image": 1}
+    for q, row in enumerate(merged):
+        dists = [h.distance for h in row]
+        assert dists == sorted(np.concatenate([image.distances[q], video.distances[q]]))[:10]
+        for h in row:
+            assert h.id in (video if h.modality == "video" else image).ids[q]
+        # Equal distances keep the order in which modalities were asked for.
+        keys = [(h.distance, rank[h.modality]) for h in row]
+        assert keys == sorted(keys)
+    assert coll.search(queries, 3, modalities=["audio"]) == [[] for _ in range(6)]
+    coll.close()
+
+
+def test_collection_concurrent_reads_and_writes_stay_consistent(tmp_path: Path):
+    rng = np.random.default_rng(10)
+    bits = 32
+    coll = Collection.open(tmp_path, bits, CONFIGS["auto"])
+    coll.upsert(items(rng, 200, bits, prefix="w"))
+    queries = rng.integers(0, 256, size=(8, 4), dtype=np.uint8)
+    batches = [items(np.random.default_rng(s), 40, bits, prefix=f"t{s}-") for s in range(10)]
+    errors: list[BaseException] = []
+
+    def reader():
+        try:
+            for _ in range(30):
+                for row in coll.search(queries, 5, nprobe=BIG_NPROBE):
+                    assert [h.distance for h in row] == sorted(h.distance for h in row)
+        except BaseException as exc:  # surfaced to the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for batch in batches:
+        coll.upsert(batch)
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(coll) == 600
+    assert_matches_reference(coll, "image", queries, 10)
+    coll.close()

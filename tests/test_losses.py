@@ -1,0 +1,399 @@
+"""Losses checked against hand-computed values, hand-derived gradients and gradcheck."""
+
+import math
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from model.losses import (
+    SIMILARITY_LOSSES,
+    ContrastiveLoss,
+    DSMHNLoss,
+    PairwiseNLLLoss,
+    TripletLoss,
+    bit_balance_loss,
+    code_distance,
+    label_similarity,
+    make_similarity_loss,
+    quantization_loss,
+    semantic_label_loss,
+)
+
+
+def _codes(n: int, bits: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.tanh(torch.randn(n, bits, generator=g, dtype=dtype)).requires_grad_()
+
+
+def _multi_hot(n: int, c: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, c, generator=g) < 0.3).float()
+
+
+# --- label_similarity ------------------------------------------------------------------
+
+
+def test_label_similarity_multi_label():
+    a = torch.tensor([[1, 0, 1], [0, 1, 0], [0, 0, 0]])
+    b = torch.tensor([[0, 0, 1], [1, 1, 0]])
+    # a0 shares label 2 with b0 and label 0 with b1; a1 shares label 1 with b1 only;
+    # a2 has no labels, so it is similar to nothing.
+    expected = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    s = label_similarity(a, b)
+    assert s.dtype == torch.float32
+    assert torch.equal(s, expected)
+    assert torch.equal(label_similarity(a.bool(), b.bool()), expected)
+    # Counts of shared labels above 1 still map to 1.
+    assert torch.equal(label_similarity(torch.ones(1, 3), torch.ones(1, 3)), torch.ones(1, 1))
+
+
+def test_label_similarity_keeps_float_dtype():
+    a = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    assert label_similarity(a, a).dtype == torch.float64
+
+
+def test_code_distance_is_normalised_hamming_for_binary_codes():
+    u = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    v = torch.tensor([[1.0, 1.0, -1.0, -1.0], [1.0, -1.0, -1.0, 1.0], [-1.0, -1.0, 1.0, 1.0]])
+    # Hamming distances 0, 2, 4 over 4 bits.
+    assert torch.allclose(code_distance(u, v), torch.tensor([[0.0, 0.5, 1.0]]))
+
+
+# --- pairwise_nll ----------------------------------------------------------------------
+
+
+def test_pairwise_nll_value():
+    u = torch.tensor([[0.5, 0.5]])
+    v = torch.tensor([[0.5, 0.5], [0.5, -0.5]])
+    s = torch.tensor([[1.0, 0.0]])
+    # u.v = [0.5, 0]; theta = 0.5 * u.v = [0.25, 0].
+    # pair 0 (s=1): softplus(0.25) - 0.25 = log(1 + e^-0.25); pair 1 (s=0): softplus(0) = log 2.
+    expected = (math.log1p(math.exp(-0.25)) + math.log(2)) / 2
+    assert PairwiseNLLLoss()(u, v, s).item() == pytest.approx(expected, rel=1e-6)
+    # alpha = 2: theta = [1, 0]; pair 0 gives log(1 + e^-1).
+    expected2 = (math.log1p(math.exp(-1.0)) + math.log(2)) / 2
+    assert PairwiseNLLLoss(alpha=2.0)(u, v, s).item() == pytest.approx(expected2, rel=1e-6)
+
+
+def test_pairwise_nll_balance_value():
+    u = torch.tensor([[0.5, 0.5]])
+    v = torch.tensor([[0.5, 0.5], [0.5, -0.5], [-0.5, -0.5]])
+    s = torch.tensor([[1.0, 0.0, 0.0]])
+    # theta = [0.25, 0, -0.25].
+    pos = math.log1p(math.exp(-0.25))  # s=1, theta=0.25
+    neg = (math.log(2) + math.log1p(math.exp(-0.25))) / 2  # s=0: softplus(0), softplus(-0.25)
+    # Balanced: each class weighs 1/2, whatever its count.
+    balanced = PairwiseNLLLoss(balance=True)(u, v, s).item()
+    assert balanced == pytest.approx((pos + neg) / 2, rel=1e-6)
+    # Unbalanced is the plain mean over the 3 pairs: (pos + 2 neg) / 3.
+    plain = PairwiseNLLLoss()(u, v, s).item()
+    assert plain == pytest.approx((pos + 2 * neg) / 3, rel=1e-6)
+    assert balanced != pytest.approx(plain)
+
+
+def test_pairwise_nll_balance_with_one_class_is_the_plain_mean():
+    u, v = _codes(3, 8, 0), _codes(4, 8, 1)
+    for s in (torch.ones(3, 4), torch.zeros(3, 4)):
+        s = s.double()
+        balanced = PairwiseNLLLoss(balance=True)(u, v, s)
+        assert torch.allclose(balanced, PairwiseNLLLoss()(u, v, s))
+
+
+def test_pairwise_nll_gradient_matches_formula():
+    u, v = _codes(5, 16, 2), _codes(7, 16, 3)
+    s = label_similarity(_multi_hot(5, 4, 4), _multi_hot(7, 4, 5)).double()
+    alpha = 0.3
+    PairwiseNLLLoss(alpha=alpha)(u, v, s).backward()
+    # d/dtheta [softplus(theta) - s theta] = sigmoid(theta) - s; theta = alpha u v^T; mean
+    # over n*m pairs. So dL/du = alpha/(nm) (sigmoid(theta) - s) v, dL/dv = alpha/(nm) (.)^T u.
+    with torch.no_grad():
+        r = torch.sigmoid(alpha * u @ v.T) - s
+        grad_u = alpha / (5 * 7) * r @ v
+        grad_v = alpha / (5 * 7) * r.T @ u
+    assert torch.allclose(u.grad, grad_u)
+    assert torch.allclose(v.grad, grad_v)
+
+
+def test_pairwise_nll_stable_for_large_logits():
+    # 256 saturated bits at alpha 0.5 give theta ~ 127: exp(theta) overflows float32 beyond 88.
+    u = torch.full((1, 256), 0.999, requires_grad=True)
+    theta = 0.5 * 256 * 0.999**2
+    loss_neg = PairwiseNLLLoss()(u, u, torch.zeros(1, 1))
+    loss_pos = PairwiseNLLLoss()(u, u, torch.ones(1, 1))
+    assert loss_neg.item() == pytest.approx(theta, rel=1e-5)
+    assert loss_pos.item() == pytest.approx(0.0, abs=1e-6)
+    (loss_neg + loss_pos).backward()
+    assert torch.isfinite(u.grad).all()
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_pairwise_nll_gradcheck(balance):
+    u, v = _codes(4, 6, 6), _codes(3, 6, 7)
+    s = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    loss = PairwiseNLLLoss(alpha=0.7, balance=balance)
+    assert gradcheck(lambda a, b: loss(a, b, s.double()), (u, v))
+
+
+# --- contrastive -----------------------------------------------------------------------
+
+
+def test_contrastive_value():
+    u = torch.tensor([[0.5, 0.5]])
+    v = torch.tensor([[1.0, 1.0], [0.0, 0.0], [-1.0, -1.0]])
+    s = torch.tensor([[0.0, 1.0, 0.0]])
+    # u.v = [1, 0, -1]; bits = 2; d = (2 - u.v) / 4 = [0.25, 0.5, 0.75].
+    # margin 0.6: pair 0 (s=0) (0.6 - 0.25)^2 = 0.1225; pair 1 (s=1) 0.5^2 = 0.25;
+    # pair 2 (s=0) relu(0.6 - 0.75)^2 = 0.  Mean = 0.3725 / 3.
+    loss = ContrastiveLoss(margin=0.6)(u, v, s)
+    assert loss.item() == pytest.approx(0.3725 / 3, rel=1e-6)
+    # Default margin 0.5: pair 0 gives 0.25^2 = 0.0625; pair 2 still 0.  (0.0625 + 0.25) / 3.
+    assert ContrastiveLoss()(u, v, s).item() == pytest.approx(0.3125 / 3, rel=1e-6)
+
+
+def test_contrastive_gradcheck():
+    u, v = _codes(4, 5, 8), _codes(3, 5, 9)
+    s = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    loss = ContrastiveLoss(margin=0.6)
+    assert gradcheck(lambda a, b: loss(a, b, s.double()), (u, v))
+
+
+# --- triplet ---------------------------------------------------------------------------
+
+
+def test_triplet_value():
+    u = torch.tensor([[0.5, 0.5], [0.3, -0.2]])
+    v = torch.tensor([[1.0, 1.0], [0.0, 0.0], [-1.0, -1.0]])
+    s = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    # Anchor 0: d = [0.25, 0.5, 0.75]; positives {0, 2}, negative {1}.
+    #   (j=0, k=1): relu(0.25 + 0.25 - 0.5) = 0   (valid, counts in the mean)
+    #   (j=2, k=1): relu(0.25 + 0.75 - 0.5) = 0.5
+    # Anchor 1 has no positive, so no triplets.  Mean over 2 valid triplets = 0.25.
+    assert TripletLoss()(u, v, s).item() == pytest.approx(0.25, rel=1e-6)
+    # margin 0.1: (j=0) relu(-0.15) = 0, (j=2) relu(0.35) = 0.35 -> 0.175.
+    assert TripletLoss(margin=0.1)(u, v, s).item() == pytest.approx(0.175, rel=1e-6)
+
+
+def test_triplet_matches_brute_force():
+    u, v = _codes(5, 8, 10), _codes(6, 8, 11)
+    s = label_similarity(_multi_hot(5, 3, 12), _multi_hot(6, 3, 13)).double()
+    d = code_distance(u, v)
+    hinges = [
+        torch.relu(0.25 + d[i, j] - d[i, k])
+        for i in range(5)
+        for j in range(6)
+        for k in range(6)
+        if s[i, j] == 1 and s[i, k] == 0
+    ]
+    assert hinges, "fixture should contain triplets"
+    expected = torch.stack(hinges).mean()
+    assert torch.allclose(TripletLoss()(u, v, s), expected)
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.0])
+def test_triplet_without_valid_triplets_is_zero_with_finite_gradient(fill):
+    u, v = _codes(3, 4, 14), _codes(4, 4, 15)
+    loss = TripletLoss()(u, v, torch.full((3, 4), fill, dtype=torch.float64))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(u.grad).all() and torch.isfinite(v.grad).all()
+    assert torch.count_nonzero(u.grad) == 0
+
+
+def test_triplet_gradcheck():
+    u, v = _codes(3, 5, 16), _codes(4, 5, 17)
+    s = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    loss = TripletLoss(margin=0.3)
+    assert gradcheck(lambda a, b: loss(a, b, s.double()), (u, v))
+
+
+# --- registry --------------------------------------------------------------------------
+
+
+def test_make_similarity_loss():
+    assert set(SIMILARITY_LOSSES) == {"pairwise_nll", "contrastive", "triplet"}
+    loss = make_similarity_loss("contrastive", margin=0.3)
+    assert isinstance(loss, ContrastiveLoss) and loss.margin == 0.3
+    assert make_similarity_loss("pairwise_nll", balance=True).balance is True
+    with pytest.raises(ValueError, match="unknown similarity loss 'hinge'"):
+        make_similarity_loss("hinge")
+
+
+def test_similarity_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="similarity must be"):
+        PairwiseNLLLoss()(torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="codes must be"):
+        ContrastiveLoss()(torch.zeros(2, 4), torch.zeros(3, 8), torch.zeros(2, 3))
+
+
+# --- semantic --------------------------------------------------------------------------
+
+
+def test_semantic_label_loss_single_label():
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])
+    # softmax([0, ln 3]) = [1/4, 3/4].  Row 0 class 1: -ln(3/4); row 1 class 0: -ln(1/4).
+    expected = (-math.log(0.75) - math.log(0.25)) / 2
+    idx = torch.tensor([1, 0])
+    one_hot = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    assert semantic_label_loss(logits, idx, multi_label=False).item() == pytest.approx(expected)
+    assert semantic_label_loss(logits, one_hot, multi_label=False).item() == pytest.approx(expected)
+
+
+def test_semantic_label_loss_multi_label():
+    logits = torch.tensor([[0.0, math.log(3.0), -math.log(3.0)]])
+    labels = torch.tensor([[1, 1, 1]])
+    # sigmoid = [1/2, 3/4, 1/4]; BCE = -ln of each, mean over 3 entries.
+    expected = -(math.log(0.5) + math.log(0.75) + math.log(0.25)) / 3
+    assert semantic_label_loss(logits, labels, multi_label=True).item() == pytest.approx(expected)
+    # Same labels read as single-label would be a different (soft-target) loss.
+    single = semantic_label_loss(logits, labels, multi_label=False).item()
+    assert single != pytest.approx(expected)
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_semantic_label_loss_gradcheck(multi_label):
+    logits = _codes(4, 3, 18)
+    labels = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.float64)
+    if multi_label:
+        labels[0, 2] = 1.0
+    assert gradcheck(lambda z: semantic_label_loss(z, labels, multi_label), (logits,))
+
+
+# --- quantization and balance ----------------------------------------------------------
+
+
+def test_quantization_value_and_gradient():
+    h = torch.tensor([[0.5, -0.25], [0.0, 1.0]], requires_grad=True)
+    # sign(h) with sign(0) = +1 is [[1, -1], [1, 1]].
+    # (0.5-1)^2 + (-0.25+1)^2 + (0-1)^2 + 0 = 0.25 + 0.5625 + 1 = 1.8125, over 4 entries.
+    loss = quantization_loss(h)
+    assert loss.item() == pytest.approx(1.8125 / 4)
+    loss.backward()
+    # dL/dh = 2 (h - b) / 4 with b constant: [[-0.25, 0.375], [-0.5, 0]].
+    assert torch.allclose(h.grad, torch.tensor([[-0.25, 0.375], [-0.5, 0.0]]))
+
+
+def test_quantization_gradcheck():
+    # Away from 0, where the detached sign is locally constant.
+    assert gradcheck(quantization_loss, (_codes(4, 6, 19),))
+
+
+def test_bit_balance_value_and_gradient():
+    h = torch.tensor([[1.0, 0.5], [0.5, -0.5]], requires_grad=True)
+    # Column means [0.75, 0]; mean of squares (0.5625 + 0) / 2 = 0.28125.
+    loss = bit_balance_loss(h)
+    assert loss.item() == pytest.approx(0.28125)
+    loss.backward()
+    # dL/dh[i, k] = 2 mean_k / (n * bits) = 2 * [0.75, 0] / 4 = [0.375, 0] for every row.
+    assert torch.allclose(h.grad, torch.tensor([[0.375, 0.0], [0.375, 0.0]]))
+    # Perfectly balanced bits cost nothing.
+    assert bit_balance_loss(torch.tensor([[1.0, -1.0], [-1.0, 1.0]])).item() == 0.0
+
+
+def test_bit_balance_gradcheck():
+    assert gradcheck(bit_balance_loss, (_codes(5, 4, 20),))
+
+
+# --- DSMHNLoss -------------------------------------------------------------------------
+
+WEIGHTS = {"similarity": 0.3, "semantic": 0.7, "quantization": 0.11, "balance": 0.05}
+PREFIX_WEIGHT = {"sim": 0.3, "sem": 0.7, "quant": 0.11, "balance": 0.05, "intra": 0.2}
+
+
+def _batch(modalities, n=6, bits=8, classes=4, seed=21):
+    codes = {m: _codes(n, bits, seed + i) for i, m in enumerate(modalities)}
+    logits = {m: _codes(n, classes, seed + 10 + i) for i, m in enumerate(modalities)}
+    labels = _multi_hot(n, classes, seed).double()
+    labels[0, 0] = labels[1, 0] = 1.0  # at least one similar pair
+    return codes, logits, labels
+
+
+def _check_total(out):
+    expected = sum(PREFIX_WEIGHT[k.split("/")[0]] * v for k, v in out.items() if k != "total")
+    assert torch.allclose(out["total"], expected)
+
+
+def test_dsmhn_two_modalities():
+    codes, logits, labels = _batch(["image", "text"])
+    loss = DSMHNLoss(**WEIGHTS)
+    out = loss(codes, logits, labels, multi_label=True)
+    assert set(out) == {
+        "sim/image-text",
+        "sem/image",
+        "sem/text",
+        "quant/image",
+        "quant/text",
+        "balance/image",
+        "balance/text",
+        "total",
+    }
+    _check_total(out)
+    s = label_similarity(labels, labels)
+    # pairwise_nll is symmetric, so averaging both directions equals one direction.
+    assert torch.allclose(
+        out["sim/image-text"], PairwiseNLLLoss()(codes["image"], codes["text"], s)
+    )
+    assert torch.allclose(out["sem/text"], semantic_label_loss(logits["text"], labels, True))
+    assert torch.allclose(out["quant/image"], quantization_loss(codes["image"]))
+    assert torch.allclose(out["balance/text"], bit_balance_loss(codes["text"]))
+    out["total"].backward()
+    for t in (*codes.values(), *logits.values()):
+        assert t.grad is not None and torch.count_nonzero(t.grad) > 0
+
+
+def test_dsmhn_three_modalities_with_intra_and_triplet():
+    codes, logits, labels = _batch(["image", "text", "video"])
+    loss = DSMHNLoss(**WEIGHTS, intra=0.2, similarity_loss="triplet")
+    out = loss(codes, logits, labels, multi_label=True)
+    sims = {k for k in out if k.startswith("sim/")}
+    assert sims == {"sim/image-text", "sim/image-video", "sim/text-video"}
+    assert {k for k in out if k.startswith("intra/")} == {
+        "intra/image",
+        "intra/text",
+        "intra/video",
+    }
+    assert len([k for k in out if k.startswith(("sem/", "quant/", "balance/"))]) == 9
+    _check_total(out)
+    # Triplet is asymmetric; the pair term averages both directions.
+    s = label_similarity(labels, labels)
+    t = TripletLoss()
+    both = (t(codes["text"], codes["video"], s) + t(codes["video"], codes["text"], s)) / 2
+    assert torch.allclose(out["sim/text-video"], both)
+    # Reordering the modalities renames the pair but leaves its value unchanged.
+    reordered = {m: codes[m] for m in ("video", "text", "image")}
+    out2 = loss(reordered, logits, labels, multi_label=True)
+    assert torch.allclose(out2["sim/video-text"], out["sim/text-video"])
+    assert torch.allclose(out2["total"], out["total"])
+
+
+def test_dsmhn_single_label_without_logits_and_params():
+    codes, _, _ = _batch(["image", "text"])
+    labels = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 0, 1, 2]), 3).double()
+    loss = DSMHNLoss(**WEIGHTS, similarity_loss="contrastive", similarity_params={"margin": 0.4})
+    out = loss(codes, {}, labels, multi_label=False)
+    assert not any(k.startswith(("sem/", "intra/")) for k in out)
+    _check_total(out)
+    s = label_similarity(labels, labels)
+    expected = ContrastiveLoss(margin=0.4)(codes["image"], codes["text"], s)
+    assert torch.allclose(out["sim/image-text"], expected)
+
+
+def test_dsmhn_gradcheck():
+    codes, logits, labels = _batch(["image", "text"], n=4, bits=5, classes=3)
+    loss = DSMHNLoss(**WEIGHTS, intra=0.2)
+
+    def total(a, b, za, zb):
+        return loss({"image": a, "text": b}, {"image": za, "text": zb}, labels, True)["total"]
+
+    assert gradcheck(total, (codes["image"], codes["text"], logits["image"], logits["text"]))
+
+
+def test_dsmhn_rejects_bad_inputs():
+    codes, logits, labels = _batch(["image", "text"])
+    loss = DSMHNLoss()
+    with pytest.raises(ValueError, match="at least one modality"):
+        loss({}, {}, labels, True)
+    with pytest.raises(ValueError, match=r"codes\['text'\] must be"):
+        loss({"image": codes["image"], "text": codes["text"][:3]}, {}, labels, True)
+    with pytest.raises(ValueError, match="without codes"):
+        loss({"image": codes["image"]}, logits, labels, True)

@@ -1,0 +1,347 @@
+"""The HTTP API through TestClient: ingest, search, encode, items, stats, auth, docs, metrics."""
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from index.reference import NumpyHammingIndex
+from service.encoders import Bundle
+from tests.service_bundle import (
+    API_KEY,
+    AUTH,
+    VOCAB,
+    build_bundle,
+    grid_image,
+    image_bytes,
+    ingest_files,
+    ingest_texts,
+    make_settings,
+    open_client,
+    png,
+    reference_pixels,
+)
+
+pytest_plugins = ["tests.conftest_service"]
+
+TEXTS = [
+    "a black cat asleep on a red car",
+    "blue sea and a white boat at sunset",
+    "snow on the mountain above the lake",
+    "children playing music in the street",
+    "a horse and a cow in green grass",
+    "the city bridge at night",
+]
+
+
+def search(api, **body):
+    r = api.post("/v1/search", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def search_file(api, data: bytes, name: str = "q.png", **form):
+    r = api.post("/v1/search", files=[("file", (name, data, "image/png"))], data=form)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_health_ready_docs(api) -> None:
+    assert api.get("/healthz").json() == {"status": "ok"}
+    assert api.get("/readyz").json() == {"status": "ready"}
+    assert api.get("/docs").status_code == 200
+    spec = api.get("/openapi.json").json()
+    body = spec["paths"]["/v1/items"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}
+    assert body["application/json"]["schema"]["$ref"] == "#/components/schemas/IngestRequest"
+    assert "TextItem" in spec["components"]["schemas"]
+    assert "files" in body["multipart/form-data"]["schema"]["properties"]
+    assert "X-API-Key" in json.dumps(spec["components"]["securitySchemes"])
+
+
+def test_ingest_texts_and_images_then_search_each_way(api, svc_bundle: Bundle) -> None:
+    texts = ingest_texts(api, TEXTS, metadata={"kind": "caption"})
+    images = ingest_files(api, [(f"img{i}.png", png(i)) for i in range(6)])
+    assert [t["modality"] for t in texts] == ["text"] * 6
+    assert [i["filename"] for i in images] == [f"img{i}.png" for i in range(6)]
+    assert len({i["id"] for i in texts + images}) == 12
+    assert all(t["known_tokens"] > 0 for t in texts)
+
+    # Same image back: distance 0 and that image first.
+    hits = search_file(api, png(3), k=5)["results"]
+    assert hits[0]["id"] == images[3]["id"] and hits[0]["distance"] == 0
+    assert hits[0]["metadata"] == {"filename": "img3.png"}
+    assert all(h["distance"] > 0 for h in hits[1:])
+
+    # Same text back: distance 0, and its stored text is shown.
+    res = search(api, text=TEXTS[2], k=3, modalities=["text"])
+    assert res["query"]["code"] == texts[2]["code"]
+    assert res["results"][0]["id"] == texts[2]["id"] and res["results"][0]["distance"] == 0
+    assert res["results"][0]["metadata"] == {"kind": "caption", "text": TEXTS[2]}
+
+    # By code, restricted to images: the code's own image first.
+    res = search(api, code=images[4]["code"], k=6, modalities=["image"])
+    assert [h["modality"] for h in res["results"]] == ["image"] * 6
+    assert res["results"][0]["id"] == images[4]["id"] and res["results"][0]["distance"] == 0
+
+    # Cross-modal: a text query ranks images by exact Hamming distance.
+    res = search(api, text="a red car", k=6, modalities=["image"])
+    ref = NumpyHammingIndex(svc_bundle.bits)
+    ref.add(
+        [i["id"] for i in images],
+        np.array([list(bytes.fromhex(i["code"])) for i in images], np.uint8),
+    )
+    want = ref.search(np.array([list(bytes.fromhex(res["query"]["code"]))], np.uint8), 6)
+    assert [h["id"] for h in res["results"]] == want.ids[0].tolist()
+    assert [h["distance"] for h in res["results"]] == want.distances[0].tolist()
+
+
+def test_all_modalities_are_merged_by_distance(api) -> None:
+    ingest_texts(api, TEXTS)
+    ingest_files(api, [(f"img{i}.png", png(i)) for i in range(4)])
+    res = search(api, code="00000000", k=10)["results"]
+    assert {h["modality"] for h in res} == {"text", "image"}
+    assert [h["distance"] for h in res] == sorted(h["distance"] for h in res)
+    assert len(res) == 10
+
+
+def test_api_codes_equal_the_encoders_on_contract_pixels(api, svc_bundle: Bundle) -> None:
+    image = grid_image(11, (90, 50))
+    r = api.post("/v1/encode", files=[("files", ("a.png", image_bytes(image), "image/png"))])
+    assert r.status_code == 200, r.text
+    direct = svc_bundle.encoders["image"].encode(reference_pixels(image, 32)[None])
+    assert r.json() == {
+        "bits": 32,
+        "codes": [
+            {
+                "modality": "image",
+                "code": direct[0].tobytes().hex(),
+                "known_tokens": None,
+                "filename": "a.png",
+            }
+        ],
+    }
+    r = api.post("/v1/encode", json={"texts": ["Cat, DOG!", "zzz qqq"]})
+    assert r.status_code == 200, r.text
+    bags, _ = svc_bundle.vectorizer.vectorize(["cat dog", ""])
+    direct = svc_bundle.encoders["text"].encode(bags)
+    codes = r.json()["codes"]
+    assert [c["code"] for c in codes] == [row.tobytes().hex() for row in direct]
+    # No known token: still a code (all zeros here), flagged so the client can tell.
+    assert [c["known_tokens"] for c in codes] == [2, 0]
+    assert codes[1]["code"] == "00000000"
+
+
+def test_exif_rotated_jpeg_matches_its_upright_twin(api) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    jpeg = image_bytes(grid_image(21, (80, 40)), "JPEG", quality=95, exif=exif.tobytes())
+    # The upright twin: the same decoded JPEG pixels, rotated and stored losslessly.
+    decoded = Image.open(io.BytesIO(jpeg))
+    upright = image_bytes(decoded.transpose(Image.Transpose.ROTATE_270))
+    sideways = image_bytes(decoded.copy())
+    items = ingest_files(api, [("upright.png", upright), ("sideways.png", sideways)])
+    hits = search_file(api, jpeg, "rotated.jpg", k=2, modalities="image")["results"]
+    assert hits[0]["id"] == items[0]["id"] and hits[0]["distance"] == 0
+    assert hits[1]["distance"] > 0
+
+
+def test_client_ids_are_idempotent(api) -> None:
+    first = ingest_texts(api, ["a cat"], client_id="c1")
+    again = ingest_texts(api, ["a cat"], client_id="c1")
+    assert first == again
+    assert api.get("/v1/stats").json()["count"] == 1
+    changed = ingest_texts(api, ["a dog on the beach"], client_id="c1", metadata={"v": 2})
+    assert changed[0]["id"] == first[0]["id"] and changed[0]["code"] != first[0]["code"]
+    item = api.get(f"/v1/items/{first[0]['id']}").json()
+    assert item["metadata"] == {"v": 2, "text": "a dog on the beach"}
+    assert item["code"] == changed[0]["code"] and item["client_id"] == "c1"
+    res = search(api, code=first[0]["code"], k=5)["results"]
+    assert [h["id"] for h in res] == [first[0]["id"]] and res[0]["distance"] > 0
+    # Files with client ids are idempotent too, and an id may move between modalities.
+    moved = ingest_files(api, [("x.png", png(1))], client_ids=json.dumps(["c1"]))
+    assert moved[0]["id"] == first[0]["id"]
+    stats = api.get("/v1/stats").json()
+    assert stats["by_modality"] == {"image": 1} and stats["index_sizes"]["text"] == 0
+
+
+def test_multipart_batch_with_client_ids_metadata_and_texts(api) -> None:
+    items = ingest_files(
+        api,
+        [("a.png", png(1)), ("b.png", png(2))],
+        client_ids=json.dumps(["a", None]),
+        metadata=json.dumps([{"tag": "x"}, None]),
+        items=json.dumps([{"text": "a red car", "client_id": "t", "metadata": {"tag": "x"}}]),
+    )
+    assert [(i["client_id"], i["modality"]) for i in items] == [
+        ("a", "image"),
+        (None, "image"),
+        ("t", "text"),
+    ]
+    got = [api.get(f"/v1/items/{i['id']}").json()["metadata"] for i in items]
+    assert got == [
+        {"tag": "x", "filename": "a.png"},
+        {"filename": "b.png"},
+        {"tag": "x", "text": "a red car"},
+    ]
+
+
+def test_metadata_filter(api) -> None:
+    tagged = ingest_texts(api, TEXTS[:3], metadata={"tag": "keep", "n": 1})
+    ingest_texts(api, TEXTS[3:], metadata={"tag": "drop", "n": True})
+    res = search(api, text=TEXTS[4], k=10, where={"tag": "keep"})["results"]
+    assert sorted(h["id"] for h in res) == sorted(t["id"] for t in tagged)
+    # Exact JSON match: 1 and true are different values.
+    res = search(api, code="ffffffff", k=10, where={"n": 1})["results"]
+    assert sorted(h["id"] for h in res) == sorted(t["id"] for t in tagged)
+    assert search(api, code="ffffffff", k=10, where={"tag": "none"})["results"] == []
+    res = search_file(api, png(0), k=10, where=json.dumps({"tag": "drop"}))["results"]
+    assert len(res) == 3 and {h["metadata"]["tag"] for h in res} == {"drop"}
+
+
+def test_get_delete_and_stats(api) -> None:
+    texts = ingest_texts(api, TEXTS[:3])
+    images = ingest_files(api, [("a.png", png(1))])
+    stats = api.get("/v1/stats").json()
+    assert stats["count"] == 4 and stats["by_modality"] == {"image": 1, "text": 3}
+    assert stats["bits"] == 32 and stats["method"] == "dsmhn"
+    assert stats["modalities"] == ["image", "text"]
+    victim = texts[1]["id"]
+    got = api.get(f"/v1/items/{victim}").json()
+    assert got["code"] == texts[1]["code"] and got["modality"] == "text"
+    r = api.delete(f"/v1/items/{victim}", headers=AUTH)
+    assert r.status_code == 204 and r.content == b""
+    r = api.get(f"/v1/items/{victim}")
+    assert r.status_code == 404 and r.json()["detail"] == f"no item with id {victim}"
+    res = search(api, code=texts[1]["code"], k=10)["results"]
+    assert victim not in [h["id"] for h in res] and len(res) == 3
+    stats = api.get("/v1/stats").json()
+    assert stats["count"] == 3 and stats["index_sizes"] == {"image": 1, "text": 2}
+    assert images[0]["id"] in [h["id"] for h in res]
+
+
+def test_auth_header_forms_and_protected_reads(svc_bundle_dir: Path, svc_bundle, tmp_path) -> None:
+    settings = make_settings(svc_bundle_dir, tmp_path / "d", protect_reads=True)
+    with open_client(settings, svc_bundle) as c:
+        body = {"items": [{"text": "a cat"}]}
+        bearer = {"Authorization": f"Bearer {API_KEY}"}
+        assert c.post("/v1/items", json=body, headers=bearer).status_code == 200
+        r = c.post("/v1/search", json={"text": "cat"})
+        assert r.status_code == 401 and "API key" in r.json()["detail"]
+        assert r.headers["www-authenticate"] == "Bearer"
+        r = c.get("/v1/stats", headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 403 and "not valid" in r.json()["detail"]
+        assert c.get("/v1/stats", headers=AUTH).json()["count"] == 1
+        # Liveness, readiness and metrics stay open for probes and scrapers.
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/metrics").status_code == 200
+
+
+def test_no_api_key_means_open_writes(svc_bundle_dir: Path, svc_bundle, tmp_path) -> None:
+    with open_client(make_settings(svc_bundle_dir, tmp_path / "d", api_key=None), svc_bundle) as c:
+        r = c.post("/v1/items", json={"items": [{"text": "a cat"}]})
+        assert r.status_code == 200
+
+
+def test_metrics_exposition(api) -> None:
+    ingest_texts(api, TEXTS)
+    search(api, text="cat", k=3)
+    text = api.get("/metrics").text
+    assert (
+        'hashbridge_request_duration_seconds_count{method="POST",route="/v1/items",status="200"} 1'
+        in text
+    )
+    assert 'hashbridge_encode_duration_seconds_count{modality="text"} 2' in text
+    assert 'hashbridge_search_duration_seconds_count{query="text"} 1' in text
+    assert 'hashbridge_items_written_total{modality="text"} 6' in text
+    assert 'hashbridge_encode_batch_items_bucket{modality="text",le="8"} 2' in text
+    assert "# TYPE hashbridge_request_duration_seconds histogram" in text
+
+
+def test_restart_loads_snapshots_and_answers_the_same(
+    svc_bundle_dir: Path, svc_bundle, tmp_path
+) -> None:
+    settings = make_settings(svc_bundle_dir, tmp_path / "d")
+    with open_client(settings, svc_bundle) as c:
+        texts = ingest_texts(c, TEXTS, client_id=None)
+        ingest_files(c, [(f"{i}.png", png(i)) for i in range(5)])
+        before = [search(c, code=t["code"], k=8) for t in texts]
+    # Shutdown snapshotted both indexes at the current store seq.
+    assert sorted(p.name for p in (tmp_path / "d").glob("index-*.hbix")) == [
+        "index-image.hbix",
+        "index-text.hbix",
+    ]
+    with open_client(settings, svc_bundle) as c:
+        runtime = c.app.state.runtime
+        assert runtime.collection.open_report == {"image": "loaded", "text": "loaded"}
+        assert [search(c, code=t["code"], k=8) for t in texts] == before
+
+
+def test_snapshot_every_n_writes(svc_bundle_dir: Path, svc_bundle, tmp_path) -> None:
+    with open_client(
+        make_settings(svc_bundle_dir, tmp_path / "d", snapshot_every=5), svc_bundle
+    ) as c:
+        ingest_texts(c, TEXTS[:4])
+        assert not list((tmp_path / "d").glob("index-*.hbix"))
+        ingest_texts(c, TEXTS[4:5])
+        # The fifth write starts a background snapshot; the response does not wait for it.
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "d" / "index-text.hbix").exists():
+            assert time.monotonic() < deadline, "no snapshot after snapshot_every writes"
+            time.sleep(0.02)
+
+
+@pytest.mark.parametrize("path", ["/v1/stats", "/readyz"])
+def test_not_ready_outside_the_lifespan(svc_bundle_dir: Path, tmp_path, path: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    # Without entering the context, the lifespan never ran: nothing is loaded.
+    c = TestClient(create_app(make_settings(svc_bundle_dir, tmp_path / "d")))
+    r = c.get(path)
+    assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+
+
+def test_video_bundle_reaches_the_clip_decoder(svc_bundle_dir: Path, tmp_path) -> None:
+    video_bundle = build_bundle(tmp_path / "vb", video=True)
+    with open_client(make_settings(video_bundle, tmp_path / "d")) as c:
+        mp4 = b"\0\0\0\x18ftypisom\0\0\0\0isomiso2" + b"\0" * 64
+        r = c.post("/v1/items", files=[("files", ("c.mp4", mp4, "video/mp4"))], headers=AUTH)
+        assert r.status_code == 501 and r.headers["content-type"] == "application/problem+json"
+        assert "'c.mp4' is a video clip, and video decoding is not available" in r.json()["detail"]
+        assert c.get("/v1/stats").json()["count"] == 0
+        # Images and texts still work with a video bundle.
+        assert ingest_files(c, [("a.png", png(1))])[0]["modality"] == "image"
+
+
+def test_nprobe_is_a_per_query_argument(svc_bundle_dir: Path, svc_bundle, tmp_path) -> None:
+    # A tiny IVF threshold so the collection is an IVF index after a few dozen items.
+    settings = make_settings(svc_bundle_dir, tmp_path / "d", index_kind="auto", ivf_threshold=50)
+    with open_client(settings, svc_bundle) as c:
+        rng = np.random.default_rng(3)
+        texts = [" ".join(rng.choice(VOCAB, 4)) for _ in range(120)]
+        items = [it for s in range(0, 120, 40) for it in ingest_texts(c, texts[s : s + 40])]
+        runtime = c.app.state.runtime
+        assert runtime.collection._indexes["text"].is_ivf
+        codes = {it["id"]: bytes.fromhex(it["code"]) for it in items}
+        ref = NumpyHammingIndex(32)
+        ref.add(list(codes), np.array([list(v) for v in codes.values()], np.uint8))
+        exact = search(c, text="cat dog", k=20, nprobe=10_000)
+        query = bytes.fromhex(exact["query"]["code"])
+        want = ref.search(np.array([list(query)], np.uint8), 20)
+        # Probing every list is exact, ties included.
+        assert [h["id"] for h in exact["results"]] == want.ids[0].tolist()
+        assert [h["distance"] for h in exact["results"]] == want.distances[0].tolist()
+        # One list may miss neighbours but never misreports a distance.
+        narrow = search(c, text="cat dog", k=20, nprobe=1)["results"]
+        for h in narrow:
+            xor = int.from_bytes(query, "big") ^ int.from_bytes(codes[h["id"]], "big")
+            assert h["distance"] == xor.bit_count()
+        assert narrow != exact["results"]  # nprobe really reached the index
+        # The narrow query changed nothing shared: exhaustive probing is exact again.
+        assert search(c, text="cat dog", k=20, nprobe=10_000) == exact

@@ -1,0 +1,159 @@
+"""Bundle loading: verification, refusals with clear messages, text vectors, data-dir pairing."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.encoders import TextVectorizer, load_bundle
+from service.errors import BundleError
+from tests.service_bundle import VOCAB, build_bundle, edit_manifest, make_settings, open_client
+
+pytest_plugins = ["tests.conftest_service"]
+
+
+@pytest.fixture
+def fresh(svc_bundle_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the session bundle to break."""
+    return Path(shutil.copytree(svc_bundle_dir, tmp_path / "bundle"))
+
+
+def test_loads_a_valid_bundle(svc_bundle_dir: Path) -> None:
+    b = load_bundle(svc_bundle_dir)
+    assert (b.bits, b.method, b.modalities) == (32, "dsmhn", ["image", "text"])
+    assert b.label_names == ["animal", "nature", "urban"]
+    assert b.inputs["image"]["size"] == 32
+    assert b.vectorizer is not None and list(b.vectorizer.tokens) == VOCAB
+    codes = b.encoders["image"].encode(np.zeros((3, 3, 32, 32), np.uint8))
+    assert codes.dtype == np.uint8 and codes.shape == (3, 4)
+
+
+def test_fingerprint_follows_the_weights(tmp_path: Path, svc_bundle_dir: Path) -> None:
+    same = build_bundle(tmp_path / "same")
+    other = build_bundle(tmp_path / "other", seed=1)
+    assert load_bundle(same).fingerprint == load_bundle(svc_bundle_dir).fingerprint
+    assert load_bundle(other).fingerprint != load_bundle(svc_bundle_dir).fingerprint
+
+
+def _drop_file(root: Path) -> None:
+    (root / "text.pt").unlink()
+
+
+def _corrupt_file(root: Path) -> None:
+    with (root / "image.pt").open("ab") as f:
+        f.write(b"\0")
+
+
+def _drop_hash(root: Path) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["files"]["text.pt"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _bad_mode(root: Path) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["modalities"]["text"]["vocabulary"]["mode"] = "bpe"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _unknown_modality(root: Path) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["modalities"]["audio"] = {"file": "text.pt", "input": "wave"}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda r: (r / "manifest.json").unlink(), "has no manifest.json"),
+        (lambda r: (r / "manifest.json").write_text("{not json"), "not readable JSON"),
+        (_drop_file, "missing text.pt"),
+        (_corrupt_file, "sha256 mismatch for image.pt"),
+        (_drop_hash, "lists no sha256 for text.pt"),
+        (lambda r: edit_manifest(r, format_version=2), "format_version 2"),
+        (lambda r: edit_manifest(r, bits=30), "multiple of 8"),
+        (lambda r: edit_manifest(r, bits=64), "64-bit codes"),
+        (lambda r: edit_manifest(r, modalities={}), "non-empty"),
+        (_bad_mode, "mode is 'bpe'"),
+        (_unknown_modality, "modalities.audio: unknown modality"),
+    ],
+    ids=[
+        "no-manifest",
+        "bad-json",
+        "missing-file",
+        "wrong-hash",
+        "no-hash",
+        "version",
+        "bits-not-multiple-of-8",
+        "width-mismatch",
+        "no-modalities",
+        "bad-vocab-mode",
+        "unknown-modality",
+    ],
+)
+def test_refuses_broken_bundles(fresh: Path, breakage, message: str) -> None:
+    breakage(fresh)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(fresh)
+
+
+def test_refuses_encoder_whose_width_disagrees(tmp_path: Path) -> None:
+    root = build_bundle(tmp_path / "b", bits=32, encoder_bits=16)
+    with pytest.raises(
+        BundleError, match=r"image\.pt: image encoder returned .*\(4, 2\).*\(4, 4\)"
+    ):
+        load_bundle(root)
+
+
+def test_startup_fails_with_the_bundle_message(fresh: Path, tmp_path: Path) -> None:
+    _corrupt_file(fresh)
+    with pytest.raises(BundleError, match="sha256 mismatch for image.pt"):
+        with open_client(make_settings(fresh, tmp_path / "data")):
+            pass
+
+
+def test_data_dir_refuses_another_models_codes(
+    svc_bundle_dir: Path,
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with open_client(make_settings(svc_bundle_dir, data)) as c:
+        assert c.get("/readyz").status_code == 200
+    other = build_bundle(tmp_path / "other", seed=7)
+    with pytest.raises(BundleError, match="codes from another bundle"):
+        with open_client(make_settings(other, data)):
+            pass
+    wider = build_bundle(tmp_path / "wider", bits=64)
+    with pytest.raises(BundleError, match="64"):
+        with open_client(make_settings(wider, data)):
+            pass
+    # The original bundle still opens its own data dir.
+    with open_client(make_settings(svc_bundle_dir, data)) as c:
+        assert c.get("/readyz").status_code == 200
+
+
+def test_text_vectorizer_word_mode() -> None:
+    v = TextVectorizer(tokens=("cat", "dog", "red"), mode="word")
+    bags, known = v.vectorize(["A RED cat, a red_dog!", "nothing here", "dog-cat"])
+    assert v.tokenize("A RED cat, a red_dog!") == ["a", "red", "cat", "a", "red", "dog"]
+    np.testing.assert_array_equal(bags, [[1, 1, 1], [0, 0, 0], [1, 1, 0]])
+    assert bags.dtype == np.float32
+    # Known tokens count occurrences that hit the vocabulary, repeats included.
+    assert known == [4, 0, 2]
+
+
+def test_text_vectorizer_char_mode() -> None:
+    v = TextVectorizer(tokens=("猫が", "が好", "ab"), mode="char", ngram=2)
+    assert v.tokenize("猫が 好き") == ["猫が", "が好", "好き"]
+    bags, known = v.vectorize(["猫が好き", "x", "A-b"])
+    np.testing.assert_array_equal(bags, [[1, 1, 0], [0, 0, 0], [0, 0, 1]])
+    assert known == [2, 0, 1]
+
+
+def test_video_bundle_loads_and_checks_its_encoder(tmp_path: Path) -> None:
+    b = load_bundle(build_bundle(tmp_path / "v", video=True, frames=4))
+    assert b.modalities == ["image", "text", "video"]
+    codes = b.encoders["video"].encode(np.zeros((2, 3, 4, 32, 32), np.uint8))
+    assert codes.shape == (2, 4)

@@ -1,0 +1,132 @@
+"""Image decoding reproduces the model-side preprocessing exactly and refuses bad bytes."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import MediaError, NotImplementedYet, PayloadTooLarge
+from service.media import Upload, check_upload_size, decode_clip, decode_image, sniff_kind
+from tests.service_bundle import grid_image, image_bytes, reference_pixels
+
+BIG = 10_000_000
+
+
+def upload(data: bytes, name: str = "x.png", ctype: str | None = None) -> Upload:
+    return Upload(name, ctype, data)
+
+
+def exif_jpeg(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return image_bytes(image, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def huge_png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose IHDR declares width x height (no real pixel data behind it)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload)
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("size", "mode", "out"),
+    [
+        ((64, 48), "RGB", 32),  # landscape, downscaled
+        ((30, 90), "RGB", 32),  # portrait
+        ((20, 10), "RGB", 32),  # smaller than the input size: upscaled
+        ((33, 33), "RGBA", 16),
+        ((50, 40), "L", 24),
+        ((50, 40), "P", 24),
+    ],
+)
+def test_decode_matches_the_contract(size, mode, out) -> None:
+    image = grid_image(3, size).convert(mode)
+    data = image_bytes(image)
+    got = decode_image(upload(data), out, BIG)
+    want = reference_pixels(Image.open(io.BytesIO(data)), out)
+    assert got.dtype == np.uint8 and got.shape == (3, out, out)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied(orientation: int) -> None:
+    image = grid_image(5, (60, 30))
+    data = exif_jpeg(image, orientation)
+    got = decode_image(upload(data, "rotated.jpg"), 32, BIG)
+    np.testing.assert_array_equal(got, reference_pixels(Image.open(io.BytesIO(data)), 32))
+    # Without the EXIF transpose the pixels would differ: the orientation really mattered.
+    plain = Image.open(io.BytesIO(data))
+    plain.getexif().clear()
+    naive = np.asarray(
+        plain.convert("RGB").resize((64, 32), Image.Resampling.BILINEAR).crop((16, 0, 48, 32)),
+        np.uint8,
+    ).transpose(2, 0, 1)
+    assert not np.array_equal(got, naive)
+
+
+def test_truncated_image_is_refused() -> None:
+    data = image_bytes(grid_image(1, (200, 200)))
+    with pytest.raises(MediaError, match="'x.png' is corrupt or truncated"):
+        decode_image(upload(data[: len(data) // 2]), 32, BIG)
+
+
+def test_corrupt_image_is_refused() -> None:
+    data = bytearray(image_bytes(grid_image(1, (200, 200))))
+    data[60:120] = b"\xff" * 60
+    with pytest.raises(MediaError, match="corrupt or truncated"):
+        decode_image(upload(bytes(data)), 32, BIG)
+
+
+def test_non_image_bytes_are_refused() -> None:
+    with pytest.raises(MediaError, match="'notes.txt' is not a recognised image"):
+        decode_image(upload(b"hello, I am plain text" * 10, "notes.txt"), 32, BIG)
+
+
+def test_declared_pixel_bomb_is_refused_before_decoding() -> None:
+    # The header claims 4 MP; the file has almost no data, so only the header is trusted.
+    bomb = upload(huge_png_header(2_000, 2_000), "bomb.png")
+    with pytest.raises(
+        PayloadTooLarge, match=r"'bomb.png' is 2000x2000 = 4000000 pixels; the limit"
+    ):
+        decode_image(bomb, 32, 1_000_000)
+    # Far past Pillow's own hard limit, whatever ours is.
+    with pytest.raises(PayloadTooLarge, match="too large to decode safely"):
+        decode_image(upload(huge_png_header(50_000, 40_000)), 32, 10**12)
+
+
+def test_pixel_limit_is_a_setting() -> None:
+    data = image_bytes(grid_image(1, (600, 400)))
+    assert decode_image(upload(data), 32, 240_000).shape == (3, 32, 32)
+    with pytest.raises(PayloadTooLarge, match="600x400 = 240000 pixels; the limit is 239999"):
+        decode_image(upload(data), 32, 239_999)
+
+
+def test_upload_size_limit() -> None:
+    check_upload_size(upload(b"x" * 100), 100)
+    with pytest.raises(PayloadTooLarge, match="'x.png' is 101 bytes; the limit is 100 bytes"):
+        check_upload_size(upload(b"x" * 101), 100)
+    with pytest.raises(MediaError, match="empty"):
+        check_upload_size(upload(b""), 100)
+
+
+def test_sniff_kind() -> None:
+    assert sniff_kind(upload(image_bytes(grid_image(0)), ctype="video/mp4")) == "image"
+    assert sniff_kind(upload(b"\0\0\0\x18ftypisom" + b"\0" * 32)) == "video"
+    assert sniff_kind(upload(b"\x1a\x45\xdf\xa3" + b"\0" * 32)) == "video"
+    assert sniff_kind(upload(b"RIFF\0\0\0\0AVI LIST" + b"\0" * 8)) == "video"
+    assert sniff_kind(upload(b"????" * 8, ctype="video/webm")) == "video"
+    assert sniff_kind(upload(b"????" * 8)) == "image"
+
+
+def test_clip_decoding_is_a_typed_gap() -> None:
+    with pytest.raises(NotImplementedYet, match="'c.mp4' is a video clip"):
+        decode_clip(upload(b"\0\0\0\x18ftypisom", "c.mp4"), 8, 112)
