@@ -1,0 +1,108 @@
+"""Tokenisation and the bag-of-words vocabulary, against hand-worked examples."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from model.text import WORD_PATTERN, Vocabulary, tokenize
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("A red Circle, on GREY!", ["a", "red", "circle", "on", "grey"]),
+        ("snake_case and 42 cats", ["snake", "case", "and", "42", "cats"]),
+        ("Café naïve", ["café", "naïve"]),
+        ("  ,;!  ", []),
+        ("", []),
+    ],
+)
+def test_word_tokens(text: str, tokens: list[str]) -> None:
+    assert tokenize(text, "word") == tokens
+
+
+@pytest.mark.parametrize(
+    ("text", "ngram", "tokens"),
+    [
+        ("Ab cd", 2, ["ab", "bc", "cd"]),  # spaces and case are dropped before n-gramming
+        ("Ab, cd!", 3, ["abc", "bcd"]),
+        ("猫が好き", 2, ["猫が", "が好", "好き"]),
+        ("a", 2, []),  # shorter than one n-gram
+        ("ab", 2, ["ab"]),
+    ],
+)
+def test_char_ngrams(text: str, ngram: int, tokens: list[str]) -> None:
+    assert tokenize(text, "char", ngram) == tokens
+
+
+def test_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="unknown tokenizer mode 'bpe'"):
+        tokenize("x", "bpe")
+
+
+TEXTS = ["b a a a", "b c", "c b", "d", "e b"]
+
+
+def test_build_orders_by_frequency_then_name() -> None:
+    vocab = Vocabulary.build(TEXTS)
+    # Counts are of texts containing the token: b 4, c 2, then a, d, e once each (by name).
+    # "a" appears three times but in one text only.
+    assert vocab.tokens == ["b", "c", "a", "d", "e"]
+    assert vocab.index == {"b": 0, "c": 1, "a": 2, "d": 3, "e": 4}
+    assert len(vocab) == 5
+    assert (vocab.mode, vocab.ngram) == ("word", 2)
+
+
+def test_min_count() -> None:
+    assert Vocabulary.build(TEXTS, min_count=2).tokens == ["b", "c"]
+    assert Vocabulary.build(TEXTS, min_count=4).tokens == ["b"]
+    assert Vocabulary.build(TEXTS, min_count=2, max_size=1).tokens == ["b"]
+
+
+def test_min_count_above_every_count_is_an_error() -> None:
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        Vocabulary.build(TEXTS, min_count=5)
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        Vocabulary.build(["", "!!"])
+
+
+def test_max_size_keeps_the_most_frequent() -> None:
+    assert Vocabulary.build(TEXTS, max_size=3).tokens == ["b", "c", "a"]
+    assert Vocabulary.build(TEXTS, max_size=1).tokens == ["b"]
+    assert Vocabulary.build(TEXTS, max_size=100).tokens == ["b", "c", "a", "d", "e"]
+
+
+def test_encode_is_binary_and_ignores_unknown_tokens() -> None:
+    vocab = Vocabulary.build(TEXTS)
+    x = vocab.encode(["a a b", "zebra c", "", "unknown words only"])
+    assert x.dtype == np.float32 and x.shape == (4, 5)
+    np.testing.assert_array_equal(
+        x,
+        [
+            [1, 0, 1, 0, 0],  # "a" twice still counts 1
+            [0, 1, 0, 0, 0],  # "zebra" is not in the vocabulary
+            [0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],
+        ],
+    )
+
+
+def test_encode_char_mode() -> None:
+    vocab = Vocabulary.build(["abc", "abd"], mode="char", ngram=2)
+    assert vocab.tokens == ["ab", "bc", "bd"]
+    np.testing.assert_array_equal(vocab.encode(["xabd", "BC"]), [[1, 0, 1], [0, 1, 0]])
+
+
+def test_json_round_trip() -> None:
+    vocab = Vocabulary.build(["Cats and dogs", "cats, more cats", "birds"], mode="char", ngram=3)
+    data = json.loads(json.dumps(vocab.to_json()))
+    assert data["pattern"] == WORD_PATTERN
+    again = Vocabulary.from_json(data)
+    assert again.tokens == vocab.tokens
+    assert (again.mode, again.ngram) == ("char", 3)
+    assert again.index == vocab.index
+    probe = ["cats and birds", "dogs?", "nothing known here"]
+    np.testing.assert_array_equal(again.encode(probe), vocab.encode(probe))
