@@ -71,6 +71,7 @@ class LossConfig:
     w_quantization: float = 0.1
     w_balance: float = 0.01
     shared_label_head: bool = True
+    tanh_scale_growth: float = 0.0  # tanh(beta x) with beta = sqrt(1 + growth * epoch); 0: off
 
 
 @dataclass
@@ -132,8 +133,33 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"'{where}{key}' must be a table")
             value = _build(type(default), value, f"{where}{key}.")
+        else:
+            value = _check_type(value, default, f"{where}{key}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_type(value: Any, default: Any, name: str) -> Any:
+    """Require a value of the default's type (ints widen to floats; list items checked too)."""
+    if isinstance(default, float) and type(value) is int:
+        return float(value)
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"'{name}' must be a list, got {value!r}")
+        if default:
+            return [_check_type(v, default[0], f"{name}[{i}]") for i, v in enumerate(value)]
+        return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{name}' must be a table, got {value!r}")
+        return value
+    if type(value) is not type(default):
+        wanted = _TYPE_NAMES.get(type(default), type(default).__name__)
+        raise ConfigError(f"'{name}' must be {wanted}, got {value!r}")
+    return value
 
 
 def _parse_value(text: str) -> Any:

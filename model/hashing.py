@@ -24,7 +24,11 @@ class PixelNormalize(nn.Module):
 
 
 class HashHead(nn.Module):
-    """Linear projection to `bits` continuous codes in (-1, 1)."""
+    """Linear projection to `bits` continuous codes in (-1, 1).
+
+    `beta` sharpens the tanh as training proceeds (HashNet's continuation), so the
+    continuous codes the losses see approach the signs used at encoding time.
+    """
 
     def __init__(self, in_dim: int, bits: int) -> None:
         super().__init__()
@@ -32,9 +36,10 @@ class HashHead(nn.Module):
             raise ValueError(f"bits must be a multiple of 8 between 8 and 1024, got {bits}")
         self.bits = bits
         self.proj = nn.Linear(in_dim, bits)
+        self.register_buffer("beta", torch.ones(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.proj(x))
+        return torch.tanh(self.beta * self.proj(x))
 
 
 class LabelHead(nn.Module):

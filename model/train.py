@@ -55,7 +55,10 @@ def _device(config: RunConfig) -> torch.device:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    with open(tmp, "w") as handle:
+        handle.write(json.dumps(data, indent=2))
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
@@ -72,6 +75,8 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False) -> TrainRes
     device = _device(config)
     started = time.perf_counter()
     prepared = prepare(config)
+    # Re-seed: building the backbone on a feature-cache miss draws random numbers.
+    seed_everything(config.seed)
     data, split = prepared.data, prepared.split
     method = build_method(
         config,
@@ -102,15 +107,17 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False) -> TrainRes
         first_epoch = state["epoch"]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     n = len(split.train)
-    for epoch in range(first_epoch, config.train.epochs):
+    bar = tqdm(range(first_epoch, config.train.epochs), desc="training", unit="epoch")
+    for epoch in bar:
         method.train()
+        method.set_epoch(epoch)
         torch.manual_seed(config.seed * 100_003 + epoch)
         order = torch.randperm(
             n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         )
         sums: dict[str, float] = {}
         steps = range(0, n, config.train.batch_size)
-        for start in tqdm(steps, desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False):
+        for start in steps:
             positions = order[start : start + config.train.batch_size].to(device)
             rows = train_rows[positions]
             with amp:
@@ -132,6 +139,7 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False) -> TrainRes
             record["map"] = quick_map(method, prepared, device)
             log.info("epoch %d: %s", epoch + 1, record["map"])
         history.append(record)
+        bar.set_postfix(loss=f"{record['loss']['total']:.4f}")
         save_checkpoint(
             checkpoint_state(config, method, prepared, optimizer, scheduler, epoch + 1, history),
             run_dir,

@@ -174,11 +174,6 @@ def _assert_same(a: Any, b: Any, where: str = "") -> None:
         assert a == b, where
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train() seeds torch before prepare(); on a feature-cache miss, building the "
-    "backbone draws from torch's RNG, so the model's initial weights depend on the cache state",
-)
 def test_training_does_not_depend_on_the_feature_cache_state(tmp_path: Path) -> None:
     manifest = write_synthetic_images(tmp_path / "data", 20, seed=1, size=32, query_fraction=0.2)
     config = tiny_config(manifest, tmp_path / "features", epochs=1, eval_every=0)

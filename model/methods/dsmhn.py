@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from model.config import LossConfig
-from model.hashing import LabelHead
+from model.hashing import HashHead, LabelHead
 from model.losses import (
     bit_balance_loss,
     label_similarity,
@@ -54,6 +54,13 @@ class DSMHN(nn.Module):
     def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         """Continuous (tanh) codes of one modality."""
         return self.streams[modality](x)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sharpen every hash layer's tanh for this epoch (continuation)."""
+        beta = (1.0 + self.cfg.tanh_scale_growth * epoch) ** 0.5
+        for module in self.modules():
+            if isinstance(module, HashHead):
+                module.beta.fill_(beta)
 
     def init_banks(self, n_train: int, device: torch.device) -> None:
         """Start every modality's memory bank at random signs."""

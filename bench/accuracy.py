@@ -1,0 +1,72 @@
+"""Train and evaluate a config at several code lengths and split seeds; print one JSON table.
+
+    python bench/accuracy.py --config configs/mirflickr25k.toml --bits 16 32 64 --split-seeds 0 7
+
+Every figure in the README's accuracy tables comes from this script. Runs go under
+runs/bench/<config>-<bits>b-s<seed>; an existing finished run is re-evaluated, not retrained
+(pass --retrain to start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from model.config import load_config
+from model.evaluate import evaluate_run
+from model.train import train
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--split-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--runs", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--out", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    rows = []
+    for seed in args.split_seeds:
+        for bits in args.bits:
+            run = args.runs / f"{args.config.stem}-{bits}b-s{seed}"
+            if args.retrain and run.exists():
+                shutil.rmtree(run)
+            seconds = None
+            if not (run / "metrics.json").exists():
+                config = load_config(args.config, [*args.set, f"bits={bits}", f"split_seed={seed}"])
+                started = time.perf_counter()
+                train(config, run)
+                seconds = round(time.perf_counter() - started, 1)
+            report = evaluate_run(run, run / "eval.json")
+            rows.append(
+                {
+                    "config": args.config.stem,
+                    "bits": bits,
+                    "split_seed": seed,
+                    "map": {k: round(v, 4) for k, v in report["map"].items()},
+                    "continuous_map": {k: round(v, 4) for k, v in report["continuous_map"].items()},
+                    "binary_to_continuous": {
+                        k: round(v, 4) for k, v in report["binary_to_continuous_ratio"].items()
+                    },
+                    "train_seconds_this_call": seconds,
+                    "train_seconds_recorded": round(
+                        json.loads((run / "metrics.json").read_text())["seconds"], 1
+                    ),
+                }
+            )
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    table = json.dumps({"results": rows}, indent=2)
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
