@@ -6,14 +6,44 @@ Imports happen inside each subcommand so that `hashbridge serve` never loads `mo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 log = logging.getLogger("hashbridge")
 
 
+Command = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed as one line, exit status 2."""
+
+
+def _model_command(func: Command) -> Command:
+    """Run a subcommand that uses model/, turning its user errors into UsageError."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from model.config import ConfigError
+        from model.data.records import DataError
+
+        try:
+            return func(args)
+        except (ConfigError, DataError) as exc:
+            raise UsageError(str(exc)) from None
+
+    return run
+
+
+@_model_command
 def _train(args: argparse.Namespace) -> int:
     from model.config import load_config
     from model.train import train
@@ -37,6 +67,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_model_command
 def _eval(args: argparse.Namespace) -> int:
     from model.evaluate import evaluate_run
 
@@ -51,8 +82,67 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-class UsageError(Exception):
-    """A command-line mistake: printed as one line, exit status 2."""
+@_model_command
+def _export(args: argparse.Namespace) -> int:
+    from model.export import ExportError, export_bundle
+
+    try:
+        bundle = export_bundle(args.run, args.out, overwrite=args.force)
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    summary = {
+        "bundle": str(bundle),
+        "bits": manifest["bits"],
+        "modalities": sorted(manifest["modalities"]),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+#: Settings fields the serve flags set, and where else they can come from.
+_SERVE_FLAGS = {
+    "bundle_dir": ("bundle", "--bundle or HASHBRIDGE_BUNDLE_DIR"),
+    "data_dir": ("data", "--data or HASHBRIDGE_DATA_DIR"),
+    "host": ("host", "--host or HASHBRIDGE_HOST"),
+    "port": ("port", "--port or HASHBRIDGE_PORT"),
+    "api_key": ("api_key", "--api-key or HASHBRIDGE_API_KEY"),
+}
+
+
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """Service settings from the serve flags over HASHBRIDGE_* env vars (never imports model/)."""
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    values = {
+        field: getattr(args, attr)
+        for field, (attr, _) in _SERVE_FLAGS.items()
+        if getattr(args, attr) is not None
+    }
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "settings"
+            hint = f" (set {_SERVE_FLAGS[field][1]})" if field in _SERVE_FLAGS else ""
+            problems.append(f"{field}: {error['msg']}{hint}")
+        raise UsageError("invalid settings: " + "; ".join(problems)) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Settings first: a missing flag is reported before torch and FAISS are loaded.
+    settings = serve_settings(args)
+    from service.errors import BundleError
+    from service.main import serve
+
+    try:
+        serve(settings)
+    except BundleError as exc:
+        raise UsageError(f"cannot load the bundle: {exc}") from None
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run directory written by train")
     p.add_argument("--out", type=Path, required=True, help="JSON report path (plots go beside it)")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="export a trained run as a bundle the service loads")
+    p.add_argument("--run", type=Path, required=True, help="run directory written by train")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to create")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a bundle over HTTP",
+        description="Serve a bundle. Every setting can also come from a HASHBRIDGE_* env var.",
+    )
+    p.add_argument("--bundle", type=Path, help="bundle folder (HASHBRIDGE_BUNDLE_DIR)")
+    p.add_argument("--data", type=Path, help="collection folder (HASHBRIDGE_DATA_DIR)")
+    p.add_argument("--host", help="bind address (HASHBRIDGE_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (HASHBRIDGE_PORT, default 8080)")
+    p.add_argument(
+        "--api-key",
+        help="key for write endpoints; prefer HASHBRIDGE_API_KEY, which other users cannot see",
+    )
+    p.set_defaults(func=_serve)
     return parser
 
 
@@ -91,12 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from model.config import ConfigError  # noqa: PLC0415 - light module, user errors live there
-    from model.data.records import DataError
-
+    # Errors are imported per subcommand (see _model_command) so that serve never loads model/.
     try:
         return int(args.func(args))
-    except (UsageError, ConfigError, DataError, FileNotFoundError) as exc:
+    except (UsageError, FileNotFoundError) as exc:
         print(f"hashbridge {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -197,6 +197,14 @@ def _check_spec(root: Path, modality: str, spec: object) -> dict[str, Any]:
         raise BundleError(f"{where}: unknown modality; expected one of {sorted(INPUTS)}")
     if not isinstance(spec, dict) or not isinstance(spec.get("file"), str):
         raise BundleError(f"{where} must be an object with a 'file'")
+    if spec.get("input") == "features":
+        # Models trained on shipped feature vectors (e.g. Wikipedia's SIFT/LDA) need those
+        # extractors, which the bundle does not carry: nothing uploaded can be encoded.
+        raise BundleError(
+            f"{where} takes precomputed feature vectors (input 'features'), which this "
+            "service cannot compute from uploads; serve a model trained on image files "
+            "and raw text instead"
+        )
     if spec.get("input") != INPUTS[modality]:
         raise BundleError(f"{where}.input is {spec.get('input')!r}; expected {INPUTS[modality]!r}")
     needed = {"image": ("size",), "video": ("frames", "size"), "text": ()}[modality]

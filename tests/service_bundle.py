@@ -231,9 +231,17 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m service`` in a fresh subprocess on a loopback port."""
+    """``python -m service`` (or ``command``) in a fresh subprocess on a loopback port."""
 
-    def __init__(self, bundle_dir: Path, data_dir: Path, log: Path, **env: str) -> None:
+    def __init__(
+        self,
+        bundle_dir: Path,
+        data_dir: Path,
+        log: Path,
+        *,
+        command: list[str] | None = None,
+        **env: str,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -243,9 +251,7 @@ class ServerProcess:
         self._log_file = log.open("ab")
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "service",
+                *(command or [sys.executable, "-m", "service"]),
                 "--bundle",
                 str(bundle_dir),
                 "--data",

@@ -64,6 +64,12 @@ def _unknown_modality(root: Path) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _feature_input(root: Path) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["modalities"]["image"] = {"file": "image.pt", "input": "features", "dim": 128}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
@@ -78,6 +84,7 @@ def _unknown_modality(root: Path) -> None:
         (lambda r: edit_manifest(r, modalities={}), "non-empty"),
         (_bad_mode, "mode is 'bpe'"),
         (_unknown_modality, "modalities.audio: unknown modality"),
+        (_feature_input, "modalities.image takes precomputed feature vectors"),
     ],
     ids=[
         "no-manifest",
@@ -91,6 +98,7 @@ def _unknown_modality(root: Path) -> None:
         "no-modalities",
         "bad-vocab-mode",
         "unknown-modality",
+        "feature-vectors",
     ],
 )
 def test_refuses_broken_bundles(fresh: Path, breakage, message: str) -> None:

@@ -1,0 +1,397 @@
+"""Export a trained run as a bundle: one TorchScript encoder per modality plus manifest.json.
+
+The bundle is the whole contract with `service/` (see `service/encoders.py`, which loads it
+without importing `model/`): encoders take prepared inputs (uint8 pixels, a float32 bag of
+words, or float32 feature vectors) and return packed uint8 codes, MSB-first. The bundle is
+written into a temporary folder and renamed into place only after every traced encoder has
+been reloaded from disk and shown to give the eager model's codes bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.backbones.efficientnet import load_pretrained
+from model.checkpoint import load_checkpoint
+from model.config import ConfigError, RunConfig, config_from_dict
+from model.data.images import load_image
+from model.data.records import DataError, PairedData
+from model.hashing import PixelNormalize, pack_bits
+from model.methods import build_method
+from model.methods.dsmhn import DSMHN
+from model.prepare import load_dataset
+from model.text import Vocabulary
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+#: Kinds of model input (see model/prepare.py); each is also the manifest's "input" name.
+KINDS = ("pixels", "bag_of_words", "features")
+#: Real items and synthetic inputs each encoder is verified on.
+REAL_SAMPLES = 12
+RANDOM_SAMPLES = 4
+_REQUIRED_STATE = ("config", "model", "input_dims", "kinds", "label_names", "multi_label")
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be finished; no bundle (not even part of one) is left behind."""
+
+
+class ImageEncoder(nn.Module):
+    """uint8 (n, 3, s, s) -> normalise -> frozen trunk (flip-averaged) -> image stream -> codes."""
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        stream: nn.Module,
+        flip: bool,
+    ) -> None:
+        super().__init__()
+        self.normalize = PixelNormalize(mean, std)
+        self.trunk = trunk
+        self.stream = stream
+        self.flip = flip
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # channels_last as in model/features.py: the trained features were computed this way.
+        x = self.normalize(pixels).contiguous(memory_format=torch.channels_last)
+        features = self.trunk(x)
+        if self.flip:
+            features = (features + self.trunk(torch.flip(x, dims=[-1]))) / 2
+        return pack_bits(self.stream(features))
+
+
+class VectorEncoder(nn.Module):
+    """float32 (n, dim) bag of words or feature vectors -> stream -> packed codes."""
+
+    def __init__(self, stream: nn.Module) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pack_bits(self.stream(x))
+
+
+@dataclass
+class ModalityExport:
+    """One modality's eager encoder, its manifest entry and its verification inputs."""
+
+    modality: str
+    kind: str
+    encoder: nn.Module
+    spec: dict[str, Any]
+    samples: torch.Tensor
+
+
+@dataclass
+class RunState:
+    """A run's checkpoint, read and checked, with its method rebuilt in eval mode."""
+
+    run_dir: Path
+    config: RunConfig
+    state: dict[str, Any]
+    method: DSMHN
+
+
+def load_run(run_dir: Path | str) -> RunState:
+    """Read a run's checkpoint and rebuild its trained method (eval mode, CPU)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ExportError(
+            f"run directory {run_dir} does not exist; train one with: hashbridge train --out DIR"
+        )
+    try:
+        state = load_checkpoint(run_dir)
+    except FileNotFoundError as exc:
+        raise ExportError(str(exc)) from None
+    missing = [key for key in _REQUIRED_STATE if key not in state]
+    if missing:
+        raise ExportError(
+            f"checkpoint in {run_dir} lacks {', '.join(missing)}; it was written by an older "
+            "hashbridge: retrain (or resume) the run to export it"
+        )
+    try:
+        config = config_from_dict(state["config"])
+    except ConfigError as exc:
+        raise ExportError(f"checkpoint in {run_dir} holds an invalid config: {exc}") from None
+    for modality, kind in state["kinds"].items():
+        if kind not in KINDS:
+            raise ExportError(f"{modality} input kind {kind!r} cannot be exported")
+    method = build_method(
+        config,
+        state["input_dims"],
+        state["kinds"],
+        len(state["label_names"]),
+        state["multi_label"],
+    )
+    method.load_state_dict(state["model"])
+    return RunState(run_dir=run_dir, config=config, state=state, method=method.eval())
+
+
+def build_encoders(run: RunState) -> dict[str, ModalityExport]:
+    """The eager encoder of every trained modality, with its manifest entry and sample inputs."""
+    config, state = run.config, run.state
+    data, rows = _sample_source(config)
+    exports: dict[str, ModalityExport] = {}
+    for modality, kind in sorted(state["kinds"].items()):
+        stream = run.method.streams[modality]
+        dim = int(state["input_dims"][modality])
+        if kind == "pixels":
+            trunk = load_pretrained(config.image.backbone)
+            spec_b = trunk.spec
+            encoder: nn.Module = ImageEncoder(
+                trunk, spec_b.mean, spec_b.std, stream, config.image.flip_features
+            )
+            spec = {
+                "input": "pixels",
+                "size": config.image.size,
+                "dtype": "uint8",
+                "layout": "NCHW RGB",
+                "resize": "EXIF transpose, shorter side bilinear to size, centre crop",
+                "backbone": config.image.backbone,
+                "mean": list(spec_b.mean),
+                "std": list(spec_b.std),
+                "flip_features": config.image.flip_features,
+            }
+            samples = _pixel_samples(data, rows, config.image.size)
+        elif kind == "bag_of_words":
+            if not state.get("vocabulary"):
+                raise ExportError(
+                    f"checkpoint in {run.run_dir} has a text stream but no vocabulary"
+                )
+            vocabulary = Vocabulary.from_json(state["vocabulary"])
+            encoder = VectorEncoder(stream)
+            spec = {"input": "bag_of_words", "dim": dim, "vocabulary": vocabulary.to_json()}
+            samples = _text_samples(data, rows, vocabulary)
+        else:
+            encoder = VectorEncoder(stream)
+            spec = {"input": "features", "dim": dim, "dtype": "float32"}
+            samples = _feature_samples(data, rows, modality, stream, dim)
+        exports[modality] = ModalityExport(modality, kind, encoder.eval(), spec, samples)
+    return exports
+
+
+def export_bundle(run_dir: Path | str, out_dir: Path | str, *, overwrite: bool = False) -> Path:
+    """Write a verified bundle for the run into `out_dir` and return it."""
+    out = Path(out_dir)
+    if _occupied(out) and not overwrite:
+        raise ExportError(
+            f"{out} already exists and is not empty; choose another folder or overwrite it "
+            "(hashbridge export --force)"
+        )
+    run = load_run(run_dir)
+    exports = build_encoders(run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-", suffix=".tmp"))
+    try:
+        files: dict[str, str] = {}
+        modalities: dict[str, dict[str, Any]] = {}
+        verified: dict[str, int] = {}
+        for modality, item in exports.items():
+            name = f"{modality}.pt"
+            _trace(item, tmp / name)
+            verified[modality] = _verify(item, tmp / name)
+            files[name] = _sha256(tmp / name)
+            modalities[modality] = {"file": name, **item.spec}
+        manifest = _manifest(run, modalities, files, verified)
+        _write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s to %s: %d bits, %s", run.run_dir, out, run.config.bits, sorted(exports))
+    return out
+
+
+def _manifest(
+    run: RunState,
+    modalities: dict[str, dict[str, Any]],
+    files: dict[str, str],
+    verified: dict[str, int],
+) -> dict[str, Any]:
+    config, state = run.config, run.state
+    return {
+        "format_version": FORMAT_VERSION,
+        "method": config.method,
+        "bits": config.bits,
+        "label_names": list(state["label_names"]),
+        "multi_label": bool(state["multi_label"]),
+        "modalities": modalities,
+        "files": files,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "hashbridge_version": _version(),
+        "torch_version": torch.__version__,
+        "source": {
+            "run": str(run.run_dir.resolve()),
+            "epoch": state.get("epoch"),
+            "dataset": config.data.kind,
+            "split_seed": config.split_seed,
+        },
+        "verified_samples": verified,
+    }
+
+
+def _trace(item: ModalityExport, path: Path) -> None:
+    example = item.samples[:2]
+    # Shape-dependent Python values (TF 'SAME' padding) are fixed by the input size, which
+    # the manifest pins; the batch axis stays dynamic and _verify checks several batch sizes.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(item.encoder, example, check_trace=False)
+    traced.save(str(path))
+    _fsync(path)
+
+
+def _verify(item: ModalityExport, path: Path) -> int:
+    """Reload the written encoder; refuse unless it reproduces the eager codes exactly."""
+    scripted = torch.jit.load(str(path), map_location="cpu").eval()
+    samples = item.samples
+    batches = [samples, samples[:1], samples[-3:]]
+    with torch.inference_mode():
+        for batch in batches:
+            eager = item.encoder(batch)
+            got = scripted(batch)
+            if got.dtype != torch.uint8 or got.shape != eager.shape:
+                raise ExportError(
+                    f"{item.modality} encoder: TorchScript returned {got.dtype} "
+                    f"{tuple(got.shape)}, the eager model {eager.dtype} {tuple(eager.shape)}; "
+                    "no bundle written"
+                )
+            differ = (got != eager).any(dim=1)
+            if bool(differ.any()):
+                raise ExportError(
+                    f"{item.modality} encoder: TorchScript codes differ from the eager model on "
+                    f"{int(differ.sum())} of {len(batch)} sample inputs; no bundle written"
+                )
+    return len(samples)
+
+
+def _sample_source(config: RunConfig) -> tuple[PairedData | None, np.ndarray]:
+    """The run's data and some training rows, or None (with a warning) when it is unavailable."""
+    try:
+        data, split = load_dataset(config)
+    except (DataError, ConfigError, OSError, ValueError) as exc:
+        log.warning(
+            "cannot load the run's data (%s); verifying the export on synthetic inputs only", exc
+        )
+        return None, np.zeros(0, dtype=np.int64)
+    return data, np.asarray(split.train[:REAL_SAMPLES], dtype=np.int64)
+
+
+def _pixel_samples(data: PairedData | None, rows: np.ndarray, size: int) -> torch.Tensor:
+    images: list[np.ndarray] = []
+    if data is not None and data.image_paths is not None:
+        for row in rows:
+            path = data.image_paths[row]
+            if path is not None and Path(path).is_file():
+                images.append(load_image(Path(path), size))
+    if not images:
+        log.warning("no image files of the run are readable; verifying on random pixels only")
+    rng = np.random.default_rng(0)
+    images += list(rng.integers(0, 256, size=(RANDOM_SAMPLES, 3, size, size), dtype=np.uint8))
+    return torch.from_numpy(np.stack(images))
+
+
+def _text_samples(
+    data: PairedData | None, rows: np.ndarray, vocabulary: Vocabulary
+) -> torch.Tensor:
+    texts = [] if data is None or data.texts is None else [data.texts[r] for r in rows]
+    if not texts:
+        log.warning("no texts of the run are readable; verifying on random bags of words only")
+    rng = np.random.default_rng(0)
+    bags = [vocabulary.encode(texts)] if texts else []
+    rand = (rng.random((RANDOM_SAMPLES, len(vocabulary))) < 0.05).astype(np.float32)
+    rand[0] = 0.0  # a text with no known word
+    return torch.from_numpy(np.concatenate([*bags, rand]))
+
+
+def _feature_samples(
+    data: PairedData | None, rows: np.ndarray, modality: str, stream: nn.Module, dim: int
+) -> torch.Tensor:
+    parts: list[np.ndarray] = []
+    if data is not None:
+        features = getattr(data, f"{modality}_features", None)
+        if features is not None and features.shape[1] == dim:
+            parts.append(np.asarray(features[rows], dtype=np.float32))
+    if not parts:
+        log.warning("no %s feature rows of the run are readable; using synthetic ones", modality)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(RANDOM_SAMPLES, dim, generator=gen)
+    synthetic = stream.shift + noise * stream.scale  # type: ignore[operator]
+    return torch.cat([torch.from_numpy(p) for p in parts] + [synthetic.float()])
+
+
+def _occupied(out: Path) -> bool:
+    return out.exists() and (not out.is_dir() or any(out.iterdir()))
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place; an old bundle is replaced only once the new is whole."""
+    _fsync_dir(tmp)
+    old = None
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        else:
+            old = out.with_name(f".{out.name}-old-{os.getpid()}")
+            os.replace(out, old)
+    os.replace(tmp, out)
+    _fsync_dir(out.parent)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+
+
+def _write_text(path: Path, text: str) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("hashbridge")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
