@@ -57,6 +57,7 @@ class FeatureConfig:
 
     hidden: list[int] = field(default_factory=lambda: [1024])
     dropout: float = 0.2
+    signed_sqrt: bool = False  # Hellinger map for histogram features
 
 
 @dataclass

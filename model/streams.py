@@ -14,11 +14,20 @@ class MLPStream(nn.Module):
     """MLP over a vector input (cached CNN features, bag of words, precomputed features).
 
     Inputs are standardised with statistics of the training set, stored as buffers so the
-    exported encoder carries them.
+    exported encoder carries them. `signed_sqrt` first maps x to sign(x)·sqrt(|x|) (the
+    Hellinger map), which suits histogram features such as bags of visual words.
     """
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], bits: int, dropout: float) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        bits: int,
+        dropout: float,
+        signed_sqrt: bool = False,
+    ) -> None:
         super().__init__()
+        self.signed_sqrt = signed_sqrt
         self.register_buffer("shift", torch.zeros(in_dim))
         self.register_buffer("scale", torch.ones(in_dim))
         layers: list[nn.Module] = []
@@ -34,5 +43,9 @@ class MLPStream(nn.Module):
         self.shift.copy_(mean)
         self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed input map applied before standardisation."""
+        return torch.sign(x) * torch.sqrt(torch.abs(x)) if self.signed_sqrt else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hash(self.body((x - self.shift) / self.scale))
+        return self.hash(self.body((self.transform(x) - self.shift) / self.scale))

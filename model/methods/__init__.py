@@ -27,7 +27,10 @@ def build_method(
         section = {"pixels": config.image, "bag_of_words": config.text}.get(
             kinds[modality], config.features
         )
-        streams[modality] = MLPStream(dim, section.hidden, config.bits, section.dropout)
+        signed_sqrt = section is config.features and config.features.signed_sqrt
+        streams[modality] = MLPStream(
+            dim, section.hidden, config.bits, section.dropout, signed_sqrt=signed_sqrt
+        )
     return METHODS[config.method](streams, config.bits, num_labels, multi_label, config.loss)
 
 
@@ -38,5 +41,6 @@ def standardize_inputs(
     for modality, x in inputs.items():
         if kinds[modality] == "bag_of_words":
             continue
-        train = torch.from_numpy(x[rows])
-        method.streams[modality].set_standardization(train.mean(0), train.std(0))
+        stream = method.streams[modality]
+        train = stream.transform(torch.from_numpy(x[rows]))
+        stream.set_standardization(train.mean(0), train.std(0))
