@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from model.fileio import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path) -> Path:
     """Write the checkpoint to a temp file, fsync, then rename over the old one."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / CHECKPOINT
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(Path(run_dir) / CHECKPOINT, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:

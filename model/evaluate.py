@@ -7,9 +7,7 @@ continuous embeddings side by side.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 
 from model import metrics
+from model.fileio import write_json
 from model.hashing import signs
 from model.plots import plot_pr_curves, plot_precision_at_k
 
@@ -126,7 +125,5 @@ def evaluate_run(run_dir: Path, out: Path, plots_dir: Path | None = None) -> dic
         str(plot_pr_curves(curves, plots_dir / "pr_curve.png")),
         str(plot_precision_at_k(pk, plots_dir / "precision_at_k.png")),
     ]
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
+    write_json(out, report)
     return report

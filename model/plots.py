@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from model.fileio import atomic_write
+
 
 def _save_atomic(fig: Figure, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
-    # A reader never sees a half-written PNG: write beside the target, fsync, then rename.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=120)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
 
 
 def _axes(curves: Mapping[str, object], title: str) -> tuple[Figure, Axes]:

@@ -6,9 +6,7 @@ checkpoint of epoch e continues exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -23,6 +21,7 @@ from tqdm import tqdm
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import RunConfig, config_from_dict
 from model.evaluate import quick_map
+from model.fileio import write_json
 from model.methods import build_method, standardize_inputs
 from model.prepare import Prepared, prepare
 
@@ -51,15 +50,6 @@ def _device(config: RunConfig) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("train.device is cuda but no CUDA GPU is available; use --device cpu")
     return torch.device(name)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(json.dumps(data, indent=2))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def train(config: RunConfig, run_dir: Path, *, resume: bool = False) -> TrainResult:
@@ -145,7 +135,7 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False) -> TrainRes
             run_dir,
         )
     seconds = time.perf_counter() - started
-    _write_json(
+    write_json(
         run_dir / "metrics.json",
         {
             "bits": config.bits,
