@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1 << 20
@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     batch_window_ms: float = Field(5.0, ge=0, description="How long the encoder waits to fill")
     batch_max_items: int = Field(64, gt=0, description="Most items per encoder call")
     snapshot_every: int = Field(1000, gt=0, description="Snapshot indexes after this many writes")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_no_key(cls, value: object) -> object:
+        # docker-compose passes an unset variable as "": that means no key, not the key "".
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _reads_need_a_key(self) -> Self:

@@ -53,3 +53,11 @@ def test_bad_settings_are_refused(tmp_path: Path, overrides: dict, message: str)
 def test_bundle_and_data_dirs_are_required() -> None:
     with pytest.raises(ValidationError, match="bundle_dir"):
         Settings()
+
+
+def test_an_empty_api_key_means_no_key(monkeypatch, tmp_path):
+    from service.settings import Settings
+
+    monkeypatch.setenv("HASHBRIDGE_API_KEY", "")
+    settings = Settings(bundle_dir=tmp_path, data_dir=tmp_path)
+    assert settings.api_key is None
