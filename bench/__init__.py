@@ -1,0 +1,1 @@
+"""Speed benchmarks, run from the repository root as python -m bench.NAME; never in tests."""

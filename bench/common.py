@@ -1,0 +1,187 @@
+"""Shared pieces of the benchmark scripts: threads, environment report, timing, JSON output.
+
+Run every benchmark from the repository root as a module (``python -m bench.search``):
+``bench/http.py`` would shadow the standard library's ``http`` package if run as a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from index.fileio import atomic_write
+
+REPO = Path(__file__).resolve().parents[1]
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """Arguments every benchmark takes: --quick, --out, --threads, --seed."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes, < 1 min")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads for FAISS and torch (default 1: the CPU is shared)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def set_threads(n: int) -> None:
+    """Pin FAISS/torch/BLAS thread counts here and in any child process."""
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+    if "faiss" in sys.modules:
+        sys.modules["faiss"].omp_set_num_threads(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+uncommitted changes" if dirty else "")
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """What the figures depend on: CPU, library versions, thread settings, machine load."""
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": _version("numpy"),
+        "faiss": _version("faiss-cpu"),
+        "torch": _version("torch"),
+        "threads": threads,
+        "thread_env": {var: os.environ.get(var) for var in THREAD_VARS},
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "git_commit": _git_commit(),
+    }
+    if "faiss" in sys.modules:
+        info["faiss_omp_max_threads"] = int(sys.modules["faiss"].omp_get_max_threads())
+    if "torch" in sys.modules:
+        info["torch_num_threads"] = int(sys.modules["torch"].get_num_threads())
+    return info
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def command(module: str) -> str:
+    """The command line that reproduces this run."""
+    return shlex.join(["python", "-m", module, *sys.argv[1:]])
+
+
+def emit(result: dict[str, Any], out: Path | None) -> None:
+    """Print the result as JSON and, if asked, write it atomically to ``out``."""
+    result.setdefault("environment", {})["load_average_at_end"] = [
+        round(x, 2) for x in os.getloadavg()
+    ]
+    text = json.dumps(result, indent=2) + "\n"
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, [text.encode()])
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout stays pure JSON."""
+    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Run fn once; return (seconds, result)."""
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def repeat(fn: Callable[[], Any], *, min_runs: int, max_runs: int, budget_s: float) -> list[float]:
+    """Time fn at least ``min_runs`` times, and more up to ``max_runs`` while within budget."""
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < max_runs:
+        times.append(timed(fn)[0])
+        if len(times) >= min_runs and time.perf_counter() - started > budget_s:
+            break
+    return times
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float | int]:
+    """Median, p90, p99, mean and max in milliseconds, and the sample count."""
+    return {
+        "n": len(seconds),
+        "median_ms": ms(statistics.median(seconds)),
+        "p90_ms": ms(quantile(seconds, 0.90)),
+        "p99_ms": ms(quantile(seconds, 0.99)),
+        "mean_ms": ms(statistics.fmean(seconds)),
+        "max_ms": ms(max(seconds)),
+    }
+
+
+def ms(seconds: float) -> float:
+    """Seconds to milliseconds, rounded for the report."""
+    return round(seconds * 1000, 4)
+
+
+def ratio(a: float, b: float) -> float | None:
+    """a / b rounded, or None when b is zero."""
+    return round(a / b, 3) if b else None

@@ -1,0 +1,365 @@
+"""Binary Hamming search (flat and IVF) against a float32 inner-product baseline; JSON out.
+
+    python -m bench.search --quick             # < 1 min: 10^4 and 10^5 items, 64 bits
+    python -m bench.search --out bench/results/search.json   # 10^4..10^6 items
+
+Data: a seeded stand-in for one network's continuous embeddings (Gaussian clusters) and
+their signs as the binary codes, so both sides index "the same" items. Compared, at each
+size and code width: the float32 ``faiss.IndexFlatIP`` baseline; raw ``faiss.IndexBinaryFlat``;
+our ``FaissHammingIndex(kind="flat")`` (which re-ranks ties deterministically, the cost of
+which shows against raw FAISS); and ``FaissHammingIndex(kind="ivf")`` at several nprobe.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from bench.common import (
+    base_parser,
+    command,
+    emit,
+    environment,
+    latency_summary,
+    log,
+    ms,
+    ratio,
+    repeat,
+    set_threads,
+    timed,
+)
+from index.codes import pack_signs
+from index.faiss_index import FaissHammingIndex
+
+K = 10
+BATCH = 100
+CENTRES = 1000
+DATA_NOTE = (
+    "Synthetic, seeded stand-in for one network's continuous embeddings: {centres} Gaussian "
+    "cluster centres drawn from N(0, I_d), items = centre + {noise} * N(0, I_d) with d = bits. "
+    "The float32 baseline indexes the L2-normalised vectors (cosine by inner product, "
+    "faiss.IndexFlatIP); the binary codes are the signs of the same vectors packed MSB-first "
+    "(index.codes.pack_signs). Queries are fresh draws from the same mixture."
+)
+RECALL_NOTE = (
+    "IVF recall@10 is measured against exact binary search (raw IndexBinaryFlat) on all "
+    "batch and single queries: a returned item counts as a hit when its Hamming distance is "
+    "<= the exact 10th-nearest distance of that query, because distance ties make id-based "
+    "recall ambiguous."
+)
+MEMORY_NOTE = (
+    "Index bytes are the lengths of faiss.serialize_index / serialize_index_binary. The raw "
+    "binary flat index holds only codes (n*bits/8 plus a small header); the wrapper's flat "
+    "index is IndexBinaryIDMap2 (codes + 8-byte ids + id->position map) and its IVF holds "
+    "codes + 8-byte ids per item plus the centroids. The wrapper's Python id->sequence dict "
+    "(for deterministic tie order) is not in these figures; saved_file_bytes is what "
+    "FaissHammingIndex.save writes (FAISS blob + ids + sequences)."
+)
+TIMING_NOTE = (
+    "batch: one search call with 100 queries, k=10, median of 3 to 50 calls (as many as fit "
+    "in about 1 s, at least 3); single: one "
+    "query per call over {singles} queries (after 5 warm-up calls). speedup_* = float32 "
+    "baseline time / this time; memory_ratio = float32 baseline bytes / this index's bytes. "
+    "build_s for the wrapper includes its Python bookkeeping and, for IVF, k-means training "
+    "(nlist = index.faiss_index.choose_nlist(n), FAISS's 25 k-means iterations)."
+)
+
+
+def make_data(
+    n: int, bits: int, n_queries: int, seed: int, noise: float
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Clustered continuous vectors (n, bits) and queries from the same mixture, normalised."""
+    centres = np.random.default_rng((seed, bits)).standard_normal((CENTRES, bits), np.float32)
+
+    def draw(rng: np.random.Generator, count: int) -> npt.NDArray[np.float32]:
+        out = np.empty((count, bits), dtype=np.float32)
+        for s in range(0, count, 200_000):
+            m = min(200_000, count - s)
+            chunk = centres[rng.integers(CENTRES, size=m)]
+            chunk += noise * rng.standard_normal((m, bits), np.float32)
+            chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
+            out[s : s + m] = chunk
+        return out
+
+    items = draw(np.random.default_rng((seed, bits, n)), n)
+    queries = draw(np.random.default_rng((seed, bits, 0)), n_queries)
+    return items, queries
+
+
+def single_latencies(search: Any, queries: np.ndarray, warmup: int = 5) -> list[float]:
+    """Per-call seconds of one-query searches (after a few warm-up calls)."""
+    for i in range(min(warmup, len(queries))):
+        search(queries[i : i + 1])
+    return [timed(lambda q=queries[i : i + 1]: search(q))[0] for i in range(len(queries))]
+
+
+def measure(search: Any, batch: np.ndarray, singles: np.ndarray, quick: bool) -> dict[str, Any]:
+    """Batch-of-100 timing and single-query latency of one search function."""
+    batch_times = repeat(
+        lambda: search(batch), min_runs=2 if quick else 3, max_runs=50, budget_s=1.0
+    )
+    med = float(np.median(batch_times))
+    single = single_latencies(search, singles)
+    return {
+        "batch100": {
+            "runs": len(batch_times),
+            "median_s": round(med, 6),
+            "queries_per_s": round(BATCH / med, 1),
+        },
+        "single": latency_summary(single),
+    }
+
+
+def add_speedups(report: dict[str, Any], base: dict[str, Any]) -> None:
+    """Speed-up and memory ratio of one method against the float32 baseline."""
+    report["speedup_batch_vs_float32"] = ratio(
+        base["batch100"]["median_s"], report["batch100"]["median_s"]
+    )
+    report["speedup_single_median_vs_float32"] = ratio(
+        base["single"]["median_ms"], report["single"]["median_ms"]
+    )
+    if "bytes" in report:
+        report["memory_ratio_float32_over_this"] = ratio(base["bytes"], report["bytes"])
+
+
+def saved_bytes(index: FaissHammingIndex) -> int:
+    """Size of the file FaissHammingIndex.save writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "index.bin"
+        index.save(path)
+        return path.stat().st_size
+
+
+def bench_float(
+    x: np.ndarray, batch: np.ndarray, singles: np.ndarray, quick: bool
+) -> dict[str, Any]:
+    """The float32 inner-product baseline over the continuous vectors."""
+    index = faiss.IndexFlatIP(x.shape[1])
+    build_s, _ = timed(lambda: index.add(x))
+    report = measure(lambda b: index.search(b, K), batch, singles, quick)
+    return {"build_s": round(build_s, 4), "bytes": len(faiss.serialize_index(index)), **report}
+
+
+def bench_raw(
+    codes: np.ndarray, batch: np.ndarray, singles: np.ndarray, everything: np.ndarray, quick: bool
+) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
+    """Raw IndexBinaryFlat: report, exact top-k distances of all queries, tie statistics."""
+    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    build_s, _ = timed(lambda: index.add(codes))
+    report = measure(lambda b: index.search(b, K), batch, singles, quick)
+    report = {
+        "build_s": round(build_s, 4),
+        "bytes": len(faiss.serialize_index_binary(index)),
+        **report,
+    }
+    exact_d, _ = index.search(everything, K)
+    wide_d, _ = index.search(batch, 2 * K)
+    # The wrapper asks FAISS for 2k and widens while the k-th distance's ties run past them.
+    ties = {
+        "fraction_of_batch_queries_needing_wider_pass": round(
+            float(np.mean(wide_d[:, -1] == wide_d[:, K - 1])), 3
+        ),
+        "median_exact_10th_distance": float(np.median(exact_d[:, K - 1])),
+    }
+    return report, exact_d, ties
+
+
+def bench_wrapper_flat(
+    codes: np.ndarray,
+    batch: np.ndarray,
+    singles: np.ndarray,
+    everything: np.ndarray,
+    exact_d: np.ndarray,
+    quick: bool,
+) -> dict[str, Any]:
+    """FaissHammingIndex(kind="flat"), checked against raw FAISS's distances."""
+    index = FaissHammingIndex(codes.shape[1] * 8, "flat")
+    build_s, _ = timed(lambda: index.add(np.arange(len(codes)), codes))
+    report = measure(lambda b: index.search(b, K), batch, singles, quick)
+    return {
+        "build_s": round(build_s, 4),
+        "bytes": len(faiss.serialize_index_binary(index._index)),
+        "saved_file_bytes": saved_bytes(index),
+        **report,
+        "distances_equal_raw_faiss": bool(
+            np.array_equal(index.search(everything, K).distances, exact_d)
+        ),
+    }
+
+
+def bench_ivf(
+    codes: np.ndarray,
+    batch: np.ndarray,
+    singles: np.ndarray,
+    everything: np.ndarray,
+    kth: np.ndarray,
+    nprobes: list[int],
+    quick: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """FaissHammingIndex(kind="ivf"): build report and one row per nprobe with recall@10."""
+    bits = codes.shape[1] * 8
+    index = FaissHammingIndex(bits, "ivf")
+    build_s, _ = timed(lambda: index.add(np.arange(len(codes)), codes))
+    built = {
+        "build_s": round(build_s, 3),
+        "nlist": index.nlist,
+        "bytes": len(faiss.serialize_index_binary(index._index)),
+        "saved_file_bytes": saved_bytes(index),
+    }
+    rows = []
+    for nprobe in nprobes:
+        log(f"n={len(codes)} bits={bits}: IVF nprobe={nprobe}")
+        report = measure(lambda b, p=nprobe: index.search(b, K, nprobe=p), batch, singles, quick)
+        dist = index.search(everything, K, nprobe=nprobe).distances
+        hits = (dist >= 0) & (dist <= kth[:, None])
+        rows.append({"nprobe": nprobe, **report, "recall_at_10": round(float(hits.mean()), 4)})
+    return built, rows
+
+
+def run_config(
+    n: int, bits: int, nprobes: list[int], n_single: int, seed: int, noise: float, quick: bool
+) -> dict[str, Any]:
+    """All methods at one (n, bits)."""
+    log(f"n={n} bits={bits}: generating data")
+    x, q = make_data(n, bits, BATCH + n_single, seed, noise)
+    codes, qcodes = pack_signs(x), pack_signs(q)
+    batch_c, singles_c = qcodes[:BATCH], qcodes[BATCH:]
+    result: dict[str, Any] = {"n": n, "bits": bits, "dim_float": bits}
+
+    log(f"n={n} bits={bits}: float32 IndexFlatIP")
+    base = bench_float(x, q[:BATCH], q[BATCH:], quick)
+    result["float32_flat_ip"] = base
+    del x
+
+    log(f"n={n} bits={bits}: raw IndexBinaryFlat")
+    raw, exact_d, ties = bench_raw(codes, batch_c, singles_c, qcodes, quick)
+    add_speedups(raw, base)
+    result["binary_flat_raw_faiss"] = raw
+    result["ties"] = ties
+
+    log(f"n={n} bits={bits}: FaissHammingIndex(kind='flat')")
+    flat = bench_wrapper_flat(codes, batch_c, singles_c, qcodes, exact_d, quick)
+    add_speedups(flat, base)
+    flat["overhead_vs_raw_batch"] = ratio(flat["batch100"]["median_s"], raw["batch100"]["median_s"])
+    flat["overhead_vs_raw_single_median"] = ratio(
+        flat["single"]["median_ms"], raw["single"]["median_ms"]
+    )
+    result["binary_flat_wrapper"] = flat
+
+    log(f"n={n} bits={bits}: FaissHammingIndex(kind='ivf') build (k-means)")
+    built, rows = bench_ivf(codes, batch_c, singles_c, qcodes, exact_d[:, K - 1], nprobes, quick)
+    for row in rows:
+        add_speedups(row, base)
+        row["speedup_batch_vs_exact_binary_wrapper"] = ratio(
+            flat["batch100"]["median_s"], row["batch100"]["median_s"]
+        )
+        row["speedup_batch_vs_exact_binary_raw"] = ratio(
+            raw["batch100"]["median_s"], row["batch100"]["median_s"]
+        )
+    built["memory_ratio_float32_over_this"] = ratio(base["bytes"], built["bytes"])
+    result["binary_ivf_wrapper"] = {**built, "by_nprobe": rows}
+    return result
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per (n, bits) with the headline ratios."""
+    out = []
+    for r in rows:
+        ivf = r["binary_ivf_wrapper"]
+        out.append(
+            {
+                "n": r["n"],
+                "bits": r["bits"],
+                "float32_batch_ms": ms(r["float32_flat_ip"]["batch100"]["median_s"]),
+                "raw_flat_speedup_batch": r["binary_flat_raw_faiss"]["speedup_batch_vs_float32"],
+                "wrapper_flat_speedup_batch": r["binary_flat_wrapper"]["speedup_batch_vs_float32"],
+                "wrapper_overhead_vs_raw_batch": r["binary_flat_wrapper"]["overhead_vs_raw_batch"],
+                "memory_ratio_raw_flat": r["binary_flat_raw_faiss"][
+                    "memory_ratio_float32_over_this"
+                ],
+                "memory_ratio_wrapper_flat": r["binary_flat_wrapper"][
+                    "memory_ratio_float32_over_this"
+                ],
+                "ivf": [
+                    {
+                        "nprobe": p["nprobe"],
+                        "recall_at_10": p["recall_at_10"],
+                        "speedup_batch_vs_float32": p["speedup_batch_vs_float32"],
+                        "speedup_batch_vs_exact_binary_wrapper": p[
+                            "speedup_batch_vs_exact_binary_wrapper"
+                        ],
+                    }
+                    for p in ivf["by_nprobe"]
+                ],
+            }
+        )
+    return out
+
+
+def main() -> int:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", help="item counts")
+    parser.add_argument("--bits", type=int, nargs="+", help="code widths")
+    parser.add_argument(
+        "--big-bits",
+        type=int,
+        nargs="+",
+        help="code widths run at sizes >= 10^6 (default: all of --bits; IVF k-means at 10^6 "
+        "items takes 1-2 min per width on one thread)",
+    )
+    parser.add_argument("--nprobe", type=int, nargs="+", help="IVF nprobe values")
+    parser.add_argument("--singles", type=int, help="single queries timed per method")
+    parser.add_argument("--noise", type=float, default=0.5, help="cluster noise scale")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
+    bits_list = args.bits or ([64] if args.quick else [32, 64, 128])
+    nprobes = args.nprobe or ([1, 16] if args.quick else [1, 4, 16, 64])
+    n_single = args.singles or (50 if args.quick else 200)
+    plan = [
+        (n, b)
+        for n in sizes
+        for b in bits_list
+        if n < 1_000_000 or b in (args.big_bits or bits_list)
+    ]
+    env = environment(args.threads)
+    rows = []
+    for n, bits in plan:
+        rows.append(run_config(n, bits, nprobes, n_single, args.seed, args.noise, args.quick))
+    result = {
+        "benchmark": "search",
+        "command": command("bench.search"),
+        "mode": "quick" if args.quick else "full",
+        "environment": env,
+        "settings": {
+            "k": K,
+            "batch_queries": BATCH,
+            "single_queries": n_single,
+            "seed": args.seed,
+            "noise": args.noise,
+            "cluster_centres": CENTRES,
+            "nprobe": nprobes,
+            "plan": [{"n": n, "bits": b} for n, b in plan],
+        },
+        "notes": {
+            "data": DATA_NOTE.format(centres=CENTRES, noise=args.noise),
+            "recall": RECALL_NOTE,
+            "memory": MEMORY_NOTE,
+            "timing": TIMING_NOTE.format(singles=n_single),
+            "baseline": "float32_flat_ip (exact inner product over the continuous vectors)",
+        },
+        "summary": summary(rows),
+        "results": rows,
+    }
+    emit(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
