@@ -1,7 +1,7 @@
 """Shared pieces of the benchmark scripts: threads, environment report, timing, JSON output.
 
 Run every benchmark from the repository root as a module (``python -m bench.search``):
-``bench/http.py`` would shadow the standard library's ``http`` package if run as a file.
+``bench/serving.py`` would shadow the standard library's ``http`` package if run as a file.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The real service over loopback HTTP against the same work done in-process; JSON out.
 
-    python -m bench.http --quick
-    python -m bench.http --out bench/results/http.json
+    python -m bench.serving --quick
+    python -m bench.serving --out bench/results/serving.json
 
-Run it as a module: run as a file, bench/http.py would shadow the standard ``http`` package.
 For each bundle (``lite0``: an untrained model exported by model.export with the real
 EfficientNet-Lite0 trunk, see bench/models.py; ``tiny``: the conv+linear bundle of
 tests/service_bundle.py) it starts ``python -m service`` on a free 127.0.0.1 port and:
@@ -402,7 +401,7 @@ def main() -> int:
         rows = [run_bundle(kind, Path(tmp), args, sizes) for kind in kinds]
     result = {
         "benchmark": "http",
-        "command": command("bench.http"),
+        "command": command("bench.serving"),
         "mode": "quick" if args.quick else "normal",
         "environment": env,
         "settings": {"bits": args.bits, "seed": args.seed, "k": K, **asdict(sizes)},
