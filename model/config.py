@@ -72,6 +72,7 @@ class LossConfig:
     w_quantization: float = 0.1
     w_balance: float = 0.01
     shared_label_head: bool = True
+    binary_bank: bool = False  # match each batch against the signs of the other modality's codes
     tanh_scale_growth: float = 0.0  # tanh(beta x) with beta = sqrt(1 + growth * epoch); 0: off
 
 

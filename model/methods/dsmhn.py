@@ -89,7 +89,11 @@ class DSMHN(nn.Module):
                 if other == m and cfg.w_intra == 0:
                     continue
                 weight = cfg.w_similarity if other != m else cfg.w_intra
-                term = self.similarity(h, self.banks[other], s_all)
+                bank = self.banks[other]
+                if cfg.binary_bank:
+                    # Asymmetric: continuous codes against the binary codes they are ranked by.
+                    bank = torch.where(bank >= 0, 1.0, -1.0)
+                term = self.similarity(h, bank, s_all)
                 terms[f"sim/{m}-{other}"] = term
                 total = total + weight * term
             sem = semantic_label_loss(self.label_heads[m](h), labels, self.multi_label)
