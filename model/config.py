@@ -34,6 +34,7 @@ class ImageConfig:
     backbone: str = "efficientnet-lite0"
     size: int = 128
     flip_features: bool = False  # average features of the image and its mirror
+    finetune_blocks: int = 0  # >0: train the backbone's last N blocks (their inputs are cached)
     cache_dir: str = ".cache/features"
     hidden: list[int] = field(default_factory=lambda: [1024])
     dropout: float = 0.2
@@ -193,6 +194,11 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     config = _build(RunConfig, data, "")
     if config.bits % 8 or not 8 <= config.bits <= 1024:
         raise ConfigError(f"bits must be a multiple of 8 between 8 and 1024, got {config.bits}")
+    blocks = config.image.finetune_blocks
+    if not 0 <= blocks <= 16:
+        raise ConfigError(f"image.finetune_blocks must be between 0 (frozen) and 16, got {blocks}")
+    if config.image.finetune_blocks and config.image.flip_features:
+        raise ConfigError("image.flip_features cannot be combined with image.finetune_blocks")
     return config
 
 

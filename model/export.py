@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.backbones.efficientnet import load_pretrained
+from model.backbones.efficientnet import TrunkFront, load_pretrained
 from model.checkpoint import load_checkpoint
 from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.images import load_image
@@ -155,8 +155,11 @@ def build_encoders(run: RunState) -> dict[str, ModalityExport]:
         stream = run.method.streams[modality]
         dim = int(state["input_dims"][modality])
         if kind == "pixels":
-            trunk = load_pretrained(config.image.backbone)
-            spec_b = trunk.spec
+            backbone = load_pretrained(config.image.backbone)
+            spec_b = backbone.spec
+            tail = config.image.finetune_blocks
+            # With fine-tuning, the stream holds the trained tail; the frozen front feeds it.
+            trunk: nn.Module = TrunkFront(backbone, tail) if tail else backbone
             encoder: nn.Module = ImageEncoder(
                 trunk, spec_b.mean, spec_b.std, stream, config.image.flip_features
             )

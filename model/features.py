@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.backbones.efficientnet import load_pretrained
+from model.backbones.efficientnet import TrunkFront, load_pretrained
 from model.data.images import load_image
 from model.hashing import PixelNormalize
 
@@ -71,12 +71,17 @@ def extract_image_features(
     cache_dir: Path,
     batch_size: int = 64,
     flip: bool = False,
+    tail_blocks: int = 0,
 ) -> np.ndarray:
     """Pooled backbone features for every path, computing only what the cache lacks.
 
     With `flip`, features of the mirrored image are averaged in (a cheap test-time augmentation).
+    With `tail_blocks`, the result is instead the flattened feature map entering the last
+    `tail_blocks` blocks, which are then fine-tuned.
     """
-    view = "flipavg" if flip else "plain"
+    if flip and tail_blocks:
+        raise ValueError("flip-averaged features cannot be combined with fine-tuning tail blocks")
+    view = f"front{tail_blocks}" if tail_blocks else ("flipavg" if flip else "plain")
     cache = FeatureCache(Path(cache_dir) / f"{backbone}-{size}-{view}.sqlite")
     with ThreadPoolExecutor(max_workers=4) as pool:
         digests = list(pool.map(file_digest, paths))
@@ -86,8 +91,10 @@ def extract_image_features(
         log.info(
             "extracting %s features for %d images (%d cached)", backbone, len(missing), len(known)
         )
-        net = load_pretrained(backbone).to(memory_format=torch.channels_last)
-        norm = PixelNormalize(net.spec.mean, net.spec.std)
+        trunk = load_pretrained(backbone)
+        norm = PixelNormalize(trunk.spec.mean, trunk.spec.std)
+        net: torch.nn.Module = TrunkFront(trunk, tail_blocks) if tail_blocks else trunk
+        net = net.to(memory_format=torch.channels_last)
         with (
             ThreadPoolExecutor(max_workers=2) as pool,
             tqdm(total=len(missing), desc="features") as bar,

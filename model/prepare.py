@@ -89,6 +89,7 @@ def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared
                     size=config.image.size,
                     cache_dir=Path(config.image.cache_dir),
                     flip=config.image.flip_features,
+                    tail_blocks=config.image.finetune_blocks,
                 )
                 kinds["image"] = "pixels"
         elif modality == "text":

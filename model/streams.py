@@ -10,6 +10,20 @@ from torch import nn
 from model.hashing import HashHead
 
 
+class ImageTailStream(nn.Module):
+    """Fine-tuned last backbone blocks + head over a cached feature map, then an MLP stream."""
+
+    def __init__(self, tail: nn.Module, map_shape: tuple[int, int, int], mlp: nn.Module) -> None:
+        super().__init__()
+        self.map_shape = map_shape
+        self.tail = tail
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.map_shape
+        return self.mlp(self.tail(x.reshape(-1, c, h, w)))
+
+
 class MLPStream(nn.Module):
     """MLP over a vector input (cached CNN features, bag of words, precomputed features).
 

