@@ -61,7 +61,8 @@ def main() -> int:
                 }
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    table = json.dumps({"results": rows}, indent=2)
+    command = "python " + " ".join(sys.argv)
+    table = json.dumps({"command": command, "results": rows}, indent=2)
     print(table)
     if args.out:
         args.out.write_text(table)
