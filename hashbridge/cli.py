@@ -52,6 +52,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.device:
         overrides.append(f"train.device={json.dumps(args.device)}")
     if args.resume:
+        if args.config or overrides:
+            # The checkpoint's own config is what makes a resumed run equal an uninterrupted one.
+            raise UsageError(
+                "--resume continues with the run's saved config: drop --config/--set/--device"
+            )
         result = train(load_config(None), args.out, resume=True)
     else:
         if args.config is None:

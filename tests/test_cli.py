@@ -263,3 +263,11 @@ def test_train_then_eval_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 0
     again = json.loads((run / "metrics.json").read_text())
     assert again["history"] == metrics["history"]
+
+
+def test_resume_refuses_a_new_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(
+        capsys, "train", "--resume", "--out", tmp_path / "run", "--set", "bits=64"
+    )
+    assert code == 2
+    assert_one_error_line(err, "train", "--resume", "saved config")
