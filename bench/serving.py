@@ -379,6 +379,19 @@ def run_bundle(kind: str, root: Path, args: Any, sizes: Sizes) -> dict[str, Any]
     }
 
 
+def _latency_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Throughput and p50/p99 per client count, for the summary."""
+    return [
+        {
+            "clients": r["clients"],
+            "queries_per_s": r["queries_per_s"],
+            "p50_ms": r["latency"]["median_ms"],
+            "p99_ms": r["latency"]["p99_ms"],
+        }
+        for r in runs
+    ]
+
+
 def main() -> int:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--bundles", nargs="+", choices=("lite0", "tiny"), default=None)
@@ -468,24 +481,8 @@ def main() -> int:
                 "ingest_bare_items_per_s": {
                     m: row["ingest"][m]["bare_items_per_s"] for m in ("image", "text")
                 },
-                "search_by_code": [
-                    {
-                        "clients": r["clients"],
-                        "queries_per_s": r["queries_per_s"],
-                        "p50_ms": r["latency"]["median_ms"],
-                        "p99_ms": r["latency"]["p99_ms"],
-                    }
-                    for r in row["search_http"]["code"]
-                ],
-                "search_by_text": [
-                    {
-                        "clients": r["clients"],
-                        "queries_per_s": r["queries_per_s"],
-                        "p50_ms": r["latency"]["median_ms"],
-                        "p99_ms": r["latency"]["p99_ms"],
-                    }
-                    for r in row["search_http"]["text"]
-                ],
+                "search_by_code": _latency_rows(row["search_http"]["code"]),
+                "search_by_text": _latency_rows(row["search_http"]["text"]),
                 "in_process_search_median_ms": {
                     q: row["search_in_process"][q]["median_ms"] for q in ("code", "text")
                 },

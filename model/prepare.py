@@ -8,7 +8,7 @@ vectors (Wikipedia) are used as they are.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,6 @@ class Prepared:
     inputs: dict[str, np.ndarray]
     kinds: dict[str, str]  # modality -> "pixels" | "bag_of_words" | "features"
     vocabulary: Vocabulary | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def load_dataset(config: RunConfig) -> tuple[PairedData, Split]:
