@@ -54,12 +54,13 @@ RECALL_NOTE = (
     "recall ambiguous."
 )
 MEMORY_NOTE = (
-    "Index bytes are the lengths of faiss.serialize_index / serialize_index_binary. The raw "
-    "binary flat index holds only codes (n*bits/8 plus a small header); the wrapper's flat "
-    "index is IndexBinaryIDMap2 (codes + 8-byte ids + id->position map) and its IVF holds "
-    "codes + 8-byte ids per item plus the centroids. The wrapper's Python id->sequence dict "
-    "(for deterministic tie order) is not in these figures; saved_file_bytes is what "
-    "FaissHammingIndex.save writes (FAISS blob + ids + sequences)."
+    "float32 and raw binary bytes are the lengths of faiss.serialize_index / "
+    "serialize_index_binary (the raw binary flat index holds only codes, n*bits/8 plus a "
+    "small header). Wrapper bytes are FaissHammingIndex.memory_bytes(): everything it holds "
+    "per collection: FAISS's codes (IVF: plus its 8-byte slot per item and the centroids), "
+    "the slot<->id runs (a few runs when ids come from a counter, as the store's do) and the "
+    "dead-slot bitmap (absent until something is removed). saved_file_bytes is what "
+    "FaissHammingIndex.save writes."
 )
 TIMING_NOTE = (
     "batch: one search call with 100 queries, k=10, median of 3 to 50 calls (as many as fit "
@@ -184,7 +185,7 @@ def bench_wrapper_flat(
     report = measure(lambda b: index.search(b, K), batch, singles, quick)
     return {
         "build_s": round(build_s, 4),
-        "bytes": len(faiss.serialize_index_binary(index._index)),
+        "bytes": index.memory_bytes(),
         "saved_file_bytes": saved_bytes(index),
         **report,
         "distances_equal_raw_faiss": bool(
@@ -209,7 +210,7 @@ def bench_ivf(
     built = {
         "build_s": round(build_s, 3),
         "nlist": index.nlist,
-        "bytes": len(faiss.serialize_index_binary(index._index)),
+        "bytes": index.memory_bytes(),
         "saved_file_bytes": saved_bytes(index),
     }
     rows = []

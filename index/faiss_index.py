@@ -4,6 +4,11 @@ Results match ``NumpyHammingIndex`` exactly for the flat kind and for IVF probed
 with ``nprobe >= nlist``: FAISS candidates are re-ranked by (distance, insertion
 sequence), widening the candidate set until the k-th distance's tie group is
 complete (see ``index.ranking``).
+
+FAISS addresses items by slot, handed out in insertion order (so a slot is also the
+insertion sequence that ranks ties); ``IdRuns`` maps slots to ids in a few bytes.
+The flat index stores nothing but the codes: a removed item's slot is masked out of
+searches and the dead slots are dropped once they make up a quarter of the index.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from index.base import PathLike, SearchResult, check_ids, check_k, empty_result
 from index.codes import check_bits, validate_codes
 from index.errors import IndexFileError
 from index.fileio import check_header, read_container, write_container
+from index.idruns import IdRuns
 from index.ranking import top_k_by_sequence
 
 log = logging.getLogger(__name__)
@@ -35,6 +41,10 @@ _MIN_POINTS_PER_LIST = 39
 _MAX_NLIST = 65536
 # GPU k-selection is limited (2048 in current FAISS); wider searches fall back to CPU.
 _GPU_MAX_K = 1024
+# Dead flat slots are compacted away past this share of the index (and this count).
+_DEAD_SHARE = 0.25
+_MIN_DEAD_TO_COMPACT = 1024
+_FORMAT = 2
 
 
 def choose_nlist(n: int) -> int:
@@ -57,8 +67,8 @@ def set_num_threads(n: int) -> int:
 class FaissHammingIndex:
     """Hamming index over FAISS binary indexes.
 
-    ``kind="flat"``: ``IndexBinaryIDMap2(IndexBinaryFlat)``, exact.
-    ``kind="ivf"``: ``IndexBinaryIVF`` holding the external ids itself, trained once
+    ``kind="flat"``: ``IndexBinaryFlat``, exact; 8 bytes per 64-bit item plus the id runs.
+    ``kind="ivf"``: ``IndexBinaryIVF`` whose list entries carry slots, trained once
     39 items exist (flat before) and retrained on all stored codes whenever the
     collection doubles since the last training.
     ``kind="auto"``: flat below ``ivf_threshold`` items, IVF once it grows past.
@@ -85,10 +95,10 @@ class FaissHammingIndex:
         self.kind: Kind = kind
         self.ivf_threshold = ivf_threshold
         self.default_nprobe = default_nprobe
-        self._index: Any = self._new_flat()
+        self._index: Any = faiss.IndexBinaryFlat(self._bits)
+        self._runs = IdRuns()
+        self._alive: npt.NDArray[np.uint8] | None = None  # flat slot bitmap while any is dead
         self._trained_n = 0  # items at the last IVF training; 0 while flat
-        self._seq: dict[int, int] = {}
-        self._next_seq = 0
         self._gpu_lock = threading.Lock()
         self._gpu: tuple[Any, npt.NDArray[np.int64]] | None = None
         self._gpu_res: Any = self._gpu_resources() if use_gpu else None
@@ -110,7 +120,15 @@ class FaissHammingIndex:
         return int(self._index.nlist) if self.is_ivf else 1
 
     def __len__(self) -> int:
-        return len(self._seq)
+        return len(self._runs)
+
+    def memory_bytes(self) -> int:
+        """Bytes held for the items: FAISS's codes (and IVF's slot ids), id runs, slot mask."""
+        held = int(self._index.ntotal) * (self._bits // 8)
+        if self.is_ivf:
+            held += int(self._index.ntotal) * 8 + int(self._index.nlist) * (self._bits // 8)
+        mask = self._alive.nbytes if self._alive is not None else 0
+        return held + self._runs.nbytes + mask
 
     def add(self, ids: npt.ArrayLike, codes: npt.ArrayLike) -> None:
         """Insert items; an id already present is removed first (update)."""
@@ -119,24 +137,30 @@ class FaissHammingIndex:
         if not new_ids.size:
             return
         self.remove(new_ids)
-        self._index.add_with_ids(packed, new_ids)
-        for i in new_ids.tolist():
-            self._seq[i] = self._next_seq
-            self._next_seq += 1
+        slots = self._runs.append(new_ids)
+        if self.is_ivf:
+            self._index.add_with_ids(packed, slots)
+        else:
+            self._index.add(packed)
+            self._update_mask()
         self._gpu = None
         self._maybe_rebuild()
 
     def remove(self, ids: npt.ArrayLike) -> int:
         """Remove items by id; unknown ids are ignored. Return how many were removed."""
-        present = [i for i in check_ids(ids, unique=False).tolist() if i in self._seq]
-        present = list(dict.fromkeys(present))
-        if not present:
+        slots = self._runs.slots_of(np.unique(check_ids(ids, unique=False)))
+        slots = slots[slots >= 0]
+        if not slots.size:
             return 0
-        self._index.remove_ids(faiss.IDSelectorBatch(np.array(present, dtype=np.int64)))
-        for i in present:
-            del self._seq[i]
+        self._runs.remove_slots(slots)
+        if self.is_ivf:
+            self._index.remove_ids(faiss.IDSelectorBatch(slots))
+        elif self._dead_slots() > max(_MIN_DEAD_TO_COMPACT, _DEAD_SHARE * self._index.ntotal):
+            self._compact()
+        else:
+            self._update_mask()
         self._gpu = None
-        return len(present)
+        return int(slots.size)
 
     def search(self, codes: npt.ArrayLike, k: int, nprobe: int | None = None) -> SearchResult:
         """Return the k nearest items per query; nprobe applies to IVF only."""
@@ -145,39 +169,42 @@ class FaissHammingIndex:
         n = len(self)
         if n == 0:
             return empty_result(queries.shape[0], k)
-        params = None
+        params: Any = None
+        alive = self._alive
         if self.is_ivf:
             params = faiss.SearchParametersIVF()
             params.nprobe = max(1, min(nprobe or self.default_nprobe, self.nlist))
+        elif alive is not None:
+            params = faiss.SearchParameters()
+            params.sel = faiss.IDSelectorBitmap(alive.size, faiss.swig_ptr(alive))
 
         def candidates(
             rows: npt.NDArray[np.intp], kk: int
         ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
-            if self._gpu_res is not None and params is None and kk <= _GPU_MAX_K:
+            if self._gpu_res is not None and not self.is_ivf and kk <= _GPU_MAX_K:
                 return self._gpu_search(queries[rows], kk)
-            dist, ids = self._index.search(queries[rows], kk, params=params)
-            return dist, ids
+            dist, slots = self._index.search(queries[rows], kk, params=params)
+            return dist, slots
 
-        return top_k_by_sequence(candidates, queries.shape[0], n, k, self._seq_of)
+        # Slots are insertion sequences, so they rank ties directly.
+        found = top_k_by_sequence(candidates, queries.shape[0], n, k, lambda slots: slots)
+        return SearchResult(ids=self._runs.ids_of(found.ids), distances=found.distances)
 
     def save(self, path: PathLike, *, extra: Mapping[str, Any] | None = None) -> None:
-        """Write the FAISS index and insertion sequences atomically."""
-        ids = np.fromiter(self._seq.keys(), dtype=np.int64, count=len(self._seq))
-        seqs = np.fromiter(self._seq.values(), dtype=np.int64, count=len(self._seq))
+        """Write the FAISS index and the id runs atomically."""
         header = {
-            "format": 1,
+            "format": _FORMAT,
             "backend": self.backend,
             "bits": self._bits,
             "kind": self.kind,
             "count": len(self),
             "trained_n": self._trained_n,
-            "next_seq": self._next_seq,
             "ivf_threshold": self.ivf_threshold,
             "default_nprobe": self.default_nprobe,
             "extra": dict(extra or {}),
         }
         blob = faiss.serialize_index_binary(self._index).tobytes()
-        write_container(path, header, [blob, ids.tobytes(), seqs.tobytes()])
+        write_container(path, header, [blob, self._runs.to_arrays().tobytes()])
 
     @classmethod
     def load(
@@ -193,6 +220,8 @@ class FaissHammingIndex:
         header, blobs = read_container(path)
         file_bits = check_header(header, Path(path), cls.backend, bits)
         try:
+            if header.get("format") != _FORMAT:
+                raise ValueError(f"format {header.get('format')} is not {_FORMAT}")
             index = cls(
                 file_bits,
                 header["kind"],
@@ -200,26 +229,38 @@ class FaissHammingIndex:
                 default_nprobe=default_nprobe or header["default_nprobe"],
                 use_gpu=use_gpu,
             )
-            raw, ids_blob, seq_blob = blobs
+            raw, runs_blob = blobs
             index._index = faiss.deserialize_index_binary(np.frombuffer(raw, dtype=np.uint8))
             index._trained_n = int(header["trained_n"])
-            index._next_seq = int(header["next_seq"])
-            ids = np.frombuffer(ids_blob, dtype=np.int64)
-            seqs = np.frombuffer(seq_blob, dtype=np.int64)
+            index._runs = IdRuns.from_arrays(np.frombuffer(runs_blob, dtype=np.int64))
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise IndexFileError(f"{path} is not a valid FAISS index file: {exc}") from None
-        index._seq = dict(zip(ids.tolist(), seqs.tolist(), strict=True))
-        if index._index.d != file_bits or index._index.ntotal != len(index._seq):
+        stored = len(index) if index.is_ivf else index._runs.slots
+        if index._index.d != file_bits or index._index.ntotal != stored:
             raise IndexFileError(f"{path} FAISS payload disagrees with its header")
+        if not index.is_ivf:
+            index._update_mask()
         return index
 
-    def _seq_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        seq = self._seq
-        flat = np.fromiter((seq.get(i, -1) for i in ids.ravel().tolist()), np.int64, ids.size)
-        return flat.reshape(ids.shape)
+    def _dead_slots(self) -> int:
+        return int(self._index.ntotal) - len(self._runs)
 
-    def _new_flat(self) -> Any:
-        return faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(self._bits))
+    def _update_mask(self) -> None:
+        """Rebuild the live-slot bitmap the flat search filters by (none when all are live)."""
+        if not self._dead_slots():
+            self._alive = None
+            return
+        mask = np.zeros(int(self._index.ntotal), bool)
+        mask[self._runs.live()[0]] = True
+        self._alive = np.packbits(mask, bitorder="little")
+
+    def _compact(self) -> None:
+        """Drop dead flat slots: a new flat index over the live codes, same order."""
+        _, codes = self._export()
+        self._runs = self._runs.renumbered()
+        self._index = faiss.IndexBinaryFlat(self._bits)
+        self._index.add(codes)
+        self._alive = None
 
     def _maybe_rebuild(self) -> None:
         n = len(self)
@@ -229,39 +270,37 @@ class FaissHammingIndex:
             self._train_ivf()
 
     def _train_ivf(self) -> None:
-        ids, codes = self._export()
-        nlist = choose_nlist(len(ids))
-        log.info("training binary IVF: %d items, nlist=%d", len(ids), nlist)
+        slots, codes = self._export()
+        nlist = choose_nlist(len(slots))
+        log.info("training binary IVF: %d items, nlist=%d", len(slots), nlist)
         quantizer = faiss.IndexBinaryFlat(self._bits)
-        # IVF stores external ids in its lists. Wrapping it in IndexBinaryIDMap2
-        # corrupts the id map on remove_ids (IVF does not renumber), so it is used bare.
         ivf = faiss.IndexBinaryIVF(quantizer, self._bits, nlist)
         ivf.train(codes)
-        ivf.add_with_ids(codes, ids)
+        ivf.add_with_ids(codes, slots)
         self._index = ivf
-        self._trained_n = len(ids)
+        self._alive = None
+        self._trained_n = len(slots)
         self._gpu = None
 
     def _export(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
-        """Return all (ids, codes) in insertion order, read back from FAISS."""
+        """Return all live (slots, codes) in slot (= insertion) order, read back from FAISS."""
         width = self._bits // 8
         if not self.is_ivf:
-            ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-            inner = faiss.downcast_IndexBinary(self._index.index)
-            codes = inner.reconstruct_n(0, inner.ntotal).reshape(-1, width)
-        else:
-            invlists = self._index.invlists
-            id_parts, code_parts = [], []
-            for lst in range(invlists.nlist):
-                size = invlists.list_size(lst)
-                if size:
-                    id_parts.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
-                    raw = faiss.rev_swig_ptr(invlists.get_codes(lst), size * width)
-                    code_parts.append(raw.copy().reshape(size, width))
-            ids = np.concatenate(id_parts) if id_parts else np.empty(0, np.int64)
-            codes = np.concatenate(code_parts) if code_parts else np.empty((0, width), np.uint8)
-        order = np.argsort(self._seq_of(ids), kind="stable")
-        return ids[order], np.ascontiguousarray(codes[order], dtype=np.uint8)
+            slots = self._runs.live()[0]
+            every = self._index.reconstruct_n(0, self._index.ntotal).reshape(-1, width)
+            return slots, np.ascontiguousarray(every[slots], dtype=np.uint8)
+        invlists = self._index.invlists
+        slot_parts, code_parts = [], []
+        for lst in range(invlists.nlist):
+            size = invlists.list_size(lst)
+            if size:
+                slot_parts.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
+                raw = faiss.rev_swig_ptr(invlists.get_codes(lst), size * width)
+                code_parts.append(raw.copy().reshape(size, width))
+        slots = np.concatenate(slot_parts) if slot_parts else np.empty(0, np.int64)
+        codes = np.concatenate(code_parts) if code_parts else np.empty((0, width), np.uint8)
+        order = np.argsort(slots, kind="stable")
+        return slots[order], np.ascontiguousarray(codes[order], dtype=np.uint8)
 
     @staticmethod
     def _gpu_resources() -> Any:
@@ -273,13 +312,14 @@ class FaissHammingIndex:
     def _gpu_search(
         self, queries: npt.NDArray[np.uint8], kk: int
     ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
-        # GpuIndexBinaryFlat has no ids or removal, so a read-only mirror of the CPU
-        # flat index is rebuilt lazily after writes; its labels are flat positions.
+        # GpuIndexBinaryFlat has no ids, removal or selectors, so a read-only mirror of
+        # the live codes is rebuilt lazily after writes; its labels are mirror positions.
         with self._gpu_lock:
             if self._gpu is None:
-                flat: Any = faiss.downcast_IndexBinary(self._index.index)
-                mirror = faiss.GpuIndexBinaryFlat(self._gpu_res, flat)
-                self._gpu = (mirror, faiss.vector_to_array(self._index.id_map).astype(np.int64))
-            mirror, id_map = self._gpu
+                slots, codes = self._export()
+                mirror = faiss.GpuIndexBinaryFlat(self._gpu_res, self._bits)
+                mirror.add(codes)
+                self._gpu = (mirror, slots)
+            mirror, slot_of = self._gpu
         dist, pos = mirror.search(queries, kk)
-        return dist, np.where(pos >= 0, id_map[np.maximum(pos, 0)], -1)
+        return dist, np.where(pos >= 0, slot_of[np.maximum(pos, 0)], -1)
