@@ -105,6 +105,36 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+@_model_command
+def _demo(args: argparse.Namespace) -> int:
+    from hashbridge.demo import DemoError, DemoOptions, default_workdir, format_report, run_demo
+
+    # One line per HTTP request or FAISS build variant would drown the demo's own output.
+    for name in ("httpx", "faiss.loader"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    sizes = {k: getattr(args, k) for k in ("items", "image_size", "epochs") if getattr(args, k)}
+    options = DemoOptions(
+        workdir=args.workdir or default_workdir(), host=args.host, port=args.port, **sizes
+    )
+    try:
+        with run_demo(options) as (report, server):
+            print(format_report(report), flush=True)
+            problems = report.problems()
+            for problem in problems:
+                print(f"hashbridge demo: poor results: {problem}", file=sys.stderr)
+            if args.check:
+                print("check " + ("FAILED" if problems else "passed"), flush=True)
+                return 1 if problems else 0
+            print("serving until Ctrl-C", flush=True)
+            server.wait()
+    except DemoError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        print("hashbridge demo: interrupted; finished steps are reused next time", file=sys.stderr)
+        return 130
+    return 0
+
+
 #: Settings fields the serve flags set, and where else they can come from.
 _SERVE_FLAGS = {
     "bundle_dir": ("bundle", "--bundle or HASHBRIDGE_BUNDLE_DIR"),
@@ -197,6 +227,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="key for write endpoints; prefer HASHBRIDGE_API_KEY, which other users cannot see",
     )
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser(
+        "demo",
+        help="generate data, train, export, serve and search a demo collection",
+        description="Generate pictures of coloured shapes with captions, train a small DSMHN "
+        "model, export it, serve it on localhost with the data ingested, and show example "
+        "queries and the search page. A second run reuses everything and starts in seconds.",
+    )
+    p.add_argument("--workdir", type=Path, help="work folder (default ~/.cache/hashbridge/demo)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="run the example queries, exit 0 if their results are relevant (1 if not), no serving",
+    )
+    p.add_argument("--items", type=int, help="pictures to generate (default 1200)")
+    p.add_argument("--image-size", type=int, help="picture side in pixels (default 128)")
+    p.add_argument("--epochs", type=int, help="training epochs (default 20)")
+    p.set_defaults(func=_demo)
     return parser
 
 

@@ -41,17 +41,23 @@ CREATE TABLE IF NOT EXISTS items (
     seq INTEGER NOT NULL UNIQUE
 );
 CREATE INDEX IF NOT EXISTS items_modality_seq ON items (modality, seq);
+CREATE TABLE IF NOT EXISTS thumbnails (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
 
 
 @dataclass(frozen=True)
 class NewItem:
-    """An item to upsert; ``code`` is the packed code of one item (bits // 8 bytes)."""
+    """An item to upsert; ``code`` is the packed code of one item (bits // 8 bytes).
+
+    ``thumbnail`` (small image bytes) is stored in the same transaction as the item; an
+    upsert without one removes the thumbnail a replaced item had.
+    """
 
     modality: str
     code: bytes | npt.NDArray[np.uint8]
     client_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    thumbnail: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -96,24 +102,33 @@ class CodeStore:
         duplicates. Each written row gets a new seq.
         """
         rows = [self._encode(i, item) for i, item in enumerate(items)]
+        for i, item in enumerate(items):
+            if item.thumbnail is not None and not isinstance(item.thumbnail, bytes):
+                raise ItemError(f"item #{i}: thumbnail must be bytes or None")
         client_ids = [r[0] for r in rows if r[0] is not None]
         if len(set(client_ids)) != len(client_ids):
             raise ItemError("client_id values within one batch must be unique")
         now = self._clock()
-        ids: list[int] = []
         with self._transaction():
-            seq = self._seq()
-            for client_id, modality, code, metadata in rows:
-                seq += 1
-                cur = self._db.execute(
-                    "INSERT INTO items (client_id, modality, code, metadata, created_at, seq) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET "
-                    "modality = excluded.modality, code = excluded.code, "
-                    "metadata = excluded.metadata, seq = excluded.seq RETURNING id",
-                    (client_id, modality, code, metadata, now, seq),
+            first = self._seq() + 1
+            # One statement for the whole batch; every written row gets the next seq, so
+            # the rows' ids come back in batch order by reading them by seq.
+            self._db.executemany(
+                "INSERT INTO items (client_id, modality, code, metadata, created_at, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET "
+                "modality = excluded.modality, code = excluded.code, "
+                "metadata = excluded.metadata, seq = excluded.seq",
+                [(*row, now, first + i) for i, row in enumerate(rows)],
+            )
+            last = first + len(rows) - 1
+            ids = [
+                int(i)
+                for (i,) in self._db.execute(
+                    "SELECT id FROM items WHERE seq BETWEEN ? AND ? ORDER BY seq", (first, last)
                 )
-                ids.append(int(cur.fetchone()[0]))
-            self._set_seq(seq)
+            ]
+            self._put_thumbnails(ids, [item.thumbnail for item in items])
+            self._set_seq(last)
         return ids
 
     def delete(self, ids: Sequence[int]) -> int:
@@ -122,6 +137,7 @@ class CodeStore:
             deleted = 0
             for i in ids:
                 deleted += self._db.execute("DELETE FROM items WHERE id = ?", (int(i),)).rowcount
+                self._db.execute("DELETE FROM thumbnails WHERE id = ?", (int(i),))
             if deleted:
                 self._set_seq(self._seq() + 1)
         return deleted
@@ -148,6 +164,14 @@ class CodeStore:
                         row[0], row[1], row[2], bytes(row[3]), json.loads(row[4]), row[5], row[6]
                     )
         return out
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        """Return an item's thumbnail bytes, or None when it has none (or does not exist)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT data FROM thumbnails WHERE id = ?", (int(item_id),)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
 
     def lookup_client_ids(self, client_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
         """Map existing client_ids to (id, modality)."""
@@ -266,6 +290,16 @@ class CodeStore:
         except (TypeError, ValueError) as exc:
             raise ItemError(f"item #{index}: metadata is not JSON-serialisable: {exc}") from None
         return item.client_id, item.modality, code, metadata
+
+    def _put_thumbnails(self, ids: Sequence[int], thumbnails: Sequence[bytes | None]) -> None:
+        pairs = list(zip(ids, thumbnails, strict=True))
+        self._db.executemany(
+            "DELETE FROM thumbnails WHERE id = ?", [(i,) for i, t in pairs if t is None]
+        )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO thumbnails VALUES (?, ?)",
+            [p for p in pairs if p[1] is not None],
+        )
 
     def _seq(self) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])

@@ -16,15 +16,20 @@ class ConfigError(ValueError):
     """A configuration file or override the user must fix."""
 
 
+TEXT_ENCODERS = ("bag_of_words", "minilm")
+
+
 @dataclass
 class DataConfig:
     """Which dataset and how it is split."""
 
-    kind: str = "manifest"  # manifest | mirflickr | wikipedia
+    # manifest | mirflickr | wikipedia | flickr8k | kinetics | synthetic_video
+    kind: str = "manifest"
     path: str = ""  # manifest file, or the dataset folder
     n_query: int = 2000
     n_train: int = 10000
     modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+    generate: dict[str, Any] = field(default_factory=dict)  # synthetic_video generator arguments
 
 
 @dataclass
@@ -42,14 +47,35 @@ class ImageConfig:
 
 @dataclass
 class TextConfig:
-    """Text stream: bag of words (or character n-grams) into an MLP."""
+    """Text stream: bag of words or character n-grams, or a frozen sentence encoder; an MLP."""
 
-    tokenizer: str = "word"  # word | char
+    encoder: str = "bag_of_words"  # bag_of_words | minilm (pretrained English, for captions)
+    tokenizer: str = "word"  # word | char (bag_of_words only)
     ngram: int = 2
     min_count: int = 1
     max_vocab: int = 20000
+    max_length: int = 64  # minilm: tokens per text, special tokens included (longer is cut)
+    cache_dir: str = ".cache/features"  # minilm: cached sentence embeddings
     hidden: list[int] = field(default_factory=lambda: [1024])
     dropout: float = 0.2
+
+
+@dataclass
+class VideoConfig:
+    """Video stream: frozen 2-D trunk per frame (maps cached), then a temporal model."""
+
+    backbone: str = "efficientnet-lite0"
+    size: int = 112  # frame size (shorter side resized, centre crop)
+    frames: int = 8  # frames sampled uniformly over each clip
+    clips: int = 1  # clips per video, their features averaged
+    temporal: str = "conv3d"  # conv3d | mean (the frame-averaging 2-D baseline)
+    width: int = 128  # channels of the conv3d blocks
+    blocks: int = 2  # residual (2+1)-D blocks
+    time_bins: int = 2  # ordered time bins kept by the final pooling
+    hidden: list[int] = field(default_factory=lambda: [512])
+    dropout: float = 0.2
+    cache_dir: str = ".cache/video-features"
+    workers: int = 2  # decoding processes while extracting maps
 
 
 @dataclass
@@ -109,6 +135,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -199,7 +226,31 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"image.finetune_blocks must be between 0 (frozen) and 16, got {blocks}")
     if config.image.finetune_blocks and config.image.flip_features:
         raise ConfigError("image.flip_features cannot be combined with image.finetune_blocks")
+    _check_text(config.text)
+    _check_video(config.video)
     return config
+
+
+def _check_video(video: VideoConfig) -> None:
+    if video.temporal not in ("conv3d", "mean"):
+        raise ConfigError(f"video.temporal must be 'conv3d' or 'mean', got {video.temporal!r}")
+    for key in ("frames", "clips", "width", "blocks", "time_bins", "workers"):
+        minimum = 0 if key == "blocks" else 1
+        if getattr(video, key) < minimum:
+            raise ConfigError(f"video.{key} must be at least {minimum}, got {getattr(video, key)}")
+    if video.frames < video.time_bins:
+        raise ConfigError(f"video.time_bins ({video.time_bins}) exceeds video.frames")
+    if not 32 <= video.size <= 1024:
+        raise ConfigError(f"video.size must be between 32 and 1024 pixels, got {video.size}")
+
+
+def _check_text(text: TextConfig) -> None:
+    if text.encoder not in TEXT_ENCODERS:
+        raise ConfigError(
+            f"text.encoder must be one of {', '.join(TEXT_ENCODERS)}, got {text.encoder!r}"
+        )
+    if not 3 <= text.max_length <= 512:
+        raise ConfigError(f"text.max_length must be between 3 and 512, got {text.max_length}")
 
 
 def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:

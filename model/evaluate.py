@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 def embed(method: Any, modality: str, x: torch.Tensor, batch: int = 4096) -> np.ndarray:
     """Continuous codes of `x` in eval mode."""
     method.eval()
+    # Wide inputs (a clip's per-frame maps) get smaller batches: bounded memory.
+    batch = max(1, min(batch, (1 << 24) // max(1, x[0].numel()))) if len(x) else batch
     parts = [
         method.encode(modality, x[i : i + batch]).float().cpu() for i in range(0, len(x), batch)
     ]

@@ -2,7 +2,8 @@
 
 The bundle is the whole contract with `service/` (see `service/encoders.py`, which loads it
 without importing `model/`): encoders take prepared inputs (uint8 pixels, a float32 bag of
-words, or float32 feature vectors) and return packed uint8 codes, MSB-first. The bundle is
+words, int64 token ids and attention mask, or float32 feature vectors) and return packed
+uint8 codes, MSB-first; files an input needs (a tokenizer) are copied in beside them. The bundle is
 written into a temporary folder and renamed into place only after every traced encoder has
 been reloaded from disk and shown to give the eager model's codes bit for bit.
 """
@@ -17,7 +18,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hashbridge.clips import decode_clip
 from model.backbones.efficientnet import TrunkFront, load_pretrained
+from model.backbones.minilm import MODEL_NAME, Tokens, load_minilm, tokenizer_path
+from model.backbones.video import FrameMaps
 from model.checkpoint import load_checkpoint
 from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.images import load_image
@@ -42,10 +46,12 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 #: Kinds of model input (see model/prepare.py); each is also the manifest's "input" name.
-KINDS = ("pixels", "bag_of_words", "features")
+KINDS = ("pixels", "clip", "bag_of_words", "sentence", "features")
 #: Real items and synthetic inputs each encoder is verified on.
 REAL_SAMPLES = 12
 RANDOM_SAMPLES = 4
+VIDEO_SAMPLES = 4  # each is frames x clips images through the trunk
+SENTENCE_TOKENIZER = "tokenizer.json"
 _REQUIRED_STATE = ("config", "model", "input_dims", "kinds", "label_names", "multi_label")
 
 
@@ -79,6 +85,39 @@ class ImageEncoder(nn.Module):
         return pack_bits(self.stream(features))
 
 
+class VideoEncoder(nn.Module):
+    """uint8 (n, clips, frames, 3, s, s) -> normalise -> frozen per-frame maps -> video stream.
+
+    The maps are rounded to float16 as the training cache stores them (model/video_features.py).
+    """
+
+    def __init__(
+        self, maps: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], stream: nn.Module
+    ) -> None:
+        super().__init__()
+        self.normalize = PixelNormalize(mean, std)
+        self.maps = maps
+        self.stream = stream
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        n, size = clips.shape[0], clips.shape[-1]
+        x = self.normalize(clips.reshape(-1, 3, size, size))
+        maps = self.maps(x.contiguous(memory_format=torch.channels_last))
+        return pack_bits(self.stream(maps.reshape(n, -1).to(torch.float16)))
+
+
+class SentenceCodeEncoder(nn.Module):
+    """int64 (n, 2, L) token ids over attention mask -> frozen sentence encoder -> stream."""
+
+    def __init__(self, sentences: nn.Module, stream: nn.Module) -> None:
+        super().__init__()
+        self.sentences = sentences
+        self.stream = stream
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return pack_bits(self.stream(self.sentences(tokens[:, 0], tokens[:, 1])))
+
+
 class VectorEncoder(nn.Module):
     """float32 (n, dim) bag of words or feature vectors -> stream -> packed codes."""
 
@@ -99,6 +138,8 @@ class ModalityExport:
     encoder: nn.Module
     spec: dict[str, Any]
     samples: torch.Tensor
+    #: Files copied into the bundle beside the encoder (bundle name -> source).
+    assets: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -154,6 +195,7 @@ def build_encoders(run: RunState) -> dict[str, ModalityExport]:
     for modality, kind in sorted(state["kinds"].items()):
         stream = run.method.streams[modality]
         dim = int(state["input_dims"][modality])
+        assets: dict[str, Path] = {}
         if kind == "pixels":
             backbone = load_pretrained(config.image.backbone)
             spec_b = backbone.spec
@@ -175,6 +217,9 @@ def build_encoders(run: RunState) -> dict[str, ModalityExport]:
                 "flip_features": config.image.flip_features,
             }
             samples = _pixel_samples(data, rows, config.image.size)
+        elif kind == "clip":
+            encoder, spec = _video_encoder(config, stream)
+            samples = _clip_samples(data, rows, config)
         elif kind == "bag_of_words":
             if not state.get("vocabulary"):
                 raise ExportError(
@@ -184,11 +229,17 @@ def build_encoders(run: RunState) -> dict[str, ModalityExport]:
             encoder = VectorEncoder(stream)
             spec = {"input": "bag_of_words", "dim": dim, "vocabulary": vocabulary.to_json()}
             samples = _text_samples(data, rows, vocabulary)
+        elif kind == "sentence":
+            tokens = Tokens(tokenizer_path(), config.text.max_length)
+            encoder = SentenceCodeEncoder(load_minilm(), stream)
+            spec = _sentence_spec(tokens)
+            samples = _sentence_samples(data, rows, tokens)
+            assets = {SENTENCE_TOKENIZER: tokens.path}
         else:
             encoder = VectorEncoder(stream)
             spec = {"input": "features", "dim": dim, "dtype": "float32"}
             samples = _feature_samples(data, rows, modality, stream, dim)
-        exports[modality] = ModalityExport(modality, kind, encoder.eval(), spec, samples)
+        exports[modality] = ModalityExport(modality, kind, encoder.eval(), spec, samples, assets)
     return exports
 
 
@@ -213,6 +264,10 @@ def export_bundle(run_dir: Path | str, out_dir: Path | str, *, overwrite: bool =
             _trace(item, tmp / name)
             verified[modality] = _verify(item, tmp / name)
             files[name] = _sha256(tmp / name)
+            for asset, source in item.assets.items():
+                shutil.copyfile(source, tmp / asset)
+                _fsync(tmp / asset)
+                files[asset] = _sha256(tmp / asset)
             modalities[modality] = {"file": name, **item.spec}
         manifest = _manifest(run, modalities, files, verified)
         _write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -313,6 +368,46 @@ def _pixel_samples(data: PairedData | None, rows: np.ndarray, size: int) -> torc
     return torch.from_numpy(np.stack(images))
 
 
+def _video_encoder(config: RunConfig, stream: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    video = config.video
+    backbone = load_pretrained(video.backbone)
+    encoder = VideoEncoder(FrameMaps(backbone), backbone.spec.mean, backbone.spec.std, stream)
+    spec = {
+        "input": "clip",
+        "frames": video.frames,
+        "size": video.size,
+        "clips": video.clips,
+        "dtype": "uint8",
+        "layout": "N clips frames C H W, RGB",
+        "sampling": "clips equal windows end to end; frames at the centres of equal segments "
+        "of each, by presentation time (hashbridge.clips.decode_clip)",
+        "resize": "display matrix applied, shorter side bilinear to size, centre crop",
+        "backbone": video.backbone,
+        "temporal": video.temporal,
+        "mean": list(backbone.spec.mean),
+        "std": list(backbone.spec.std),
+    }
+    return encoder, spec
+
+
+def _clip_samples(data: PairedData | None, rows: np.ndarray, config: RunConfig) -> torch.Tensor:
+    video = config.video
+    clips: list[np.ndarray] = []
+    if data is not None and data.video_paths is not None:
+        for row in rows[:VIDEO_SAMPLES]:
+            path = data.video_paths[row]
+            if path is not None and Path(path).is_file():
+                clips.append(
+                    decode_clip(path, frames=video.frames, size=video.size, clips=video.clips)
+                )
+    if not clips:
+        log.warning("no video files of the run are readable; verifying on random clips only")
+    rng = np.random.default_rng(0)
+    shape = (RANDOM_SAMPLES, video.clips, video.frames, 3, video.size, video.size)
+    clips += list(rng.integers(0, 256, size=shape, dtype=np.uint8))
+    return torch.from_numpy(np.stack(clips))
+
+
 def _text_samples(
     data: PairedData | None, rows: np.ndarray, vocabulary: Vocabulary
 ) -> torch.Tensor:
@@ -324,6 +419,29 @@ def _text_samples(
     rand = (rng.random((RANDOM_SAMPLES, len(vocabulary))) < 0.05).astype(np.float32)
     rand[0] = 0.0  # a text with no known word
     return torch.from_numpy(np.concatenate([*bags, rand]))
+
+
+def _sentence_spec(tokens: Tokens) -> dict[str, Any]:
+    return {
+        "input": "sentence",
+        "encoder": MODEL_NAME,
+        "tokenizer": SENTENCE_TOKENIZER,
+        "max_length": tokens.max_length,
+        "pad_id": tokens.pad_id,
+        "dtype": "int64",
+        "layout": "N 2 max_length: token ids, then the attention mask (1 = token, 0 = padding)",
+        "truncation": "to max_length tokens, [CLS] and [SEP] included; padded on the right",
+    }
+
+
+def _sentence_samples(data: PairedData | None, rows: np.ndarray, tokens: Tokens) -> torch.Tensor:
+    texts = [] if data is None or data.texts is None else [data.texts[r] for r in rows]
+    if not texts:
+        log.warning("no texts of the run are readable; verifying on made-up sentences only")
+    # An empty text, one cut at max_length, and characters outside the vocabulary.
+    texts += ["", "a photo " * tokens.max_length, "Çà et là, 猫 🐈 — ok?", "two dogs play"]
+    ids, mask = tokens.encode(texts)
+    return torch.from_numpy(np.stack([ids, mask], axis=1))
 
 
 def _feature_samples(
@@ -348,6 +466,11 @@ def _occupied(out: Path) -> bool:
 
 def _install(tmp: Path, out: Path) -> None:
     """Move the finished folder into place; an old bundle is replaced only once the new is whole."""
+    # mkdtemp makes the folder private (0700); a bundle is meant to be read by a service that
+    # may run as another user (the container's), so give it the usual umask'd permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     _fsync_dir(tmp)
     old = None
     if out.exists():

@@ -1,12 +1,14 @@
 """Turn a configured dataset into per-modality input matrices and a split.
 
 Image files go through the frozen backbone once (features cached on disk); text goes
-through a vocabulary built from the training items only; datasets that ship feature
+through a vocabulary built from the training items only, or through a frozen pretrained
+sentence encoder (embeddings cached on disk); datasets that ship feature
 vectors (Wikipedia) are used as they are.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +16,21 @@ from pathlib import Path
 import numpy as np
 
 from model.config import ConfigError, RunConfig
+from model.data.flickr8k import flickr8k_split, load_flickr8k
+from model.data.kinetics import load_kinetics
 from model.data.manifest import load_manifest
 from model.data.mirflickr import load_mirflickr
 from model.data.records import PairedData, concat
 from model.data.splits import Split, split_from_column, standard_split
+from model.data.synthetic_video import generate_video_dataset
 from model.data.wikipedia import load_wikipedia
 from model.features import extract_image_features
+from model.sentence_features import extract_sentence_features
 from model.text import Vocabulary
+from model.video_features import extract_clip_maps
+
+#: Where data.kind "synthetic_video" writes its clips unless data.path names a folder.
+SYNTHETIC_VIDEO_DIR = Path(".cache/synthetic-video")
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +42,7 @@ class Prepared:
     data: PairedData
     split: Split
     inputs: dict[str, np.ndarray]
-    kinds: dict[str, str]  # modality -> "pixels" | "bag_of_words" | "features"
+    kinds: dict[str, str]  # modality -> pixels | clip | bag_of_words | sentence | features
     vocabulary: Vocabulary | None = None
 
 
@@ -50,7 +60,17 @@ def load_dataset(config: RunConfig) -> tuple[PairedData, Split]:
     elif kind == "wikipedia":
         data = concat(list(load_wikipedia(path)))
         split = split_from_column(data.splits, len(data), seed=config.split_seed)
-    elif kind == "manifest":
+    elif kind == "flickr8k":
+        data = load_flickr8k(path)
+        split = flickr8k_split(
+            data, n_query=config.data.n_query, n_train=config.data.n_train, seed=config.split_seed
+        )
+    elif kind == "kinetics":
+        data = load_kinetics(path)
+        split = split_from_column(data.splits, len(data))
+    elif kind in ("manifest", "synthetic_video"):
+        if kind == "synthetic_video":
+            path = _synthetic_videos(config)
         data = load_manifest(path)
         n_query = min(config.data.n_query, max(1, len(data) // 10))
         n_train = min(config.data.n_train, len(data) - n_query)
@@ -58,7 +78,10 @@ def load_dataset(config: RunConfig) -> tuple[PairedData, Split]:
             data.splits, len(data), n_query=n_query, n_train=n_train, seed=config.split_seed
         )
     else:
-        raise ConfigError(f"unknown data.kind {kind!r}; use manifest, mirflickr or wikipedia")
+        raise ConfigError(
+            f"unknown data.kind {kind!r}; use manifest, mirflickr, wikipedia, flickr8k, "
+            "kinetics or synthetic_video"
+        )
     return data, split
 
 
@@ -92,7 +115,9 @@ def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared
                 )
                 kinds["image"] = "pixels"
         elif modality == "text":
-            if data.texts is not None:
+            if config.text.encoder != "bag_of_words":
+                inputs["text"], kinds["text"] = _sentence_embeddings(config, data), "sentence"
+            elif data.texts is not None:
                 if vocabulary is None:
                     vocabulary = Vocabulary.build(
                         [data.texts[i] for i in split.train],
@@ -105,6 +130,58 @@ def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared
             else:
                 assert data.text_features is not None
                 inputs["text"], kinds["text"] = data.text_features.astype(np.float32), "features"
+        elif modality == "video":
+            inputs["video"], kinds["video"] = _clip_maps(config, data), "clip"
         else:
-            raise ConfigError(f"modality {modality!r} is not supported yet; use image and text")
+            raise ConfigError(f"unknown modality {modality!r}; use image, video and text")
     return Prepared(data=data, split=split, inputs=inputs, kinds=kinds, vocabulary=vocabulary)
+
+
+def _synthetic_videos(config: RunConfig) -> Path:
+    """Generate (or reuse) the synthetic video dataset that `data.generate` describes."""
+    params = config.data.generate
+    try:
+        defaults = inspect.signature(generate_video_dataset).bind(".", **params)
+    except TypeError as exc:
+        raise ConfigError(f"data.generate: {exc} (see generate_video_dataset)") from None
+    defaults.apply_defaults()
+    # One folder per parameter set: runs with different data never regenerate each other's.
+    key = "-".join(f"{k}{v}" for k, v in defaults.arguments.items() if k != "out_dir")
+    out = Path(config.data.path) if config.data.path else SYNTHETIC_VIDEO_DIR / key
+    try:
+        return generate_video_dataset(out, **params)
+    except ValueError as exc:
+        raise ConfigError(f"data.generate: {exc}") from None
+
+
+def _clip_maps(config: RunConfig, data: PairedData) -> np.ndarray:
+    """Frozen per-frame maps of every item's clip (cached), flattened per item."""
+    assert data.video_paths is not None
+    missing = [i for i, p in enumerate(data.video_paths) if p is None]
+    if missing:
+        raise ConfigError(f"{len(missing)} items have no video (first: {data.ids[missing[0]]})")
+    video = config.video
+    return extract_clip_maps(
+        [Path(p) for p in data.video_paths if p is not None],
+        backbone=video.backbone,
+        size=video.size,
+        frames=video.frames,
+        clips=video.clips,
+        cache_dir=Path(video.cache_dir),
+        workers=video.workers,
+    )
+
+
+def _sentence_embeddings(config: RunConfig, data: PairedData) -> np.ndarray:
+    """Frozen sentence-encoder embeddings of every item's text (cached)."""
+    if data.texts is None:
+        raise ConfigError(
+            f"text.encoder = {config.text.encoder!r} needs raw texts, but this dataset ships "
+            "text feature vectors; use text.encoder = 'bag_of_words'"
+        )
+    return extract_sentence_features(
+        data.texts,
+        encoder=config.text.encoder,
+        max_length=config.text.max_length,
+        cache_dir=Path(config.text.cache_dir),
+    )

@@ -63,3 +63,48 @@ class MLPStream(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.hash(self.body((self.transform(x) - self.shift) / self.scale))
+
+
+class VideoStream(nn.Module):
+    """Per-frame feature maps of one or more clips -> temporal model -> MLP -> hash head.
+
+    Input rows are flattened (clips, frames, C, h, w) maps. Each clip goes through the
+    temporal model on its own; the clips' features are averaged before the MLP, so a video
+    sampled as several clips still gets one code. Maps are standardised per channel with
+    training-set statistics (buffers, so the exported encoder carries them).
+    """
+
+    def __init__(
+        self,
+        map_shape: tuple[int, int, int, int, int],
+        temporal: nn.Module,
+        hidden: Sequence[int],
+        bits: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.map_shape = map_shape
+        channels = map_shape[2]
+        self.register_buffer("shift", torch.zeros(channels))
+        self.register_buffer("scale", torch.ones(channels))
+        self.temporal = temporal
+        layers: list[nn.Module] = []
+        width = int(temporal.out_dim)  # type: ignore[arg-type]
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.hash = HashHead(width, bits)
+
+    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel statistics of the training maps (constant channels are left alone)."""
+        self.shift.copy_(mean)
+        self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        clips, frames, c, h, w = self.map_shape
+        maps = x.float().reshape(-1, frames, c, h, w)
+        maps = (maps - self.shift.view(1, 1, c, 1, 1)) / self.scale.view(1, 1, c, 1, 1)
+        features = self.temporal(maps.transpose(1, 2))  # (n * clips, C, T, h, w) in
+        features = features.reshape(-1, clips, features.shape[1]).mean(dim=1)
+        return self.hash(self.body(features))

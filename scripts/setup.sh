@@ -19,3 +19,17 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[dev]"
   echo "$want" > "$stamp"
 fi
+# The browser test drives Debian's chromium + chromedriver. Install them when missing and we
+# can (root with apt-get); otherwise that test skips, or fails under CI=true. `--no-browser`
+# leaves them out (the demo does not need a browser).
+if [ "${1:-}" != "--no-browser" ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium and chromium-driver for the browser test" >&2
+    apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      chromium chromium-driver >&2
+  else
+    echo "setup: /usr/bin/chromium or /usr/bin/chromedriver is missing and this is not root:" \
+      "tests/test_search_page.py will skip; install: apt-get install chromium chromium-driver" >&2
+  fi
+fi

@@ -14,7 +14,7 @@ from service.encoders import Bundle
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics
-from service.routes import encode, health, items, search
+from service.routes import encode, health, items, page, search
 from service.runtime import open_runtime
 from service.schemas import EncodeRequest, IngestRequest, SearchRequest
 from service.settings import Settings
@@ -74,6 +74,7 @@ def create_app(settings: Settings, *, bundle: Bundle | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics)
     for module in (items, search, encode, health):
         app.include_router(module.router)
+    page.install(app)
     openapi.install(app, [IngestRequest, SearchRequest, EncodeRequest])
     if settings.api_key is None:
         log.warning("no HASHBRIDGE_API_KEY set: write endpoints are open to anyone who can connect")

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import torch
+from tokenizers import Tokenizer
 
 from index.codes import MAX_BITS, MIN_BITS
 from service.errors import BundleError
@@ -29,8 +30,11 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 #: What each modality's encoder takes, as the manifest names it.
 INPUTS = {"image": "pixels", "text": "bag_of_words", "video": "clip"}
+#: A text encoder takes a bag of words or, for a pretrained sentence encoder, token ids.
+TEXT_INPUTS = ("bag_of_words", "sentence")
 #: Inputs run through each encoder at load (a check and the bundle's fingerprint).
 PROBES = 4
+PROBE_SENTENCES = ("a dog runs on the beach", "two people ride bicycles", "", "red sky at night")
 
 
 class Encoder(Protocol):
@@ -64,6 +68,14 @@ class TorchScriptEncoder:
                 f"the manifest promises uint8 {expected} for {self.bits}-bit codes"
             )
         return codes
+
+
+class TextPreparer(Protocol):
+    """Turns texts into the text encoder's input batch, with each text's known-token count."""
+
+    def vectorize(self, texts: Sequence[str]) -> tuple[npt.NDArray[Any], list[int]]:
+        """The (n, ...) batch and, per text, how many of its tokens the model knows."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,42 @@ class TextVectorizer:
         return out, known
 
 
+class SentenceTokenizer:
+    """Token ids and attention mask for a sentence-encoder text model, from its tokenizer.json.
+
+    Texts are cut to `max_length` tokens ([CLS] and [SEP] included) and right-padded with
+    `pad_id`, exactly as the model side tokenised them for export.
+    """
+
+    def __init__(self, path: Path, max_length: int, pad_id: int) -> None:
+        self.max_length = max_length
+        self.pad_id = pad_id
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer.enable_truncation(max_length=max_length)
+        self._tokenizer.no_padding()
+        self._unknown = self._tokenizer.token_to_id("[UNK]")
+
+    def tokenize(
+        self, texts: Sequence[str]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], list[int]]:
+        """Ids and mask, int64 (n, max_length), and each text's count of known word pieces."""
+        ids = np.full((len(texts), self.max_length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(texts), self.max_length), dtype=np.int64)
+        known: list[int] = []
+        for row, text in enumerate(texts):
+            encoding = self._tokenizer.encode(text)
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.ids)] = 1
+            pieces = zip(encoding.ids, encoding.special_tokens_mask, strict=True)
+            known.append(sum(1 for i, special in pieces if not special and i != self._unknown))
+        return ids, mask, known
+
+    def vectorize(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.int64], list[int]]:
+        """The text encoder's input, int64 (n, 2, max_length) ids over mask, and known counts."""
+        ids, mask, known = self.tokenize(texts)
+        return np.stack([ids, mask], axis=1), known
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A loaded, verified bundle."""
@@ -111,7 +159,8 @@ class Bundle:
     encoders: dict[str, Encoder]
     #: Per-modality input settings from the manifest (size, frames, vocabulary).
     inputs: dict[str, dict[str, Any]]
-    vectorizer: TextVectorizer | None
+    #: Turns texts into the text encoder's input (a bag of words, or token ids and mask).
+    vectorizer: TextPreparer | None
     #: Hash of the codes of fixed probe inputs: equal exactly when codes are comparable.
     fingerprint: str
 
@@ -134,12 +183,12 @@ def load_bundle(path: Path | str) -> Bundle:
         raise BundleError(f"{root / MANIFEST}: 'files' must map file names to sha256 hex")
     encoders: dict[str, Encoder] = {}
     inputs: dict[str, dict[str, Any]] = {}
-    vectorizer = None
+    vectorizer: TextPreparer | None = None
     fingerprint = hashlib.sha256(str(bits).encode())
     for modality, spec in sorted(modalities.items()):
         spec = _check_spec(root, modality, spec)
         if modality == "text":
-            vectorizer = _vectorizer(root, spec)
+            vectorizer = _text_preparer(root, spec, hashes)
         module = _load_module(root, str(spec["file"]), hashes)
         encoder = TorchScriptEncoder(modality, bits, module)
         probe = _probe(encoder, _probe_input(modality, spec, vectorizer), root / str(spec["file"]))
@@ -205,14 +254,43 @@ def _check_spec(root: Path, modality: str, spec: object) -> dict[str, Any]:
             "service cannot compute from uploads; serve a model trained on image files "
             "and raw text instead"
         )
-    if spec.get("input") != INPUTS[modality]:
-        raise BundleError(f"{where}.input is {spec.get('input')!r}; expected {INPUTS[modality]!r}")
-    needed = {"image": ("size",), "video": ("frames", "size"), "text": ()}[modality]
+    accepted = TEXT_INPUTS if modality == "text" else (INPUTS[modality],)
+    if spec.get("input") not in accepted:
+        wanted = " or ".join(repr(a) for a in accepted)
+        raise BundleError(f"{where}.input is {spec.get('input')!r}; expected {wanted}")
+    needed = {"image": ("size",), "video": ("frames", "size", "clips"), "text": ()}[modality]
     for key in needed:
         value = spec.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BundleError(f"{where}.{key} must be a positive integer, got {value!r}")
     return spec
+
+
+def _text_preparer(
+    root: Path, spec: Mapping[str, Any], hashes: Mapping[str, Any]
+) -> TextVectorizer | SentenceTokenizer:
+    if spec.get("input") == "sentence":
+        return _sentence_tokenizer(root, spec, hashes)
+    return _vectorizer(root, spec)
+
+
+def _sentence_tokenizer(
+    root: Path, spec: Mapping[str, Any], hashes: Mapping[str, Any]
+) -> SentenceTokenizer:
+    where = f"{root / MANIFEST}: modalities.text"
+    max_length, pad_id = spec.get("max_length"), spec.get("pad_id", 0)
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
+        raise BundleError(f"{where}.max_length must be an integer >= 3, got {max_length!r}")
+    if isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0:
+        raise BundleError(f"{where}.pad_id must be a non-negative integer, got {pad_id!r}")
+    name = spec.get("tokenizer")
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"{where}.tokenizer must name the bundle's tokenizer file")
+    path = _checked_file(root, name, hashes)
+    try:
+        return SentenceTokenizer(path, max_length, pad_id)
+    except Exception as exc:  # the tokenizers library raises plain Exception on a bad file
+        raise BundleError(f"{path} is not a loadable tokenizer.json: {exc}") from None
 
 
 def _vectorizer(root: Path, spec: Mapping[str, Any]) -> TextVectorizer:
@@ -238,6 +316,17 @@ def _vectorizer(root: Path, spec: Mapping[str, Any]) -> TextVectorizer:
 
 
 def _load_module(root: Path, name: str, hashes: Mapping[str, Any]) -> torch.jit.ScriptModule:
+    path = _checked_file(root, name, hashes)
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as exc:
+        raise BundleError(f"{path} is not a loadable TorchScript module: {exc}") from None
+    module.eval()
+    return module
+
+
+def _checked_file(root: Path, name: str, hashes: Mapping[str, Any]) -> Path:
+    """A bundle file the manifest lists, present and matching its sha256."""
     path = root / name
     if not path.is_file():
         raise BundleError(f"bundle {root} is missing {name}, which the manifest lists")
@@ -250,12 +339,7 @@ def _load_module(root: Path, name: str, hashes: Mapping[str, Any]) -> torch.jit.
             f"sha256 mismatch for {name}: manifest says {expected}, file is {actual}; "
             "the bundle is corrupt or was modified after export"
         )
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except RuntimeError as exc:
-        raise BundleError(f"{path} is not a loadable TorchScript module: {exc}") from None
-    module.eval()
-    return module
+    return path
 
 
 def _sha256(path: Path) -> str:
@@ -267,16 +351,21 @@ def _sha256(path: Path) -> str:
 
 
 def _probe_input(
-    modality: str, spec: Mapping[str, Any], vectorizer: TextVectorizer | None
+    modality: str,
+    spec: Mapping[str, Any],
+    vectorizer: TextPreparer | None,
 ) -> npt.NDArray[Any]:
     """Fixed pseudo-random inputs: their codes identify the model, not the file bytes."""
     rng = np.random.default_rng(20240601)
+    if isinstance(vectorizer, SentenceTokenizer) and modality == "text":
+        return vectorizer.vectorize(PROBE_SENTENCES)[0]
     if modality == "text":
-        assert vectorizer is not None
+        assert isinstance(vectorizer, TextVectorizer)
         return (rng.random((PROBES, len(vectorizer.tokens))) < 0.1).astype(np.float32)
     shape: tuple[int, ...] = (PROBES, 3, spec["size"], spec["size"])
     if modality == "video":
-        shape = (PROBES, 3, spec["frames"], spec["size"], spec["size"])
+        # What service.media.decode_clip returns, with the batch axis in front.
+        shape = (PROBES, spec["clips"], spec["frames"], 3, spec["size"], spec["size"])
     return rng.integers(0, 256, size=shape, dtype=np.uint8)
 
 

@@ -93,12 +93,6 @@ class NotReady(ServiceError):
     slug = "not-ready"
 
 
-class NotImplementedYet(ServiceError):
-    status = 501
-    title = "Not implemented"
-    slug = "not-implemented"
-
-
 class BundleError(RuntimeError):
     """A model bundle is missing, inconsistent or incompatible; raised at start-up."""
 

@@ -2,7 +2,8 @@
 
 Image preprocessing mirrors the model side exactly (EXIF transpose, RGB, shorter side
 resized bilinearly to ``size``, centre crop) because codes are only comparable if the
-pixels are. Video clips go through ``decode_clip``, which the video issue fills in.
+pixels are. Video clips are decoded by ``hashbridge.clips``, the very code that sampled
+the training clips, so frame times, orientation and resizing match by construction.
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from service.errors import MediaError, NotImplementedYet, PayloadTooLarge
+from hashbridge.clips import ClipError, ClipLimits
+from hashbridge.clips import decode_clip as clip_pixels
+from hashbridge.pixels import prepare_image
+from service.errors import (
+    MediaError,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+)
 
 MediaKind = Literal["image", "video"]
 
@@ -54,18 +63,6 @@ def sniff_kind(upload: Upload) -> MediaKind:
     return "video" if ctype.startswith("video/") else "image"
 
 
-def prepare_image(image: Image.Image, size: int) -> npt.NDArray[np.uint8]:
-    """Return (3, size, size) uint8 pixels: oriented, RGB, resized, centre-cropped."""
-    image = ImageOps.exif_transpose(image).convert("RGB")
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
-
-
 def decode_image(upload: Upload, size: int, max_pixels: int) -> npt.NDArray[np.uint8]:
     """Decode an uploaded image into encoder pixels, refusing bombs and unreadable bytes."""
     name = upload.filename
@@ -87,12 +84,30 @@ def decode_image(upload: Upload, size: int, max_pixels: int) -> npt.NDArray[np.u
         raise MediaError(f"image {name!r} is corrupt or truncated: {exc}") from None
 
 
-def decode_clip(upload: Upload, frames: int, size: int) -> npt.NDArray[np.uint8]:
-    """Decode a video clip into (3, frames, size, size) uint8 pixels."""
-    raise NotImplementedYet(
-        f"file {upload.filename!r} is a video clip, and video decoding is not available in this "
-        "version of the service; send images or text"
-    )
+def decode_clip(
+    upload: Upload, frames: int, size: int, clips: int, limits: ClipLimits
+) -> npt.NDArray[np.uint8]:
+    """Decode a video clip into (clips, frames, 3, size, size) uint8 pixels, as the model did."""
+    try:
+        return clip_pixels(
+            upload.data, frames=frames, size=size, clips=clips, limits=limits, name=upload.filename
+        )
+    except ClipError as exc:
+        status, setting = _CLIP_ERRORS.get(exc.reason, (MediaError, None))
+        hint = f" (service setting {setting})" if setting else ""
+        raise status(f"{exc}{hint}") from None
+
+
+#: How each reason a clip is refused for is answered, and the setting behind a limit.
+_CLIP_ERRORS: dict[str, tuple[type[ServiceError], str | None]] = {
+    "corrupt": (MediaError, None),
+    "empty": (MediaError, None),
+    "no_video_stream": (UnsupportedMediaType, None),
+    "unsupported": (UnsupportedMediaType, None),
+    "too_long": (PayloadTooLarge, "HASHBRIDGE_MAX_CLIP_SECONDS"),
+    "too_large_file": (PayloadTooLarge, "HASHBRIDGE_MAX_UPLOAD_BYTES"),
+    "too_large_frame": (PayloadTooLarge, "HASHBRIDGE_MAX_CLIP_PIXELS"),
+}
 
 
 def _bomb(name: str, w: int, h: int, limit: int) -> PayloadTooLarge:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hashbridge.clips import ClipLimits
 from index.codes import codes_from_hex
 from index.errors import CodeError
 from index.store import NewItem, StoredItem
@@ -29,6 +30,7 @@ from service.errors import (
 from service.media import Upload, check_upload_size, decode_clip, decode_image, sniff_kind
 from service.runtime import Runtime
 from service.settings import Settings
+from service.thumbnails import thumbnails_for
 
 #: Metadata keys the service fills in itself so results can show what an item was.
 RESERVED_KEYS = ("text", "filename")
@@ -157,10 +159,12 @@ async def ingest(rt: Runtime, items: Sequence[ItemInput]) -> list[Written]:
             )
         if item.client_id is not None:
             seen[item.client_id] = i
-    encoded = await encode_sources(rt, [item.source for item in items])
+    sources = [item.source for item in items]
+    encoded = await encode_sources(rt, sources)
+    thumbs = await thumbnails_for(rt, sources, [e.modality for e in encoded])
     new = [
-        NewItem(e.modality, e.code, item.client_id, _stored_metadata(item))
-        for item, e in zip(items, encoded, strict=True)
+        NewItem(e.modality, e.code, item.client_id, _stored_metadata(item), thumbnail)
+        for item, e, thumbnail in zip(items, encoded, thumbs, strict=True)
     ]
     ids = await rt.run(rt.collection.upsert, new)
     for e in encoded:
@@ -279,7 +283,12 @@ def _modality_of(bundle: Bundle, source: Source) -> str:
 def _decode(bundle: Bundle, settings: Settings, upload: Upload) -> npt.NDArray[np.uint8]:
     spec = bundle.inputs[_modality_of(bundle, upload)]
     if "frames" in spec:
-        return decode_clip(upload, spec["frames"], spec["size"])
+        limits = ClipLimits(
+            max_seconds=settings.max_clip_seconds,
+            max_bytes=settings.max_upload_bytes,
+            max_pixels=settings.max_clip_pixels,
+        )
+        return decode_clip(upload, spec["frames"], spec["size"], spec["clips"], limits)
     return decode_image(upload, spec["size"], settings.max_image_pixels)
 
 

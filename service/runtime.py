@@ -86,6 +86,7 @@ async def open_runtime(settings: Settings, bundle: Bundle | None, metrics: Metri
             kind=settings.index_kind,
             ivf_threshold=settings.ivf_threshold,
             default_nprobe=settings.default_nprobe,
+            use_gpu=settings.index_gpu,
         )
         try:
             collection = await loop.run_in_executor(

@@ -32,16 +32,24 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(10_000, gt=0)
     max_batch_items: int = Field(256, gt=0, description="Most items in one ingest/encode call")
     max_image_pixels: int = Field(50_000_000, gt=0, description="Decompression-bomb limit")
+    max_clip_seconds: float = Field(600.0, gt=0, description="Longest video clip, in seconds")
+    max_clip_pixels: int = Field(3840 * 2160, gt=0, description="Most pixels per video frame")
     max_k: int = Field(1000, ge=1)
 
     index_kind: Literal["flat", "ivf", "auto"] = "auto"
     ivf_threshold: int = Field(100_000, gt=0)
     default_nprobe: int = Field(16, gt=0)
+    index_gpu: bool = Field(
+        False, description="Search flat indexes on the GPU (faiss-gpu); CPU when none is found"
+    )
 
     workers: int = Field(2, gt=0, description="Threads for decode, encode and search")
     batch_window_ms: float = Field(5.0, ge=0, description="How long the encoder waits to fill")
     batch_max_items: int = Field(64, gt=0, description="Most items per encoder call")
     snapshot_every: int = Field(1000, gt=0, description="Snapshot indexes after this many writes")
+
+    thumbnails: bool = Field(True, description="Store a small JPEG of each ingested image")
+    thumbnail_size: int = Field(160, ge=16, le=1024, description="Longest side of a thumbnail")
 
     @field_validator("api_key", mode="before")
     @classmethod

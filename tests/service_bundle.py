@@ -80,7 +80,7 @@ class TextHasher(_Hasher):
 
 
 class VideoHasher(_Hasher):
-    """uint8 (n, 3, T, s, s) -> 2x2x2 pool -> linear -> packed codes."""
+    """uint8 (n, clips, T, 3, s, s) -> 2x2x2 pool of the first clip -> linear -> packed codes."""
 
     def __init__(self, bits: int) -> None:
         super().__init__(bits)
@@ -88,7 +88,7 @@ class VideoHasher(_Hasher):
         self.fc = nn.Linear(3 * 8, bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x.to(torch.float32) / 127.5 - 1.0
+        z = x[:, 0].transpose(1, 2).to(torch.float32) / 127.5 - 1.0
         return self.packed(self.fc(self.pool(z).flatten(1)))
 
 
@@ -123,9 +123,15 @@ def build_bundle(
         },
     }
     if video:
-        clip = torch.zeros(2, 3, frames, image_size, image_size, dtype=torch.uint8)
+        clip = torch.zeros(2, 1, frames, 3, image_size, image_size, dtype=torch.uint8)
         modules["video"] = (VideoHasher(width), clip)
-        specs["video"] = {"file": "video.pt", "input": "clip", "frames": frames, "size": image_size}
+        specs["video"] = {
+            "file": "video.pt",
+            "input": "clip",
+            "frames": frames,
+            "size": image_size,
+            "clips": 1,
+        }
     files = {}
     for modality, (module, example) in modules.items():
         traced = torch.jit.trace(module.eval(), example)

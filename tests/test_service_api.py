@@ -312,8 +312,8 @@ def test_video_bundle_reaches_the_clip_decoder(svc_bundle_dir: Path, tmp_path) -
     with open_client(make_settings(video_bundle, tmp_path / "d")) as c:
         mp4 = b"\0\0\0\x18ftypisom\0\0\0\0isomiso2" + b"\0" * 64
         r = c.post("/v1/items", files=[("files", ("c.mp4", mp4, "video/mp4"))], headers=AUTH)
-        assert r.status_code == 501 and r.headers["content-type"] == "application/problem+json"
-        assert "'c.mp4' is a video clip, and video decoding is not available" in r.json()["detail"]
+        assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+        assert "clip 'c.mp4' is not a readable video file" in r.json()["detail"]
         assert c.get("/v1/stats").json()["count"] == 0
         # Images and texts still work with a video bundle.
         assert ingest_files(c, [("a.png", png(1))])[0]["modality"] == "image"

@@ -163,5 +163,5 @@ def test_text_vectorizer_char_mode() -> None:
 def test_video_bundle_loads_and_checks_its_encoder(tmp_path: Path) -> None:
     b = load_bundle(build_bundle(tmp_path / "v", video=True, frames=4))
     assert b.modalities == ["image", "text", "video"]
-    codes = b.encoders["video"].encode(np.zeros((2, 3, 4, 32, 32), np.uint8))
+    codes = b.encoders["video"].encode(np.zeros((2, 1, 4, 3, 32, 32), np.uint8))
     assert codes.shape == (2, 4)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import MediaError, NotImplementedYet, PayloadTooLarge
+from hashbridge.clips import ClipLimits
+from service.errors import MediaError, PayloadTooLarge
 from service.media import Upload, check_upload_size, decode_clip, decode_image, sniff_kind
 from tests.service_bundle import grid_image, image_bytes, reference_pixels
 
@@ -127,6 +128,6 @@ def test_sniff_kind() -> None:
     assert sniff_kind(upload(b"????" * 8)) == "image"
 
 
-def test_clip_decoding_is_a_typed_gap() -> None:
-    with pytest.raises(NotImplementedYet, match="'c.mp4' is a video clip"):
-        decode_clip(upload(b"\0\0\0\x18ftypisom", "c.mp4"), 8, 112)
+def test_unreadable_clip_is_a_media_error() -> None:
+    with pytest.raises(MediaError, match="clip 'c.mp4' is not a readable video file"):
+        decode_clip(upload(b"\0\0\0\x18ftypisom", "c.mp4"), 8, 112, 1, ClipLimits())

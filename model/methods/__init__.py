@@ -6,9 +6,11 @@ import numpy as np
 import torch
 
 from model.backbones.efficientnet import FEATURE_DIM, TrunkTail, load_pretrained, split_shape
+from model.backbones.video import build_temporal, clip_map_shape
 from model.config import RunConfig
 from model.methods.dsmhn import DSMHN
-from model.streams import ImageTailStream, MLPStream
+from model.streams import ImageTailStream, MLPStream, VideoStream
+from model.video_features import channel_statistics
 
 METHODS = {"dsmhn": DSMHN}
 
@@ -25,9 +27,14 @@ def build_method(
         raise ValueError(f"unknown method {config.method!r}; choose one of {sorted(METHODS)}")
     streams = {}
     for modality, dim in input_dims.items():
-        section = {"pixels": config.image, "bag_of_words": config.text}.get(
-            kinds[modality], config.features
-        )
+        section = {
+            "pixels": config.image,
+            "bag_of_words": config.text,
+            "sentence": config.text,
+        }.get(kinds[modality], config.features)
+        if kinds[modality] == "clip":
+            streams[modality] = _video_stream(config)
+            continue
         if kinds[modality] == "pixels" and config.image.finetune_blocks:
             streams[modality] = _tail_stream(config)
             continue
@@ -46,12 +53,23 @@ def _tail_stream(config: RunConfig) -> ImageTailStream:
     return ImageTailStream(tail, split_shape(image.backbone, image.size, n), mlp)
 
 
+def _video_stream(config: RunConfig) -> VideoStream:
+    """Temporal model (or the frame-averaging baseline) over cached per-frame maps."""
+    video = config.video
+    shape = clip_map_shape(video.backbone, video.size, video.frames, video.clips)
+    temporal = build_temporal(video.temporal, shape[2], video.width, video.blocks, video.time_bins)
+    return VideoStream(shape, temporal, video.hidden, config.bits, video.dropout)
+
+
 def standardize_inputs(
     method: DSMHN, inputs: dict[str, np.ndarray], kinds: dict[str, str], rows: np.ndarray
 ) -> None:
     """Fit each dense stream's input standardisation on the training rows (not bag of words)."""
     for modality, x in inputs.items():
         stream = method.streams[modality]
+        if isinstance(stream, VideoStream):
+            stream.set_standardization(*channel_statistics(x, rows, stream.map_shape))
+            continue
         if kinds[modality] == "bag_of_words" or not isinstance(stream, MLPStream):
             continue
         train = stream.transform(torch.from_numpy(x[rows]))

@@ -1,12 +1,13 @@
-"""POST /v1/items (batch ingest), GET and DELETE /v1/items/{id}, GET /v1/stats."""
+"""POST /v1/items (batch ingest), GET and DELETE /v1/items/{id}, its thumbnail, GET /v1/stats."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
-from service import forms, pipeline
+from service import forms, pipeline, thumbnails
 from service.deps import RuntimeDep, require_read, require_write
 from service.errors import InvalidInput
 from service.openapi import PROBLEM_RESPONSES, body, files_field, text_field
@@ -83,6 +84,28 @@ async def get_item(item_id: Annotated[int, Path(ge=0)], rt: RuntimeDep) -> Item:
         metadata=item.metadata,
         created_at=item.created_at,
     )
+
+
+@router.get(
+    "/items/{item_id}/thumbnail",
+    response_class=Response,
+    dependencies=[Depends(require_read)],
+    responses={
+        200: {"content": {thumbnails.MEDIA_TYPE: {}}, "description": "A small JPEG"},
+        **PROBLEM_RESPONSES,
+    },
+)
+async def get_thumbnail(
+    item_id: Annotated[int, Path(ge=0)], request: Request, rt: RuntimeDep
+) -> Response:
+    """The small JPEG stored with an image item (404 for texts and items without one)."""
+    data = await thumbnails.get_thumbnail(rt, item_id)
+    # Re-ingesting a client id keeps the item id but changes the picture: revalidate by ETag.
+    etag = '"' + hashlib.sha1(data, usedforsecurity=False).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type=thumbnails.MEDIA_TYPE, headers=headers)
 
 
 @router.delete(
