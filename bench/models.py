@@ -24,6 +24,7 @@ from model.text import Vocabulary
 VOCAB_SIZE = 1386  # MIRFlickr-25K's tag vocabulary in this project's runs
 NUM_LABELS = 24
 IMAGE_SIZE = 128
+SENTENCE_DIM = 384  # all-MiniLM-L6-v2's embedding width
 MODEL_NOTE = (
     "Untrained DSMHN built with model.methods.build_method (config: bits={bits}, image "
     "backbone efficientnet-lite0 with its ImageNet weights at {size} px, stream hidden "
@@ -46,8 +47,13 @@ def write_untrained_run(
     image_size: int = IMAGE_SIZE,
     vocab_size: int = VOCAB_SIZE,
     seed: int = 0,
+    sentences: bool = False,
 ) -> Path:
-    """Write a checkpoint of an untrained image+text method that model.export can read."""
+    """Write a checkpoint of an untrained image+text method that model.export can read.
+
+    With `sentences`, texts go through the pretrained MiniLM sentence encoder instead of a
+    bag of words (`text.encoder = "minilm"`).
+    """
     config = config_from_dict(
         {
             "bits": bits,
@@ -55,10 +61,11 @@ def write_untrained_run(
             # No data: export then verifies on synthetic inputs only (it logs that).
             "data": {"kind": "manifest", "path": str(run_dir / "no-such-manifest.csv")},
             "image": {"size": image_size},
+            "text": {"encoder": "minilm" if sentences else "bag_of_words"},
         }
     )
-    dims = {"image": 1280, "text": vocab_size}
-    kinds = {"image": "pixels", "text": "bag_of_words"}
+    dims = {"image": 1280, "text": SENTENCE_DIM if sentences else vocab_size}
+    kinds = {"image": "pixels", "text": "sentence" if sentences else "bag_of_words"}
     torch.manual_seed(seed)
     method = build_method(config, dims, kinds, NUM_LABELS, True).eval()
     state: dict[str, Any] = {

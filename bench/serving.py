@@ -53,6 +53,10 @@ from tests.service_bundle import AUTH, ServerProcess, build_bundle, grid_image, 
 
 K = 10
 IMAGE_WH = (320, 240)
+CAPTION_WORDS = (
+    "a dog runs on the beach with two children near blue water while man in red shirt "
+    "rides bike down street woman holds small girl playing grass park"
+).split()
 DEFAULTS = {name: f.default for name, f in Settings.model_fields.items()}
 
 
@@ -78,8 +82,9 @@ def make_bundle(kind: str, root: Path, bits: int, seed: int) -> Path:
     """Write the named bundle under root and return its folder."""
     if kind == "tiny":
         return build_bundle(root / "tiny-bundle", bits=bits, image_size=32, seed=seed)
-    run_dir = write_untrained_run(root / "lite0-run", bits=bits, seed=seed)
-    return export_untrained(run_dir, root / "lite0-bundle")
+    sentences = kind == "lite0-minilm"
+    run_dir = write_untrained_run(root / f"{kind}-run", bits=bits, seed=seed, sentences=sentences)
+    return export_untrained(run_dir, root / f"{kind}-bundle")
 
 
 def jpegs(n: int, seed: int) -> list[bytes]:
@@ -91,9 +96,13 @@ def jpegs(n: int, seed: int) -> list[bytes]:
 
 
 def texts(bundle: Bundle, n: int, rng: np.random.Generator) -> list[str]:
-    """Texts of 8 words from the bundle's vocabulary plus two unknown words."""
+    """Texts of 8 words from the bundle's vocabulary plus two unknown words.
+
+    A sentence-encoder bundle has no word list; its texts are 10 words drawn from a small
+    English caption vocabulary.
+    """
     assert bundle.vectorizer is not None
-    tokens = bundle.vectorizer.tokens
+    tokens = getattr(bundle.vectorizer, "tokens", CAPTION_WORDS)
     return [
         " ".join([*(tokens[i] for i in rng.integers(len(tokens), size=8)), "zzqx", "qqzv"])
         for _ in range(n)
@@ -294,6 +303,7 @@ def run_bundle(kind: str, root: Path, args: Any, sizes: Sizes) -> dict[str, Any]
     server_settings = {
         "workers": DEFAULTS["workers"],
         "batch_window_ms": args.batch_window_ms,
+        "thumbnails": args.thumbnails,
         "batch_max_items": DEFAULTS["batch_max_items"],
         "index_kind": "auto",
         "ivf_threshold": DEFAULTS["ivf_threshold"],
@@ -306,6 +316,7 @@ def run_bundle(kind: str, root: Path, args: Any, sizes: Sizes) -> dict[str, Any]
         log_path,
         HASHBRIDGE_BATCH_WINDOW_MS=str(args.batch_window_ms),
         HASHBRIDGE_INDEX_KIND="auto",
+        HASHBRIDGE_THUMBNAILS=str(args.thumbnails).lower(),
     ) as server:
         started, _ = timed(lambda: server.wait_ready(180))
         log(f"{kind}: server ready on {server.url} after {started:.1f}s")
@@ -360,7 +371,7 @@ def run_bundle(kind: str, root: Path, args: Any, sizes: Sizes) -> dict[str, Any]
         "bundle": kind,
         "bits": bundle.bits,
         "image_size": bundle.inputs["image"]["size"],
-        "vocab_size": len(bundle.vectorizer.tokens) if bundle.vectorizer else None,
+        "vocab_size": len(getattr(bundle.vectorizer, "tokens", ())) or None,
         "server": {
             "settings": server_settings,
             "ready_after_s": round(started, 2),
@@ -394,7 +405,9 @@ def _latency_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> int:
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--bundles", nargs="+", choices=("lite0", "tiny"), default=None)
+    parser.add_argument(
+        "--bundles", nargs="+", choices=("lite0", "lite0-minilm", "tiny"), default=None
+    )
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument(
         "--batch-window-ms",
@@ -403,6 +416,13 @@ def main() -> int:
         help="the server's micro-batching window (default: the service's default)",
     )
     parser.add_argument("--clients", type=int, nargs="+", help="concurrent search clients")
+    parser.add_argument(
+        "--no-thumbnails",
+        dest="thumbnails",
+        action="store_false",
+        help="run the server with HASHBRIDGE_THUMBNAILS=false: a stored image then costs "
+        "exactly what the bare path does, so the ratio is the HTTP path's own overhead",
+    )
     args = parser.parse_args()
     set_threads(args.threads)
     env = environment(args.threads)
@@ -421,6 +441,9 @@ def main() -> int:
         "notes": {
             "bundles": {
                 "lite0": MODEL_NOTE.format(bits=args.bits, size=128, vocab=VOCAB_SIZE, labels=24),
+                "lite0-minilm": "as lite0, but texts go through the pretrained all-MiniLM-L6-v2 "
+                "sentence encoder (text.encoder = minilm; tokenizer in the bundle, MiniLM + MLP "
+                "+ hash traced together), the caption encoder a deployment would use",
                 "tiny": "tests/service_bundle.build_bundle: seeded conv+linear image encoder "
                 "at 32 px and a linear text encoder over a 40-word vocabulary; encoding is "
                 "nearly free, so its ratios show the service's fixed per-item cost",
