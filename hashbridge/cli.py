@@ -231,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="generate data, train, export, serve and search a demo collection",
-        description="Generate pictures of coloured shapes with captions, train a small DSMHN "
-        "model, export it, serve it on localhost with the data ingested, and show example "
+        description="Generate clips of moving shapes with captions and a still of each, train "
+        "a small DSMHN model over pictures, clips and text, export it, serve it on localhost "
+        "with the data ingested, and show example "
         "queries and the search page. A second run reuses everything and starts in seconds.",
     )
     p.add_argument("--workdir", type=Path, help="work folder (default ~/.cache/hashbridge/demo)")
@@ -243,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the example queries, exit 0 if their results are relevant (1 if not), no serving",
     )
-    p.add_argument("--items", type=int, help="pictures to generate (default 1200)")
-    p.add_argument("--image-size", type=int, help="picture side in pixels (default 128)")
+    p.add_argument("--items", type=int, help="clips (with stills) to generate (default 1200)")
+    p.add_argument("--image-size", type=int, help="clip and still side in pixels (default 112)")
     p.add_argument("--epochs", type=int, help="training epochs (default 20)")
     p.set_defaults(func=_demo)
     return parser

@@ -24,16 +24,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Media kinds in the demo and the content type their files are uploaded with; clips join
-#: by adding "video" here, a generator for them, and a column in the demo manifest.
-MEDIA_TYPES = {"image": "image/png"}
-#: Text queries the demo shows, with the labels a relevant result must carry.
-TEXT_QUERIES = (
-    ("a red circle", {"red", "circle"}),
-    ("blue square", {"blue", "square"}),
-    ("a yellow star", {"yellow", "star"}),
-    ("green triangle on a white background", {"green", "triangle"}),
-)
+#: Media kinds in the demo and the content type their files are uploaded with.
+MEDIA_TYPES = {"image": "image/png", "video": "video/mp4"}
+#: Text queries the demo shows for each media kind, with the labels a relevant result must
+#: carry: a still shows colour and shape, only a clip shows which way its object moves.
+TEXT_QUERIES = {
+    "image": (
+        ("a red circle", {"red", "circle"}),
+        ("blue square", {"blue", "square"}),
+        ("a white star", {"white", "star"}),
+        ("green triangle on a grey background", {"green", "triangle"}),
+    ),
+    "video": (
+        ("a red circle moves to the right", {"circle_rightwards"}),
+        ("a red circle moves to the left", {"circle_leftwards"}),
+        ("a blue square falls", {"square_falls"}),
+        ("a green triangle grows quickly", {"triangle_grows"}),
+    ),
+}
+#: Next to the demo manifest: trained label -> the labels the collection's items carry.
+SHOWN_LABELS_FILE = "shown-labels.json"
+#: The example media query is a held-out item of this class, looking for its captions.
+MEDIA_QUERY_CLASS = "circle_rightwards"
 TOP_K = 5
 #: An example query passes when its first result and this many of the top K are relevant.
 MIN_RELEVANT = 3
@@ -93,14 +105,19 @@ class ExampleQuery:
 
 
 def read_rows(manifest: Path, media: tuple[str, ...]) -> list[Row]:
-    """The demo manifest's rows (plain csv: a reused demo never imports model/)."""
+    """The demo manifest's rows (plain csv: a reused demo never imports model/).
+
+    Each trained label is widened to the labels the collection shows for it (colour, shape
+    and class), listed in `SHOWN_LABELS_FILE` next to the manifest.
+    """
+    shown = json.loads((manifest.parent / SHOWN_LABELS_FILE).read_text(encoding="utf-8"))
     with manifest.open(newline="", encoding="utf-8") as f:
         return [
             Row(
                 id=r["id"],
                 files={m: manifest.parent / r[m] for m in media},
                 text=r["text"],
-                labels=r["labels"].split("|"),
+                labels=[s for label in r["labels"].split("|") for s in shown.get(label, [label])],
                 split=r.get("split") or "train",
             )
             for r in csv.DictReader(f)
@@ -216,20 +233,22 @@ def ingest(http: httpx.Client, rows: list[Row], media: tuple[str, ...], batch_ro
 def example_queries(
     http: httpx.Client, rows: list[Row], media: tuple[str, ...]
 ) -> list[ExampleQuery]:
-    """Text queries for each media kind, and a held-out picture (or clip) looking for captions."""
+    """Text queries for each media kind, and a held-out picture and clip looking for captions."""
     out = []
-    for text, expected in TEXT_QUERIES:
-        for m in media:
+    for m in media:
+        for text, expected in TEXT_QUERIES[m]:
             body = {"text": text, "k": TOP_K, "modalities": [m]}
             out.append(ExampleQuery(text, "text", expected, _search(http, json=body)))
-    # A held-out item with one shape: the model never saw it, and its captions are unambiguous.
+    # An item the model never saw; its still can only be judged by colour and shape.
     held_out = [r for r in rows if r.split == "query"] or rows
-    row = min(held_out, key=lambda r: len(r.labels))
+    row = next((r for r in held_out if MEDIA_QUERY_CLASS in r.labels), held_out[0])
+    colour_shape, cls = set(row.labels[:2]), row.labels[-1]
     for m in media:
         path = row.files[m]
         files = {"file": (path.name, path.read_bytes(), MEDIA_TYPES[m])}
         hits = _search(http, files=files, data={"k": str(TOP_K), "modalities": "text"})
-        out.append(ExampleQuery(f"{path.name} ({', '.join(row.labels)})", m, set(row.labels), hits))
+        expected = colour_shape if m == "image" else {cls}
+        out.append(ExampleQuery(f"{path.name} ({', '.join(sorted(expected))})", m, expected, hits))
     return out
 
 
