@@ -44,18 +44,12 @@ class MLPStream(nn.Module):
         self.signed_sqrt = signed_sqrt
         self.register_buffer("shift", torch.zeros(in_dim))
         self.register_buffer("scale", torch.ones(in_dim))
-        layers: list[nn.Module] = []
-        width = in_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
-            width = h
-        self.body = nn.Sequential(*layers)
+        self.body, width = mlp(in_dim, hidden, dropout)
         self.hash = HashHead(width, bits)
 
     def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Standardise inputs with training-set statistics (constant columns are left alone)."""
-        self.shift.copy_(mean)
-        self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        set_statistics(self, mean, std)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """The fixed input map applied before standardisation."""
@@ -88,18 +82,12 @@ class VideoStream(nn.Module):
         self.register_buffer("shift", torch.zeros(channels))
         self.register_buffer("scale", torch.ones(channels))
         self.temporal = temporal
-        layers: list[nn.Module] = []
-        width = int(temporal.out_dim)  # type: ignore[arg-type]
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
-            width = h
-        self.body = nn.Sequential(*layers)
+        self.body, width = mlp(int(temporal.out_dim), hidden, dropout)  # type: ignore[arg-type]
         self.hash = HashHead(width, bits)
 
     def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-channel statistics of the training maps (constant channels are left alone)."""
-        self.shift.copy_(mean)
-        self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        set_statistics(self, mean, std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         clips, frames, c, h, w = self.map_shape
@@ -108,3 +96,18 @@ class VideoStream(nn.Module):
         features = self.temporal(maps.transpose(1, 2))  # (n * clips, C, T, h, w) in
         features = features.reshape(-1, clips, features.shape[1]).mean(dim=1)
         return self.hash(self.body(features))
+
+
+def mlp(width: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:
+    """Linear-ReLU-Dropout layers of the given widths; returns them and the output width."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        width = h
+    return nn.Sequential(*layers), width
+
+
+def set_statistics(stream: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Copy standardisation statistics into a stream's shift/scale buffers (std ~0 -> 1)."""
+    stream.shift.copy_(mean)  # type: ignore[operator]
+    stream.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))  # type: ignore[operator]
