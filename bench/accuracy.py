@@ -1,6 +1,6 @@
 """Train and evaluate a config at several code lengths and split seeds; print one JSON table.
 
-    python bench/accuracy.py --config configs/mirflickr25k.toml --bits 16 32 64 --split-seeds 0 7
+    python -m bench.accuracy --config configs/mirflickr25k.toml --bits 16 32 64 --split-seeds 0 7
 
 Every figure in the README's accuracy tables comes from this script. Runs go under
 runs/bench/<config>-<bits>b-s<seed>; an existing finished run is re-evaluated, not retrained
@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
 
-from model.config import load_config
+from bench.common import train_or_reuse
 from model.evaluate import evaluate_run
-from model.train import train
 
 
 def main() -> int:
@@ -35,14 +32,8 @@ def main() -> int:
     for seed in args.split_seeds:
         for bits in args.bits:
             run = args.runs / f"{args.config.stem}-{bits}b-s{seed}"
-            if args.retrain and run.exists():
-                shutil.rmtree(run)
-            seconds = None
-            if not (run / "metrics.json").exists():
-                config = load_config(args.config, [*args.set, f"bits={bits}", f"split_seed={seed}"])
-                started = time.perf_counter()
-                train(config, run)
-                seconds = round(time.perf_counter() - started, 1)
+            overrides = [*args.set, f"bits={bits}", f"split_seed={seed}"]
+            seconds = train_or_reuse(args.config, overrides, run, retrain=args.retrain)
             report = evaluate_run(run, run / "eval.json")
             rows.append(
                 {

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -179,3 +180,25 @@ def ms(seconds: float) -> float:
 def ratio(a: float, b: float) -> float | None:
     """a / b rounded, or None when b is zero."""
     return round(a / b, 3) if b else None
+
+
+def train_or_reuse(
+    config_path: Path, overrides: Sequence[str], run: Path, *, retrain: bool
+) -> float | None:
+    """Train `run` from a config unless it already holds a finished run (metrics.json).
+
+    Returns the training wall time in seconds, or None when the run was reused. `retrain`
+    deletes the run first.
+    """
+    from model.config import load_config  # torch only for the benchmarks that train
+    from model.train import train
+
+    if retrain and run.exists():
+        shutil.rmtree(run)
+    if (run / "metrics.json").exists():
+        return None
+    config = load_config(config_path, list(overrides))
+    log(f"training {run}")
+    started = time.perf_counter()
+    train(config, run)
+    return round(time.perf_counter() - started, 1)

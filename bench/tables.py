@@ -1,4 +1,4 @@
-"""Render bench/accuracy.py JSON results as the README's Markdown tables.
+"""Render bench.accuracy JSON results as the README's Markdown tables.
 
 python bench/tables.py bench/results/accuracy-*.json
 """

@@ -18,7 +18,6 @@ exports the run and times its TorchScript video encoder as the service loads it.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import command, emit, environment, log, ratio, set_threads
+from bench.common import command, emit, environment, log, ratio, set_threads, train_or_reuse
 
 RUNS = Path("runs/bench/video")
 ENCODE_BATCHES = (1, 8)
@@ -63,28 +62,18 @@ def main() -> int:
 
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or reuse) one run per temporal model; mAP per direction and the gain over mean."""
-    from model.config import load_config
     from model.evaluate import evaluate_run
-    from model.train import train
 
     rows: dict[str, dict[str, Any]] = {}
     for temporal in args.temporal:
         run = args.runs / f"{args.config.stem}-{temporal}-{args.bits}b"
-        if args.retrain and run.exists():
-            shutil.rmtree(run)
-        seconds = None
-        if not (run / "metrics.json").exists():
-            overrides = [
-                *args.set,
-                f"bits={args.bits}",
-                f'video.temporal="{temporal}"',
-                f"train.threads={args.threads}",
-            ]
-            config = load_config(args.config, overrides)
-            log(f"training {run}")
-            started = time.perf_counter()
-            train(config, run)
-            seconds = round(time.perf_counter() - started, 1)
+        overrides = [
+            *args.set,
+            f"bits={args.bits}",
+            f'video.temporal="{temporal}"',
+            f"train.threads={args.threads}",
+        ]
+        seconds = train_or_reuse(args.config, overrides, run, retrain=args.retrain)
         report = evaluate_run(run, run / "eval.json")
         rows[temporal] = {
             "run": str(run),
