@@ -417,6 +417,12 @@ def main() -> int:
     )
     parser.add_argument("--clients", type=int, nargs="+", help="concurrent search clients")
     parser.add_argument(
+        "--text-batch",
+        type=int,
+        help="texts per ingest request (default 64; the service takes up to 256): larger "
+        "batches spread the per-request cost over more items",
+    )
+    parser.add_argument(
         "--no-thumbnails",
         dest="thumbnails",
         action="store_false",
@@ -429,6 +435,10 @@ def main() -> int:
     sizes = QUICK if args.quick else NORMAL
     if args.clients:
         sizes = replace(sizes, clients=tuple(args.clients))
+    if args.text_batch:
+        if not 1 <= args.text_batch <= DEFAULTS["max_batch_items"]:
+            parser.error(f"--text-batch must be 1 to {DEFAULTS['max_batch_items']}")
+        sizes = replace(sizes, text_batch=args.text_batch)
     kinds = args.bundles or ["lite0", "tiny"]
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         rows = [run_bundle(kind, Path(tmp), args, sizes) for kind in kinds]

@@ -28,6 +28,8 @@ from index.errors import BitsMismatchError, CodeError, ItemError
 SCHEMA_VERSION = 1
 #: Modality names become file names of index snapshots, so they are kept plain.
 MODALITY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+# One encoder for every row: json.dumps with options builds a new one per call.
+_METADATA_JSON = json.JSONEncoder(sort_keys=True, allow_nan=False)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -286,7 +288,7 @@ class CodeStore:
         if not isinstance(item.metadata, Mapping):
             raise ItemError(f"item #{index}: metadata must be a JSON object")
         try:
-            metadata = json.dumps(dict(item.metadata), sort_keys=True, allow_nan=False)
+            metadata = _METADATA_JSON.encode(dict(item.metadata))
         except (TypeError, ValueError) as exc:
             raise ItemError(f"item #{index}: metadata is not JSON-serialisable: {exc}") from None
         return item.client_id, item.modality, code, metadata

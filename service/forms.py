@@ -37,10 +37,14 @@ async def read_json(request: Request, model: type[M]) -> M:
     """Parse and validate a JSON body."""
     body = await request.body()
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    return validate(model, data, ("body",))
+        # Parsing and validating in one pass (pydantic-core) is several times faster than
+        # json.loads + model_validate on large ingest batches.
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise InvalidInput(f"request body is not valid JSON: {first['msg']}") from None
+        raise _located(exc, ("body",)) from None
 
 
 def validate(model: Any, data: Any, loc: tuple[str | int, ...]) -> Any:
@@ -50,8 +54,13 @@ def validate(model: Any, data: Any, loc: tuple[str | int, ...]) -> Any:
             return model.model_validate(data)
         return TypeAdapter(model).validate_python(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        raise RequestValidationError([{**e, "loc": (*loc, *e["loc"])} for e in errors]) from None
+        raise _located(exc, loc) from None
+
+
+def _located(exc: ValidationError, loc: tuple[str | int, ...]) -> RequestValidationError:
+    """The validation errors as FastAPI reports them, located at ``loc`` in the request."""
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    return RequestValidationError([{**e, "loc": (*loc, *e["loc"])} for e in errors])
 
 
 async def read_form(request: Request, settings: Settings, fields: Sequence[str]) -> FormData:

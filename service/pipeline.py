@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,8 +168,8 @@ async def ingest(rt: Runtime, items: Sequence[ItemInput]) -> list[Written]:
         for item, e, thumbnail in zip(items, encoded, thumbs, strict=True)
     ]
     ids = await rt.run(rt.collection.upsert, new)
-    for e in encoded:
-        rt.metrics.items_written.inc(modality=e.modality)
+    for modality, count in Counter(e.modality for e in encoded).items():
+        rt.metrics.items_written.inc(count, modality=modality)
     rt.wrote(len(ids))
     return [Written(i, item.client_id, e) for i, item, e in zip(ids, items, encoded, strict=True)]
 
@@ -298,6 +299,8 @@ def _check_item(item: ItemInput) -> ServiceError | None:
         return InvalidInput(f"client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters")
     if not isinstance(item.metadata, Mapping):
         return InvalidInput("metadata must be a JSON object")
+    if not item.metadata:
+        return None
     taken = [k for k in RESERVED_KEYS if k in item.metadata]
     if taken:
         return InvalidInput(

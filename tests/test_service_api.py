@@ -11,6 +11,7 @@ from PIL import Image
 
 from index.reference import NumpyHammingIndex
 from service.encoders import Bundle
+from service.schemas import IngestedItem
 from tests.service_bundle import (
     API_KEY,
     AUTH,
@@ -70,6 +71,10 @@ def test_ingest_texts_and_images_then_search_each_way(api, svc_bundle: Bundle) -
     assert [i["filename"] for i in images] == [f"img{i}.png" for i in range(6)]
     assert len({i["id"] for i in texts + images}) == 12
     assert all(t["known_tokens"] > 0 for t in texts)
+    # The response is built without pydantic; it must still be exactly the documented model.
+    for item in texts + images:
+        assert set(item) == set(IngestedItem.model_fields)
+        assert IngestedItem.model_validate(item).model_dump() == item
 
     # Same image back: distance 0 and that image first.
     hits = search_file(api, png(3), k=5)["results"]

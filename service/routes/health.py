@@ -21,7 +21,7 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Health, responses={503: {"description": "Not ready"}})
 async def readyz(request: Request) -> Health:
     """The bundle and the collection are loaded."""
-    get_runtime(request)
+    await get_runtime(request)
     return Health(status="ready")
 
 
