@@ -88,7 +88,17 @@ def evaluate(method: Any, prepared: Any, config: Any, device: torch.device) -> d
         k: report["map"][k] / max(report["continuous_map"][k], 1e-12) for k in report["map"]
     }
     report["num_queries"], report["num_database"] = len(prepared.split.query), nd
+    # How many Hamming cells the codes occupy: few distinct codes mean rankings made mostly
+    # of ties (short codes collapse items of the same label set onto one code).
+    report["distinct_codes"] = {
+        part: {m: distinct_codes(e) for m, e in emb[part].items()} for part in emb
+    }
     return report
+
+
+def distinct_codes(embeddings: np.ndarray) -> int:
+    """Number of different binary codes among the rows of continuous embeddings."""
+    return len(np.unique(signs(embeddings), axis=0))
 
 
 def evaluate_run(run_dir: Path, out: Path, plots_dir: Path | None = None) -> dict[str, Any]:

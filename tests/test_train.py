@@ -20,7 +20,7 @@ from model import metrics
 from model.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from model.config import RunConfig, config_from_dict
 from model.data.synthetic import write_synthetic_images
-from model.evaluate import evaluate, evaluate_run, quick_map
+from model.evaluate import distinct_codes, evaluate, evaluate_run, quick_map
 from model.features import extract_image_features
 from model.methods import build_method, standardize_inputs
 from model.prepare import prepare
@@ -266,6 +266,9 @@ def test_evaluate_reports_every_direction(trained: TrainResult, config: RunConfi
     report = evaluate(method, prepared, config, torch.device("cpu"))
     assert (report["bits"], report["num_queries"], report["num_database"]) == (16, 30, 90)
     assert set(report["map"]) == set(report["continuous_map"]) == DIRECTIONS
+    for part, n in (("query", 30), ("database", 90)):
+        counts = report["distinct_codes"][part]
+        assert set(counts) == {"image", "text"} and all(1 <= c <= n for c in counts.values())
     # The full report and the training-time mAP agree on the same model.
     fast = quick_map(method, prepared, torch.device("cpu"))
     for direction in DIRECTIONS:
@@ -278,6 +281,13 @@ def test_evaluate_reports_every_direction(trained: TrainResult, config: RunConfi
         assert binary["map"] == report["map"][direction]
         # ks beyond the database size (90) are dropped.
         assert sorted(int(k) for k in binary["precision_at_k"]) == [1, 10, 50]
+
+
+def test_distinct_codes_counts_sign_patterns() -> None:
+    emb = np.array([[0.3, -0.2], [0.9, -0.8], [0.0, -1.0], [-0.1, 0.4], [-0.5, 0.0]])
+    # Rows 0-2 share (+, -) (0 counts as +1); rows 3 and 4 share (-, +).
+    assert distinct_codes(emb) == 2
+    assert distinct_codes(emb[:1]) == 1
 
 
 def test_evaluate_run_writes_json_and_plots(trained: TrainResult, tmp_path: Path) -> None:
