@@ -46,7 +46,11 @@ class Settings(BaseSettings):
     workers: int = Field(2, gt=0, description="Threads for decode, encode and search")
     batch_window_ms: float = Field(5.0, ge=0, description="How long the encoder waits to fill")
     batch_max_items: int = Field(64, gt=0, description="Most items per encoder call")
-    snapshot_every: int = Field(1000, gt=0, description="Snapshot indexes after this many writes")
+    snapshot_every: int = Field(
+        1000,
+        gt=0,
+        description="Snapshot indexes after this many writes (or a tenth of the items, if more)",
+    )
 
     thumbnails: bool = Field(True, description="Store a small JPEG of each ingested image")
     thumbnail_size: int = Field(160, ge=16, le=1024, description="Longest side of a thumbnail")

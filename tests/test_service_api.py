@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from index.fileio import read_header
 from index.reference import NumpyHammingIndex
 from service.encoders import Bundle
 from service.schemas import IngestedItem
@@ -298,6 +299,37 @@ def test_snapshot_every_n_writes(svc_bundle_dir: Path, svc_bundle, tmp_path) -> 
         while not (tmp_path / "d" / "index-text.hbix").exists():
             assert time.monotonic() < deadline, "no snapshot after snapshot_every writes"
             time.sleep(0.02)
+
+
+def test_snapshots_grow_apart_with_the_collection(
+    svc_bundle_dir: Path, svc_bundle, tmp_path
+) -> None:
+    snapshot = tmp_path / "d" / "index-text.hbix"
+
+    def snapshot_seq(after: int | None) -> int:
+        # Snapshots run in the background: wait for one newer than ``after``, or for none.
+        deadline = time.monotonic() + (10 if after is not None else 0.5)
+        while True:
+            seq = read_header(snapshot)["extra"]["store_seq"] if snapshot.exists() else None
+            if after is not None and seq is not None and seq > after:
+                return int(seq)
+            if time.monotonic() > deadline:
+                assert after is None, f"no snapshot newer than seq {after}"
+                return int(seq or 0)
+            time.sleep(0.02)
+
+    texts = [f"word{i} cat" for i in range(140)]
+    with open_client(
+        make_settings(svc_bundle_dir, tmp_path / "d", snapshot_every=5), svc_bundle
+    ) as c:
+        ingest_texts(c, texts[:100])
+        first = snapshot_seq(after=0)
+        # 100 items stored: the next snapshot waits for 10 writes, not snapshot_every (5).
+        for i in range(100, 109):
+            ingest_texts(c, texts[i : i + 1])
+        assert snapshot_seq(after=None) == first
+        ingest_texts(c, texts[109:110])
+        assert snapshot_seq(after=first) == first + 10
 
 
 @pytest.mark.parametrize("path", ["/v1/stats", "/readyz"])
