@@ -190,6 +190,32 @@ def test_triplet_matches_brute_force():
     assert torch.allclose(TripletLoss()(u, v, s), expected)
 
 
+def test_triplet_matches_brute_force_on_binary_codes_with_ties():
+    # Sign codes put many distances exactly on a hinge's kink; values and gradients must
+    # still equal the (n, m, m) formulation's (relu'(0) = 0 in both).
+    gen = torch.Generator().manual_seed(21)
+    u = (torch.randint(0, 2, (7, 6), generator=gen) * 2 - 1).double().requires_grad_()
+    v = (torch.randint(0, 2, (40, 6), generator=gen) * 2 - 1).double().requires_grad_()
+    s = label_similarity(_multi_hot(7, 4, 22), _multi_hot(40, 4, 23)).double()
+    d = code_distance(u, v)
+    valid = s.unsqueeze(2) * (1 - s).unsqueeze(1)
+    expected = (valid * torch.relu(0.25 + d.unsqueeze(2) - d.unsqueeze(1))).sum() / valid.sum()
+    expected_grads = torch.autograd.grad(expected, (u, v))
+    loss = TripletLoss()(u, v, s)
+    assert torch.allclose(loss, expected)
+    for got, want in zip(torch.autograd.grad(loss, (u, v)), expected_grads, strict=True):
+        assert torch.allclose(got, want)
+
+
+def test_triplet_against_a_memory_bank_fits_in_memory():
+    # A batch of 128 against 20,000 bank codes: all triplets at once would be 205 GB.
+    u, v = _codes(128, 16, 24, torch.float32), _codes(20_000, 16, 25, torch.float32)
+    s = label_similarity(_multi_hot(128, 24, 26), _multi_hot(20_000, 24, 27))
+    loss = TripletLoss()(u, v, s)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0 and torch.isfinite(u.grad).all()
+
+
 @pytest.mark.parametrize("fill", [0.0, 1.0])
 def test_triplet_without_valid_triplets_is_zero_with_finite_gradient(fill):
     u, v = _codes(3, 4, 14), _codes(4, 4, 15)
