@@ -121,6 +121,9 @@ class TripletLoss(nn.Module):
         # negatives k sum to t * (margin + d_ij) - (sum of the t smallest negative d_ik),
         # t being how many negatives lie below margin + d_ij. Sorting each anchor's
         # negatives and taking prefix sums gives every such sum in O(n m log m).
+        # Prefix sums over thousands of distances need float32 at least (bf16 under autocast
+        # would round them to tens).
+        d = d.to(torch.promote_types(d.dtype, torch.float32))
         threshold = self.margin + d
         # Positives are moved beyond every threshold so that they are never counted.
         beyond = threshold.detach().max() + 1

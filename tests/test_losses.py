@@ -216,6 +216,16 @@ def test_triplet_against_a_memory_bank_fits_in_memory():
     assert torch.isfinite(loss) and loss.item() > 0 and torch.isfinite(u.grad).all()
 
 
+def test_triplet_sums_half_precision_codes_in_float32():
+    u, v = _codes(16, 16, 28, torch.float32), _codes(3000, 16, 29, torch.float32)
+    s = label_similarity(_multi_hot(16, 6, 30), _multi_hot(3000, 6, 31))
+    reference = TripletLoss()(u, v, s)
+    half = TripletLoss()(u.bfloat16(), v.bfloat16(), s)
+    assert half.dtype == torch.float32
+    # Only the codes' own rounding remains (bf16 prefix sums would be off by whole units).
+    assert half.item() == pytest.approx(reference.item(), rel=0.02)
+
+
 @pytest.mark.parametrize("fill", [0.0, 1.0])
 def test_triplet_without_valid_triplets_is_zero_with_finite_gradient(fill):
     u, v = _codes(3, 4, 14), _codes(4, 4, 15)
