@@ -189,6 +189,22 @@ CASES: dict[str, tuple[Request, int, str]] = {
         422,
         "request body is not valid JSON",
     ),
+    "lone-surrogate-text": (
+        ingest(
+            content=b'{"items": [{"text": "cat \\ud800"}]}',
+            headers={**AUTH, "Content-Type": "application/json"},
+        ),
+        422,
+        "request body is not valid JSON",
+    ),
+    "nan-in-metadata": (
+        ingest(
+            content=b'{"items": [{"text": "cat", "metadata": {"score": NaN}}]}',
+            headers={**AUTH, "Content-Type": "application/json"},
+        ),
+        422,
+        "metadata is not plain JSON",
+    ),
     "wrong-content-type": (
         ingest(content=b"a cat", headers={**AUTH, "Content-Type": "text/plain"}),
         415,
