@@ -101,6 +101,11 @@ def ingest(**kw: Any) -> Request:
     return lambda c: c.post("/v1/items", headers=headers, **kw)
 
 
+def ingest_raw_json(body: bytes) -> Request:
+    """POST a JSON body exactly as written (to send what json.dumps would not)."""
+    return ingest(content=body, headers={**AUTH, "Content-Type": "application/json"})
+
+
 def find(**kw: Any) -> Request:
     return lambda c: c.post("/v1/search", **kw)
 
@@ -185,23 +190,17 @@ CASES: dict[str, tuple[Request, int, str]] = {
         "body.items.0.text: Field required",
     ),
     "bad-json": (
-        ingest(content=b'{"items": [', headers={**AUTH, "Content-Type": "application/json"}),
+        ingest_raw_json(b'{"items": ['),
         422,
         "request body is not valid JSON",
     ),
     "lone-surrogate-text": (
-        ingest(
-            content=b'{"items": [{"text": "cat \\ud800"}]}',
-            headers={**AUTH, "Content-Type": "application/json"},
-        ),
+        ingest_raw_json(b'{"items": [{"text": "cat \\ud800"}]}'),
         422,
         "request body is not valid JSON",
     ),
     "nan-in-metadata": (
-        ingest(
-            content=b'{"items": [{"text": "cat", "metadata": {"score": NaN}}]}',
-            headers={**AUTH, "Content-Type": "application/json"},
-        ),
+        ingest_raw_json(b'{"items": [{"text": "cat", "metadata": {"score": NaN}}]}'),
         422,
         "metadata is not plain JSON",
     ),
