@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hashbridge.digests import file_sha256
 from index.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,6 @@ class State:
 def fingerprint(value: Any) -> str:
     """A stable digest of JSON-able stage inputs."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Stages:

@@ -10,7 +10,6 @@ been reloaded from disk and shown to give the eager model's codes bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from hashbridge.clips import decode_clip
+from hashbridge.digests import file_sha256
 from model.backbones.efficientnet import TrunkFront, load_pretrained
 from model.backbones.minilm import MODEL_NAME, Tokens, load_minilm, tokenizer_path
 from model.backbones.video import FrameMaps
@@ -263,11 +263,11 @@ def export_bundle(run_dir: Path | str, out_dir: Path | str, *, overwrite: bool =
             name = f"{modality}.pt"
             _trace(item, tmp / name)
             verified[modality] = _verify(item, tmp / name)
-            files[name] = _sha256(tmp / name)
+            files[name] = file_sha256(tmp / name)
             for asset, source in item.assets.items():
                 shutil.copyfile(source, tmp / asset)
                 _fsync(tmp / asset)
-                files[asset] = _sha256(tmp / asset)
+                files[asset] = file_sha256(tmp / asset)
             modalities[modality] = {"file": name, **item.spec}
         manifest = _manifest(run, modalities, files, verified)
         _write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -506,14 +506,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _version() -> str:

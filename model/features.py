@@ -7,7 +7,6 @@ renamed file is a hit and a changed file is a miss. Entries live in one SQLite f
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sqlite3
 from collections.abc import Sequence
@@ -18,16 +17,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hashbridge.digests import file_sha256
 from model.backbones.efficientnet import TrunkFront, load_pretrained
 from model.data.images import load_image
 from model.hashing import PixelNormalize
 
 log = logging.getLogger(__name__)
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class FeatureCache:
@@ -84,7 +79,7 @@ def extract_image_features(
     view = f"front{tail_blocks}" if tail_blocks else ("flipavg" if flip else "plain")
     cache = FeatureCache(Path(cache_dir) / f"{backbone}-{size}-{view}.sqlite")
     with ThreadPoolExecutor(max_workers=4) as pool:
-        digests = list(pool.map(file_digest, paths))
+        digests = list(pool.map(file_sha256, paths))
     known = cache.get_many(sorted(set(digests)))
     missing = sorted({d: p for d, p in zip(digests, paths, strict=True) if d not in known}.items())
     if missing:

@@ -20,11 +20,11 @@ import torch
 from tqdm import tqdm
 
 from hashbridge.clips import ClipError
+from hashbridge.digests import file_sha256
 from model.backbones.efficientnet import load_pretrained
 from model.backbones.video import FrameMaps, clip_map_shape
 from model.data.clip_decoding import decode_clips
 from model.data.records import DataError
-from model.features import file_digest
 from model.hashing import PixelNormalize
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def extract_clip_maps(
     name = f"{backbone}-{size}px-{frames}f-{clips}c-maps.sqlite"
     cache = MapCache(Path(cache_dir) / name, int(np.prod(shape)))
     with ThreadPoolExecutor(max_workers=4) as pool:
-        digests = list(pool.map(file_digest, paths))
+        digests = list(pool.map(file_sha256, paths))
     known = cache.get(sorted(set(digests)))
     missing = sorted({d: p for d, p in zip(digests, paths, strict=True) if d not in known}.items())
     if missing:

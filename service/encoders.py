@@ -21,6 +21,7 @@ import numpy.typing as npt
 import torch
 from tokenizers import Tokenizer
 
+from hashbridge.digests import file_sha256
 from index.codes import MAX_BITS, MIN_BITS
 from service.errors import BundleError
 
@@ -333,21 +334,13 @@ def _checked_file(root: Path, name: str, hashes: Mapping[str, Any]) -> Path:
     expected = hashes.get(name)
     if not isinstance(expected, str):
         raise BundleError(f"{root / MANIFEST} lists no sha256 for {name} under 'files'")
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != expected.lower():
         raise BundleError(
             f"sha256 mismatch for {name}: manifest says {expected}, file is {actual}; "
             "the bundle is corrupt or was modified after export"
         )
     return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _probe_input(
