@@ -128,10 +128,10 @@ async def open_runtime(settings: Settings, bundle: Bundle | None, metrics: Metri
     }
     for batcher in batchers.values():
         batcher.start()
-    runtime = Runtime(settings, bundle, collection, pool, metrics, batchers)
-    # The cadence scales with the collection as opened, not from zero after every restart.
-    runtime._items_at_snapshot = len(collection)
-    return runtime
+    # The snapshot cadence scales with the collection as opened, not from zero after a restart.
+    return Runtime(
+        settings, bundle, collection, pool, metrics, batchers, _items_at_snapshot=len(collection)
+    )
 
 
 def check_bundle_record(data_dir: Path, bundle: Bundle) -> None:

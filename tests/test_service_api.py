@@ -306,30 +306,30 @@ def test_snapshots_grow_apart_with_the_collection(
 ) -> None:
     snapshot = tmp_path / "d" / "index-text.hbix"
 
-    def snapshot_seq(after: int | None) -> int:
-        # Snapshots run in the background: wait for one newer than ``after``, or for none.
-        deadline = time.monotonic() + (10 if after is not None else 0.5)
-        while True:
-            seq = read_header(snapshot)["extra"]["store_seq"] if snapshot.exists() else None
-            if after is not None and seq is not None and seq > after:
-                return int(seq)
-            if time.monotonic() > deadline:
-                assert after is None, f"no snapshot newer than seq {after}"
-                return int(seq or 0)
+    def snapshot_seq() -> int:
+        return int(read_header(snapshot)["extra"]["store_seq"])
+
+    def wait_for_snapshot_after(seq: int) -> int:
+        # Snapshots run in the background after the response.
+        deadline = time.monotonic() + 10
+        while not (snapshot.exists() and snapshot_seq() > seq):
+            assert time.monotonic() < deadline, f"no snapshot newer than seq {seq}"
             time.sleep(0.02)
+        return snapshot_seq()
 
     texts = [f"word{i} cat" for i in range(140)]
     with open_client(
         make_settings(svc_bundle_dir, tmp_path / "d", snapshot_every=5), svc_bundle
     ) as c:
         ingest_texts(c, texts[:100])
-        first = snapshot_seq(after=0)
+        first = wait_for_snapshot_after(0)
         # 100 items stored: the next snapshot waits for 10 writes, not snapshot_every (5).
         for i in range(100, 109):
             ingest_texts(c, texts[i : i + 1])
-        assert snapshot_seq(after=None) == first
+        time.sleep(0.5)  # room for a snapshot that should not start
+        assert snapshot_seq() == first
         ingest_texts(c, texts[109:110])
-        assert snapshot_seq(after=first) == first + 10
+        assert wait_for_snapshot_after(first) == first + 10
 
 
 @pytest.mark.parametrize("path", ["/v1/stats", "/readyz"])
