@@ -55,9 +55,13 @@ class LabelHead(nn.Module):
 
 def pack_bits(codes: torch.Tensor) -> torch.Tensor:
     """Sign of continuous codes packed MSB-first into uint8 (n, bits/8); 0 counts as +1."""
-    bits = (codes >= 0).to(torch.int32).view(codes.shape[0], -1, 8)
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.int32, device=codes.device)
-    return (bits * weights).sum(dim=-1).to(torch.uint8)
+    bits = (codes >= 0).to(torch.uint8).view(codes.shape[0], -1, 8)
+    # Shifts by Python ints, not a weight tensor: a traced encoder would keep that tensor's
+    # device as a constant and fail when loaded onto another device.
+    packed = bits[..., 0] << 7
+    for i in range(1, 8):
+        packed = packed | (bits[..., i] << (7 - i))
+    return packed
 
 
 def signs(codes: np.ndarray) -> np.ndarray:

@@ -66,3 +66,17 @@ def test_continuation_sharpens_every_hash_layer() -> None:
     method.set_epoch(5)
     betas = [s.hash.beta.item() for s in method.streams.values()]
     assert betas == pytest.approx([4.0, 4.0])  # sqrt(1 + 3 * 5)
+
+
+@pytest.mark.parametrize("similarity", ["pairwise_nll", "contrastive", "triplet"])
+def test_a_mixed_precision_step_keeps_float32_banks(similarity: str) -> None:
+    # --device cuda trains under bfloat16 autocast; CPU autocast takes the same code paths.
+    method = _method(similarity=similarity, similarity_params={})
+    batch, index, labels, all_labels = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = method.training_loss(batch, index, labels, all_labels)
+    terms["total"].backward()
+    assert torch.isfinite(terms["total"])
+    for m in ("image", "text"):
+        assert method.banks[m].dtype == torch.float32
+        assert torch.equal(method.banks[m][index].sign(), method.encode(m, batch[m]).sign())

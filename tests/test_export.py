@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from hashbridge.cli import main as cli_main
+from index.codes import pack_signs
 from model.backbones.efficientnet import load_pretrained
 from model.checkpoint import load_checkpoint
 from model.config import config_from_dict
@@ -261,6 +262,20 @@ def test_scripted_encoders_match_the_eager_model(
     assert codes.dtype == np.uint8 and codes.shape == (60, 2)
     # Different pictures really get different codes (not a constant encoder).
     assert len({c.tobytes() for c in codes}) >= 8
+
+
+def test_pack_bits_is_msb_first_like_the_index() -> None:
+    codes = torch.randn(9, 64, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_array_equal(pack_bits(codes).numpy(), pack_signs(codes.numpy()))
+    # The encoders' sign counts 0 as +1 (the index's pack_signs would give 0 there).
+    assert pack_bits(torch.tensor([[0.0, -1, 2, -3, 0, -1, -1, -1]])).tolist() == [[0b10101000]]
+
+
+def test_scripted_encoders_hold_no_device_constants(bundle_dir: Path) -> None:
+    # A device recorded at trace time would break torch.jit.load(..., map_location="cuda").
+    for name in ("image.pt", "text.pt"):
+        graph = str(torch.jit.load(str(bundle_dir / name)).inlined_graph)
+        assert "Device = prim::Constant" not in graph, name
 
 
 def test_image_encoder_reproduces_the_training_features(

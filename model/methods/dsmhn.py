@@ -80,7 +80,8 @@ class DSMHN(nn.Module):
         cfg = self.cfg
         codes = {m: self.encode(m, x) for m, x in batch.items()}
         for m, h in codes.items():
-            self.banks[m][index] = h.detach()
+            # Under mixed precision h is bfloat16; the bank keeps float32.
+            self.banks[m][index] = h.detach().to(self.banks[m].dtype)
         s_all = label_similarity(labels, all_labels)
         terms: dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=labels.device)
