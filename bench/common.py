@@ -25,6 +25,7 @@ from index.fileio import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+FAISS_DISTS = ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu")
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -83,7 +84,7 @@ def environment(threads: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": _version("numpy"),
-        "faiss": _version("faiss-cpu"),
+        "faiss": next(filter(None, map(_version, FAISS_DISTS)), None),
         "torch": _version("torch"),
         "threads": threads,
         "thread_env": {var: os.environ.get(var) for var in THREAD_VARS},
@@ -91,10 +92,37 @@ def environment(threads: int) -> dict[str, Any]:
         "git_commit": _git_commit(),
     }
     if "faiss" in sys.modules:
-        info["faiss_omp_max_threads"] = int(sys.modules["faiss"].omp_get_max_threads())
+        faiss = sys.modules["faiss"]
+        info["faiss_omp_max_threads"] = int(faiss.omp_get_max_threads())
+        if hasattr(faiss, "get_num_gpus"):
+            info["faiss_gpus"] = int(faiss.get_num_gpus())
     if "torch" in sys.modules:
-        info["torch_num_threads"] = int(sys.modules["torch"].get_num_threads())
+        torch = sys.modules["torch"]
+        info["torch_num_threads"] = int(torch.get_num_threads())
+        if torch.cuda.is_available():
+            info["torch_cuda"] = torch.version.cuda
+    gpus = _gpus()
+    if gpus:
+        info["gpus"] = gpus
     return info
+
+
+def _gpus() -> list[str]:
+    """NVIDIA GPUs as nvidia-smi names them (name, memory, driver); empty without one."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    query = "--query-gpu=name,memory.total,driver_version"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
 def _cpu_model() -> str | None:

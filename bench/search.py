@@ -8,6 +8,10 @@ their signs as the binary codes, so both sides index "the same" items. Compared,
 size and code width: the float32 ``faiss.IndexFlatIP`` baseline; raw ``faiss.IndexBinaryFlat``;
 our ``FaissHammingIndex(kind="flat")`` (which re-ranks ties deterministically, the cost of
 which shows against raw FAISS); and ``FaissHammingIndex(kind="ivf")`` at several nprobe.
+
+With ``--gpu`` (faiss-gpu and a CUDA GPU), the float32 baseline is ``GpuIndexFlatIP``, raw
+binary search ``GpuIndexBinaryFlat`` and the wrapper runs with ``use_gpu=True``; each is
+checked against the same search on the CPU. IVF is left out there: FAISS has no GPU binary IVF.
 """
 
 from __future__ import annotations
@@ -71,6 +75,22 @@ TIMING_NOTE = (
     "build_s for the wrapper includes its Python bookkeeping and, for IVF, k-means training "
     "(nlist = index.faiss_index.choose_nlist(n), FAISS's 25 k-means iterations)."
 )
+GPU_NOTE = (
+    "--gpu: float32 baseline faiss.GpuIndexFlatIP, raw binary faiss.GpuIndexBinaryFlat, the "
+    "wrapper FaissHammingIndex(kind='flat', use_gpu=True) (a GPU mirror of its live codes, "
+    "built on the first search after a write; its build_s leaves that out, and its bytes "
+    "count the CPU side only). Bytes are those of the same index on the CPU. Checks: the "
+    "GPU's exact binary distances equal the CPU IndexBinaryFlat's (distances_equal_cpu), and "
+    "top10_ids_equal_cpu_fraction is the share of queries whose float32 top-10 ids equal "
+    "the CPU IndexFlatIP's. No IVF rows: FAISS has no GPU binary IVF."
+)
+
+
+def gpu_resources() -> Any:
+    """FAISS GPU resources, or a clear exit when this FAISS build or machine has no GPU."""
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        raise SystemExit("--gpu needs faiss-gpu and a CUDA GPU; this FAISS build sees none")
+    return faiss.StandardGpuResources()
 
 
 def make_data(
@@ -142,28 +162,46 @@ def snapshot_save(index: FaissHammingIndex) -> dict[str, Any]:
 
 
 def bench_float(
-    x: np.ndarray, batch: np.ndarray, singles: np.ndarray, quick: bool
+    x: np.ndarray, batch: np.ndarray, singles: np.ndarray, quick: bool, gpu: Any = None
 ) -> dict[str, Any]:
-    """The float32 inner-product baseline over the continuous vectors."""
-    index = faiss.IndexFlatIP(x.shape[1])
+    """The float32 inner-product baseline over the continuous vectors (on `gpu` if given)."""
+    cpu = faiss.IndexFlatIP(x.shape[1])
+    index = cpu if gpu is None else faiss.GpuIndexFlatIP(gpu, x.shape[1])
     build_s, _ = timed(lambda: index.add(x))
     report = measure(lambda b: index.search(b, K), batch, singles, quick)
-    return {"build_s": round(build_s, 4), "bytes": len(faiss.serialize_index(index)), **report}
+    out = {"build_s": round(build_s, 4), **report}
+    if gpu is not None:
+        cpu.add(x)
+        same = index.search(batch, K)[1] == cpu.search(batch, K)[1]
+        out["top10_ids_equal_cpu_fraction"] = round(float(same.all(axis=1).mean()), 4)
+    return {"bytes": len(faiss.serialize_index(cpu)), **out}
 
 
 def bench_raw(
-    codes: np.ndarray, batch: np.ndarray, singles: np.ndarray, everything: np.ndarray, quick: bool
+    codes: np.ndarray,
+    batch: np.ndarray,
+    singles: np.ndarray,
+    everything: np.ndarray,
+    quick: bool,
+    gpu: Any = None,
 ) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
-    """Raw IndexBinaryFlat: report, exact top-k distances of all queries, tie statistics."""
-    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    """Raw IndexBinaryFlat (on `gpu` if given): report, exact top-k distances, tie statistics."""
+    bits = codes.shape[1] * 8
+    cpu = faiss.IndexBinaryFlat(bits)
+    index = cpu if gpu is None else faiss.GpuIndexBinaryFlat(gpu, bits)
     build_s, _ = timed(lambda: index.add(codes))
     report = measure(lambda b: index.search(b, K), batch, singles, quick)
+    if gpu is not None:
+        cpu.add(codes)
     report = {
         "build_s": round(build_s, 4),
-        "bytes": len(faiss.serialize_index_binary(index)),
+        "bytes": len(faiss.serialize_index_binary(cpu)),
         **report,
     }
-    exact_d, _ = index.search(everything, K)
+    exact_d, _ = cpu.search(everything, K)
+    if gpu is not None:
+        gpu_d, _ = index.search(everything, K)
+        report["distances_equal_cpu"] = bool(np.array_equal(gpu_d, exact_d))
     wide_d, _ = index.search(batch, 2 * K)
     # The wrapper asks FAISS for 2k and widens while the k-th distance's ties run past them.
     ties = {
@@ -182,10 +220,13 @@ def bench_wrapper_flat(
     everything: np.ndarray,
     exact_d: np.ndarray,
     quick: bool,
+    gpu: bool = False,
 ) -> dict[str, Any]:
     """FaissHammingIndex(kind="flat"), checked against raw FAISS's distances."""
-    index = FaissHammingIndex(codes.shape[1] * 8, "flat")
+    index = FaissHammingIndex(codes.shape[1] * 8, "flat", use_gpu=gpu)
     build_s, _ = timed(lambda: index.add(np.arange(len(codes)), codes))
+    if gpu:
+        index.search(batch[:1], K)  # builds the GPU mirror of the codes, outside the timings
     report = measure(lambda b: index.search(b, K), batch, singles, quick)
     return {
         "build_s": round(build_s, 4),
@@ -228,9 +269,16 @@ def bench_ivf(
 
 
 def run_config(
-    n: int, bits: int, nprobes: list[int], n_single: int, seed: int, noise: float, quick: bool
+    n: int,
+    bits: int,
+    nprobes: list[int],
+    n_single: int,
+    seed: int,
+    noise: float,
+    quick: bool,
+    gpu: Any = None,
 ) -> dict[str, Any]:
-    """All methods at one (n, bits)."""
+    """All methods at one (n, bits); on the GPU (no IVF) when `gpu` resources are given."""
     log(f"n={n} bits={bits}: generating data")
     x, q = make_data(n, bits, BATCH + n_single, seed, noise)
     codes, qcodes = pack_signs(x), pack_signs(q)
@@ -238,24 +286,26 @@ def run_config(
     result: dict[str, Any] = {"n": n, "bits": bits, "dim_float": bits}
 
     log(f"n={n} bits={bits}: float32 IndexFlatIP")
-    base = bench_float(x, q[:BATCH], q[BATCH:], quick)
+    base = bench_float(x, q[:BATCH], q[BATCH:], quick, gpu)
     result["float32_flat_ip"] = base
     del x
 
     log(f"n={n} bits={bits}: raw IndexBinaryFlat")
-    raw, exact_d, ties = bench_raw(codes, batch_c, singles_c, qcodes, quick)
+    raw, exact_d, ties = bench_raw(codes, batch_c, singles_c, qcodes, quick, gpu)
     add_speedups(raw, base)
     result["binary_flat_raw_faiss"] = raw
     result["ties"] = ties
 
     log(f"n={n} bits={bits}: FaissHammingIndex(kind='flat')")
-    flat = bench_wrapper_flat(codes, batch_c, singles_c, qcodes, exact_d, quick)
+    flat = bench_wrapper_flat(codes, batch_c, singles_c, qcodes, exact_d, quick, gpu is not None)
     add_speedups(flat, base)
     flat["overhead_vs_raw_batch"] = ratio(flat["batch100"]["median_s"], raw["batch100"]["median_s"])
     flat["overhead_vs_raw_single_median"] = ratio(
         flat["single"]["median_ms"], raw["single"]["median_ms"]
     )
     result["binary_flat_wrapper"] = flat
+    if gpu is not None:
+        return result
 
     log(f"n={n} bits={bits}: FaissHammingIndex(kind='ivf') build (k-means)")
     built, rows = bench_ivf(codes, batch_c, singles_c, qcodes, exact_d[:, K - 1], nprobes, quick)
@@ -276,7 +326,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per (n, bits) with the headline ratios."""
     out = []
     for r in rows:
-        ivf = r["binary_ivf_wrapper"]
+        ivf = r.get("binary_ivf_wrapper", {"by_nprobe": []})
         out.append(
             {
                 "n": r["n"],
@@ -322,8 +372,12 @@ def main() -> int:
     parser.add_argument("--nprobe", type=int, nargs="+", help="IVF nprobe values")
     parser.add_argument("--singles", type=int, help="single queries timed per method")
     parser.add_argument("--noise", type=float, default=0.5, help="cluster noise scale")
+    parser.add_argument(
+        "--gpu", action="store_true", help="search on the GPU (faiss-gpu); no IVF rows"
+    )
     args = parser.parse_args()
     set_threads(args.threads)
+    gpu = gpu_resources() if args.gpu else None
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     bits_list = args.bits or ([64] if args.quick else [32, 64, 128])
     nprobes = args.nprobe or ([1, 16] if args.quick else [1, 4, 16, 64])
@@ -337,11 +391,11 @@ def main() -> int:
     env = environment(args.threads)
     rows = []
     for n, bits in plan:
-        rows.append(run_config(n, bits, nprobes, n_single, args.seed, args.noise, args.quick))
+        rows.append(run_config(n, bits, nprobes, n_single, args.seed, args.noise, args.quick, gpu))
     result = {
         "benchmark": "search",
         "command": command("bench.search"),
-        "mode": "quick" if args.quick else "full",
+        "mode": ("quick" if args.quick else "full") + (" gpu" if gpu is not None else ""),
         "environment": env,
         "settings": {
             "k": K,
@@ -359,6 +413,7 @@ def main() -> int:
             "memory": MEMORY_NOTE,
             "timing": TIMING_NOTE.format(singles=n_single),
             "baseline": "float32_flat_ip (exact inner product over the continuous vectors)",
+            **({"gpu": GPU_NOTE} if gpu is not None else {}),
         },
         "summary": summary(rows),
         "results": rows,

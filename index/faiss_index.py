@@ -115,6 +115,11 @@ class FaissHammingIndex:
         return self._trained_n > 0
 
     @property
+    def uses_gpu(self) -> bool:
+        """Whether flat searches run on a GPU (faiss-gpu found one)."""
+        return self._gpu_res is not None
+
+    @property
     def nlist(self) -> int:
         """Number of IVF lists (1 while flat)."""
         return int(self._index.nlist) if self.is_ivf else 1
