@@ -148,7 +148,7 @@ class Server:
         from service.app import create_app
         from service.encoders import load_bundle
 
-        app = create_app(settings, bundle=load_bundle(settings.bundle_dir))
+        app = create_app(settings, bundle=load_bundle(settings.bundle_dir, settings.encoder_device))
         config = uvicorn.Config(app, log_level="warning", access_log=False)
         self._server = uvicorn.Server(config)
         self._sock = sock

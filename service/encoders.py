@@ -56,12 +56,19 @@ class TorchScriptEncoder:
         self.modality = modality
         self.bits = bits
         self._module = module
+        self._device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> None:
+        """Run on `device` from now on (inputs go there, codes come back to the CPU)."""
+        self._module.to(device)
+        self._device = device
 
     def encode(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
         """Encode a batch and check the output is (n, bits // 8) uint8."""
         with torch.inference_mode():
-            out = self._module(torch.from_numpy(np.ascontiguousarray(batch)))
-        codes = out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device)
+            out = self._module(x)
+        codes = out.cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
         expected = (batch.shape[0], self.bits // 8)
         if codes.dtype != np.uint8 or codes.shape != expected:
             raise BundleError(
@@ -171,9 +178,14 @@ class Bundle:
         return sorted(self.encoders)
 
 
-def load_bundle(path: Path | str) -> Bundle:
-    """Load and verify a bundle folder; raise BundleError naming the problem."""
+def load_bundle(path: Path | str, device: str = "cpu") -> Bundle:
+    """Load and verify a bundle folder; raise BundleError naming the problem.
+
+    The encoders run on `device` ("cpu" or "cuda"). The probes that fingerprint the model
+    run on the CPU first, so a collection keeps its fingerprint whichever device encodes.
+    """
     root = Path(path)
+    target = _encoder_device(device)
     manifest = _read_manifest(root)
     bits = _check_bits(manifest.get("bits"))
     modalities = manifest.get("modalities")
@@ -194,10 +206,16 @@ def load_bundle(path: Path | str) -> Bundle:
         encoder = TorchScriptEncoder(modality, bits, module)
         probe = _probe(encoder, _probe_input(modality, spec, vectorizer), root / str(spec["file"]))
         fingerprint.update(modality.encode() + probe.tobytes())
+        encoder.to(target)
         encoders[modality] = encoder
         inputs[modality] = spec
     log.info(
-        "loaded %s bundle %s: %d bits, %s", manifest.get("method"), root, bits, sorted(encoders)
+        "loaded %s bundle %s: %d bits, %s on %s",
+        manifest.get("method"),
+        root,
+        bits,
+        sorted(encoders),
+        target,
     )
     return Bundle(
         path=root,
@@ -209,6 +227,19 @@ def load_bundle(path: Path | str) -> Bundle:
         vectorizer=vectorizer,
         fingerprint=fingerprint.hexdigest(),
     )
+
+
+def _encoder_device(name: str) -> torch.device:
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise BundleError(
+                "encoder_device is 'cuda' but torch sees no CUDA GPU here; set "
+                "HASHBRIDGE_ENCODER_DEVICE=cpu or run on a GPU host"
+            )
+        return torch.device("cuda")
+    raise BundleError(f"encoder_device must be 'cpu' or 'cuda', got {name!r}")
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:

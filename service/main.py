@@ -23,7 +23,7 @@ def serve(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    bundle = load_bundle(settings.bundle_dir)
+    bundle = load_bundle(settings.bundle_dir, settings.encoder_device)
     app = create_app(settings, bundle=bundle)
     uvicorn.run(
         app,

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         False, description="Search flat indexes on the GPU (faiss-gpu); CPU when none is found"
     )
 
+    encoder_device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="Where the encoders run; cuda needs a GPU that torch sees"
+    )
     workers: int = Field(2, gt=0, description="Threads for decode, encode and search")
     batch_window_ms: float = Field(5.0, ge=0, description="How long the encoder waits to fill")
     batch_max_items: int = Field(64, gt=0, description="Most items per encoder call")

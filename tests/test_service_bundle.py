@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from service.encoders import TextVectorizer, load_bundle
 from service.errors import BundleError
@@ -35,6 +36,27 @@ def test_fingerprint_follows_the_weights(tmp_path: Path, svc_bundle_dir: Path) -
     other = build_bundle(tmp_path / "other", seed=1)
     assert load_bundle(same).fingerprint == load_bundle(svc_bundle_dir).fingerprint
     assert load_bundle(other).fingerprint != load_bundle(svc_bundle_dir).fingerprint
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_encoders_without_a_gpu_are_refused_at_start_up(svc_bundle_dir: Path) -> None:
+    with pytest.raises(BundleError, match="HASHBRIDGE_ENCODER_DEVICE=cpu"):
+        load_bundle(svc_bundle_dir, "cuda")
+    with pytest.raises(BundleError, match="'cpu' or 'cuda'"):
+        load_bundle(svc_bundle_dir, "tpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_encoders_keep_the_fingerprint_and_the_codes(svc_bundle_dir: Path) -> None:
+    cpu, gpu = load_bundle(svc_bundle_dir), load_bundle(svc_bundle_dir, "cuda")
+    assert gpu.fingerprint == cpu.fingerprint
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, size=(16, 3, 32, 32), dtype=np.uint8)
+    bags = (rng.random((16, len(VOCAB))) < 0.3).astype(np.float32)
+    for modality, batch in (("image", pixels), ("text", bags)):
+        np.testing.assert_array_equal(
+            gpu.encoders[modality].encode(batch), cpu.encoders[modality].encode(batch)
+        )
 
 
 def _drop_file(root: Path) -> None:

@@ -7,8 +7,8 @@ if [ -f .gpu/search/faiss.tar.xz ] && [ .gpu/search/faiss.tar.xz -nt "$site/.fai
   rm -rf "$site/faiss" "$site"/faiss_gpu*.libs
   tar -C "$site" -xJf .gpu/search/faiss.tar.xz && touch "$site/.faiss-stamp"
 fi
-if compgen -G ".gpu/torch/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" .gpu/torch/*.whl
+if compgen -G ".gpu/*/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" .gpu/*/*.whl
 fi
 # cuBLAS 13 from the machine's own CUDA wheels, for the cuBLAS 12 shim to forward to.
 cublas13=$(python3 -c 'import glob, os, site; print(next((os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(d + "/nvidia/**/libcublas.so.13", recursive=True)), ""))')
