@@ -305,6 +305,7 @@ def run_bundle(kind: str, root: Path, args: Any, sizes: Sizes) -> dict[str, Any]
         "batch_window_ms": args.batch_window_ms,
         "thumbnails": args.thumbnails,
         "batch_max_items": DEFAULTS["batch_max_items"],
+        "text_batch_max_items": DEFAULTS["text_batch_max_items"],
         "index_kind": "auto",
         "ivf_threshold": DEFAULTS["ivf_threshold"],
         "log_level": DEFAULTS["log_level"],

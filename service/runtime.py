@@ -120,7 +120,9 @@ async def open_runtime(settings: Settings, bundle: Bundle | None, metrics: Metri
         modality: MicroBatcher(
             encoder,
             pool,
-            max_items=settings.batch_max_items,
+            max_items=(
+                settings.text_batch_max_items if modality == "text" else settings.batch_max_items
+            ),
             window_s=settings.batch_window_ms / 1000,
             observe=metrics.observe_encode,
         )

@@ -48,7 +48,12 @@ class Settings(BaseSettings):
     )
     workers: int = Field(2, gt=0, description="Threads for decode, encode and search")
     batch_window_ms: float = Field(5.0, ge=0, description="How long the encoder waits to fill")
-    batch_max_items: int = Field(64, gt=0, description="Most items per encoder call")
+    batch_max_items: int = Field(
+        64, gt=0, description="Most images or clips per encoder call (bounds its memory)"
+    )
+    text_batch_max_items: int = Field(
+        256, gt=0, description="Most texts per encoder call (texts are cheap in bulk)"
+    )
     snapshot_every: int = Field(
         1000,
         gt=0,

@@ -257,15 +257,32 @@ def test_metrics_exposition(api) -> None:
     ingest_texts(api, TEXTS)
     search(api, text="cat", k=3)
     text = api.get("/metrics").text
+    lines = text.splitlines()
     assert (
         'hashbridge_request_duration_seconds_count{method="POST",route="/v1/items",status="200"} 1'
-        in text
+        in lines
     )
-    assert 'hashbridge_encode_duration_seconds_count{modality="text"} 2' in text
-    assert 'hashbridge_search_duration_seconds_count{query="text"} 1' in text
-    assert 'hashbridge_items_written_total{modality="text"} 6' in text
-    assert 'hashbridge_encode_batch_items_bucket{modality="text",le="8"} 2' in text
+    assert 'hashbridge_encode_duration_seconds_count{modality="text"} 2' in lines
+    assert 'hashbridge_search_duration_seconds_count{query="text"} 1' in lines
+    assert 'hashbridge_items_written_total{modality="text"} 6' in lines
+    assert 'hashbridge_encode_batch_items_bucket{modality="text",le="8"} 2' in lines
     assert "# TYPE hashbridge_request_duration_seconds histogram" in text
+
+
+def test_texts_and_images_have_their_own_encoder_batch_limits(
+    svc_bundle_dir: Path, svc_bundle, tmp_path
+) -> None:
+    settings = make_settings(
+        svc_bundle_dir, tmp_path / "d", batch_max_items=4, text_batch_max_items=40
+    )
+    with open_client(settings, svc_bundle) as c:
+        ingest_texts(c, [f"cat {i}" for i in range(40)])
+        files = [("files", (f"{i}.png", png(i), "image/png")) for i in range(10)]
+        assert c.post("/v1/items", files=files, headers=AUTH).status_code == 200
+        lines = c.get("/metrics").text.splitlines()
+    # 40 texts in one encoder call; 10 images in calls of at most 4.
+    assert 'hashbridge_encode_duration_seconds_count{modality="text"} 1' in lines
+    assert 'hashbridge_encode_duration_seconds_count{modality="image"} 3' in lines
 
 
 def test_restart_loads_snapshots_and_answers_the_same(
