@@ -129,7 +129,7 @@ class CodeStore:
                     "SELECT id FROM items WHERE seq BETWEEN ? AND ? ORDER BY seq", (first, last)
                 )
             ]
-            self._put_thumbnails(ids, [item.thumbnail for item in items])
+            self._put_thumbnails(ids, items)
             self._set_seq(last)
         return ids
 
@@ -293,14 +293,25 @@ class CodeStore:
             raise ItemError(f"item #{index}: metadata is not JSON-serialisable: {exc}") from None
         return item.client_id, item.modality, code, metadata
 
-    def _put_thumbnails(self, ids: Sequence[int], thumbnails: Sequence[bytes | None]) -> None:
-        pairs = list(zip(ids, thumbnails, strict=True))
+    def _put_thumbnails(self, ids: Sequence[int], items: Sequence[NewItem]) -> None:
+        # Only an item with a client id can replace a stored one (the rest get fresh
+        # AUTOINCREMENT ids, and deletes take their thumbnails), so only those can leave a
+        # stale thumbnail behind.
         self._db.executemany(
-            "DELETE FROM thumbnails WHERE id = ?", [(i,) for i, t in pairs if t is None]
+            "DELETE FROM thumbnails WHERE id = ?",
+            [
+                (i,)
+                for i, item in zip(ids, items, strict=True)
+                if item.thumbnail is None and item.client_id is not None
+            ],
         )
         self._db.executemany(
             "INSERT OR REPLACE INTO thumbnails VALUES (?, ?)",
-            [p for p in pairs if p[1] is not None],
+            [
+                (i, item.thumbnail)
+                for i, item in zip(ids, items, strict=True)
+                if item.thumbnail is not None
+            ],
         )
 
     def _seq(self) -> int:

@@ -116,23 +116,22 @@ async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded
 
     texts = [i for i, s in enumerate(sources) if isinstance(s, str)]
     known: dict[int, int] = {}
+    bags: npt.NDArray[Any] | None = None
     if texts:
         assert rt.bundle.vectorizer is not None  # _precheck refused text without an encoder
         bags, counts = await rt.run(rt.bundle.vectorizer.vectorize, [sources[i] for i in texts])
-        for row, i in enumerate(texts):
-            prepared[i] = bags[row]
-            known[i] = counts[row]
+        known = dict(zip(texts, counts, strict=True))
 
     modalities = [_modality_of(rt.bundle, s) for s in sources]
     groups: dict[str, list[int]] = {}
     for i, modality in enumerate(modalities):
         groups.setdefault(modality, []).append(i)
-    results = await asyncio.gather(
-        *(
-            rt.batchers[m].encode(np.stack([prepared[i] for i in members]))
-            for m, members in groups.items()
-        )
-    )
+    # The text group is exactly the texts, in order: their bags are already one batch.
+    batches = {
+        m: bags if m == "text" and bags is not None else np.stack([prepared[i] for i in members])
+        for m, members in groups.items()
+    }
+    results = await asyncio.gather(*(rt.batchers[m].encode(batches[m]) for m in groups))
     codes: dict[int, npt.NDArray[np.uint8]] = {}
     for members, group_codes in zip(groups.values(), results, strict=True):
         codes.update(zip(members, group_codes, strict=True))
