@@ -39,7 +39,7 @@ from bench.common import (
     timed,
 )
 from index.codes import pack_signs
-from index.faiss_index import FaissHammingIndex
+from index.faiss_index import FaissHammingIndex, faiss_sees_a_gpu
 
 K = 10
 BATCH = 100
@@ -88,7 +88,7 @@ GPU_NOTE = (
 
 def gpu_resources() -> Any:
     """FAISS GPU resources, or a clear exit when this FAISS build or machine has no GPU."""
-    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+    if not faiss_sees_a_gpu():
         raise SystemExit("--gpu needs faiss-gpu and a CUDA GPU; this FAISS build sees none")
     return faiss.StandardGpuResources()
 

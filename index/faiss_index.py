@@ -47,6 +47,11 @@ _MIN_DEAD_TO_COMPACT = 1024
 _FORMAT = 2
 
 
+def faiss_sees_a_gpu() -> bool:
+    """Whether this FAISS build has GPU support and a CUDA GPU to run it on."""
+    return hasattr(faiss, "StandardGpuResources") and int(faiss.get_num_gpus()) > 0
+
+
 def choose_nlist(n: int) -> int:
     """Return the IVF list count for n items: about 4*sqrt(n), bounded by training size."""
     return max(1, min(round(4 * math.sqrt(n)), n // _MIN_POINTS_PER_LIST, _MAX_NLIST))
@@ -309,7 +314,7 @@ class FaissHammingIndex:
 
     @staticmethod
     def _gpu_resources() -> Any:
-        if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        if not faiss_sees_a_gpu():
             log.warning("use_gpu=True but this FAISS build sees no GPU; searching on CPU")
             return None
         return faiss.StandardGpuResources()

@@ -54,8 +54,9 @@ class Runtime:
         """Count writes; snapshot in the background once enough accumulate.
 
         Enough is ``snapshot_every`` or a tenth of the collection at the last snapshot,
-        whichever is more: a snapshot rewrites the whole index (~25 ms at 10^6 x 64 bits)
-        while holding off writers, so a fixed cadence would make bulk loading quadratic.
+        whichever is more: a snapshot rewrites the whole index (17 ms at 10^6 x 64 bits:
+        save_ms in bench/results/search-1e6-64.json) while holding off writers, so a
+        fixed cadence would make bulk loading quadratic.
         """
         self._writes_since_snapshot += n
         due = max(self.settings.snapshot_every, self._items_at_snapshot // SNAPSHOT_GROWTH)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 
-from index.faiss_index import FaissHammingIndex
+from index.faiss_index import FaissHammingIndex, faiss_sees_a_gpu
 from index.reference import NumpyHammingIndex
 
 needs_faiss_gpu = pytest.mark.skipif(
-    not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1,
+    not faiss_sees_a_gpu(),
     reason="needs faiss-gpu and a CUDA GPU (this FAISS build or machine has none)",
 )
 
