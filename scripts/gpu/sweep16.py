@@ -20,7 +20,6 @@ import random
 import sys
 import tempfile
 import time
-import tomllib
 import types
 from contextlib import nullcontext
 from pathlib import Path
@@ -78,6 +77,8 @@ FOCUSED: dict[str, list[Any]] = {
     "loss.tanh_scale_growth": [0.0, 0.5],
     "loss.shared_label_head": [False, True],
 }
+#: Draw names that are not config paths.
+PATHS = {"alpha": "loss.similarity_params.alpha", "balance": "loss.similarity_params.balance"}
 STAGES = {"broad": ({}, BROAD, 1234), "focused": (FOCUSED_START, FOCUSED, 99)}
 
 
@@ -106,17 +107,13 @@ def draws(stage: str) -> Any:
         yield {key: rng.choice(values) for key, values in space.items()}
 
 
-def config_for(choice: dict[str, Any], device: str) -> dict[str, Any]:
-    config = tomllib.loads(CONFIG.read_text())
-    config["bits"] = 16
-    config["train"]["device"] = device
-    for key, value in choice.items():
-        if key in ("alpha", "balance"):
-            config["loss"].setdefault("similarity_params", {})[key] = value
-        else:
-            section, name = key.split(".")
-            config.setdefault(section, {})[name] = value
-    config["train"]["eval_every"] = config["train"]["epochs"]
+def config_for(choice: dict[str, Any], device: str) -> Any:
+    """The repo's config with the draw applied through the trainer's own --set overrides."""
+    from model.config import load_config
+
+    sets = {"bits": 16, "train.device": device, **{PATHS.get(k, k): v for k, v in choice.items()}}
+    config = load_config(CONFIG, [f"{key}={json.dumps(value)}" for key, value in sets.items()])
+    config.train.eval_every = config.train.epochs  # one evaluation, at the end
     return config
 
 
@@ -131,7 +128,6 @@ def run(prepared_path: Path, stage: str, worker: int, workers: int, budget_s: fl
     import torch
 
     import model.train as training
-    from model.config import config_from_dict
 
     started = time.time()
     prepared = pickle.loads(prepared_path.read_bytes())
@@ -157,7 +153,7 @@ def run(prepared_path: Path, stage: str, worker: int, workers: int, budget_s: fl
                 continue
             t0 = time.time()
             with tempfile.TemporaryDirectory() as tmp:
-                result = training.train(config_from_dict(config_for(choice, device)), Path(tmp))
+                result = training.train(config_for(choice, device), Path(tmp))
             row = {"stage": stage, "i": i, "choice": choice, "map": result.history[-1]["map"]}
             log.write(json.dumps({**row, "seconds": round(time.time() - t0, 1)}) + "\n")
             log.flush()
