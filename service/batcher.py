@@ -3,6 +3,10 @@
 Each request's items go on a queue; a worker takes what is queued, waits up to the
 window for more (until ``max_items``), runs the encoder once in the thread pool and
 hands each request its rows back.
+
+The worker waits only while some request has announced items it is still preparing
+(``expect``): a lone request is encoded at once instead of sitting out the window, and
+the window still gathers requests that arrive together.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +53,30 @@ class MicroBatcher:
         self._observe = observe
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._expected = 0
+        self._arrived = asyncio.Event()
+
+    @contextmanager
+    def expect(self) -> Iterator[Callable[[], None]]:
+        """Announce a job being prepared (decoded, vectorised) for this encoder.
+
+        Yields ``submitted``, to call right before that job's ``encode``; leaving the
+        block without it (the request failed) withdraws the announcement too.
+        """
+        pending = True
+
+        def submitted() -> None:
+            nonlocal pending
+            if pending:
+                pending = False
+                self._expected -= 1
+
+        self._expected += 1
+        try:
+            yield submitted
+        finally:
+            submitted()
+            self._arrived.set()
 
     def start(self) -> None:
         """Start the worker task on the running loop."""
@@ -56,7 +85,8 @@ class MicroBatcher:
     async def stop(self) -> None:
         """Finish queued jobs, then stop the worker."""
         if self._task is not None:
-            await self._queue.put(None)
+            self._queue.put_nowait(None)
+            self._arrived.set()
             await self._task
             self._task = None
 
@@ -68,7 +98,8 @@ class MicroBatcher:
         futures = []
         for s in range(0, batch.shape[0], self.max_items):
             future: asyncio.Future[npt.NDArray[np.uint8]] = loop.create_future()
-            await self._queue.put(_Job(batch[s : s + self.max_items], future))
+            self._queue.put_nowait(_Job(batch[s : s + self.max_items], future))
+            self._arrived.set()
             futures.append(future)
         parts = await asyncio.gather(*futures)
         return np.concatenate(parts) if parts else np.empty((0, self.encoder.bits // 8), np.uint8)
@@ -87,12 +118,15 @@ class MicroBatcher:
                     job = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
+                    if remaining <= 0 or not self._expected:
+                        break  # nothing announced is on its way: encode now
+                    self._arrived.clear()
                     try:
-                        job = await asyncio.wait_for(self._queue.get(), remaining)
+                        # Wake on a new job, or when an announced job is withdrawn.
+                        await asyncio.wait_for(self._arrived.wait(), remaining)
                     except TimeoutError:
                         break
+                    continue
                 if job is None:
                     stopping = True
                     break

@@ -10,6 +10,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,41 @@ def check_count(settings: Settings, n: int) -> None:
 async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded]:
     """Validate, decode and encode texts and files; any problem refuses the whole batch."""
     _raise_all([(i, _precheck(rt, s)) for i, s in enumerate(sources)], len(sources))
+    modalities = [_modality_of(rt.bundle, s) for s in sources]
+    groups: dict[str, list[int]] = {}
+    for i, modality in enumerate(modalities):
+        groups.setdefault(modality, []).append(i)
+    with ExitStack() as announced:
+        # Tell each encoder's batcher these items are coming, so it waits for them while
+        # they decode instead of encoding other requests' items alone.
+        submit = [announced.enter_context(rt.batchers[m].expect()) for m in groups]
+        arrays, bags, known = await _prepare(rt, sources)
+        # The text group is exactly the texts, in order: their bags are already one batch.
+        batches = {
+            m: bags if m == "text" and bags is not None else np.stack([arrays[i] for i in members])
+            for m, members in groups.items()
+        }
+        for submitted in submit:
+            submitted()
+        results = await asyncio.gather(*(rt.batchers[m].encode(batches[m]) for m in groups))
+    codes: dict[int, npt.NDArray[np.uint8]] = {}
+    for members, group_codes in zip(groups.values(), results, strict=True):
+        codes.update(zip(members, group_codes, strict=True))
+    return [
+        Encoded(
+            modalities[i],
+            codes[i],
+            known_tokens=known.get(i),
+            filename=s.filename if isinstance(s, Upload) else None,
+        )
+        for i, s in enumerate(sources)
+    ]
+
+
+async def _prepare(
+    rt: Runtime, sources: Sequence[Source]
+) -> tuple[list[Any], npt.NDArray[Any] | None, dict[int, int]]:
+    """Decode the uploads and vectorise the texts: (per-item arrays, text bags, known tokens)."""
     prepared: list[Any] = list(sources)
     uploads = [i for i, s in enumerate(sources) if isinstance(s, Upload)]
     decoded = await asyncio.gather(
@@ -113,37 +149,12 @@ async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded
         else:
             prepared[i] = result
     _raise_all(problems, len(sources))
-
     texts = [i for i, s in enumerate(sources) if isinstance(s, str)]
-    known: dict[int, int] = {}
-    bags: npt.NDArray[Any] | None = None
-    if texts:
-        assert rt.bundle.vectorizer is not None  # _precheck refused text without an encoder
-        bags, counts = await rt.run(rt.bundle.vectorizer.vectorize, [sources[i] for i in texts])
-        known = dict(zip(texts, counts, strict=True))
-
-    modalities = [_modality_of(rt.bundle, s) for s in sources]
-    groups: dict[str, list[int]] = {}
-    for i, modality in enumerate(modalities):
-        groups.setdefault(modality, []).append(i)
-    # The text group is exactly the texts, in order: their bags are already one batch.
-    batches = {
-        m: bags if m == "text" and bags is not None else np.stack([prepared[i] for i in members])
-        for m, members in groups.items()
-    }
-    results = await asyncio.gather(*(rt.batchers[m].encode(batches[m]) for m in groups))
-    codes: dict[int, npt.NDArray[np.uint8]] = {}
-    for members, group_codes in zip(groups.values(), results, strict=True):
-        codes.update(zip(members, group_codes, strict=True))
-    return [
-        Encoded(
-            modalities[i],
-            codes[i],
-            known_tokens=known.get(i),
-            filename=s.filename if isinstance(s, Upload) else None,
-        )
-        for i, s in enumerate(sources)
-    ]
+    if not texts:
+        return prepared, None, {}
+    assert rt.bundle.vectorizer is not None  # _precheck refused text without an encoder
+    bags, counts = await rt.run(rt.bundle.vectorizer.vectorize, [sources[i] for i in texts])
+    return prepared, bags, dict(zip(texts, counts, strict=True))
 
 
 async def ingest(rt: Runtime, items: Sequence[ItemInput]) -> list[Written]:

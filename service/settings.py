@@ -47,7 +47,11 @@ class Settings(BaseSettings):
         "cpu", description="Where the encoders run; cuda needs a GPU that torch sees"
     )
     workers: int = Field(2, gt=0, description="Threads for decode, encode and search")
-    batch_window_ms: float = Field(5.0, ge=0, description="How long the encoder waits to fill")
+    batch_window_ms: float = Field(
+        5.0,
+        ge=0,
+        description="Longest an encoder call waits for items other requests are still preparing",
+    )
     batch_max_items: int = Field(
         64, gt=0, description="Most images or clips per encoder call (bounds its memory)"
     )

@@ -105,3 +105,57 @@ def test_encode_before_start_is_an_error(svc_bundle: Bundle) -> None:
 
     with pytest.raises(RuntimeError, match="before start"):
         asyncio.run(go())
+
+
+async def _with_batcher(encoder, window_s, body):
+    with ThreadPoolExecutor(2) as pool:
+        batcher = MicroBatcher(encoder, pool, max_items=64, window_s=window_s)
+        batcher.start()
+        try:
+            # Far below the window: a batcher that sat out the window would time out here.
+            return await asyncio.wait_for(body(batcher), timeout=60)
+        finally:
+            await batcher.stop()
+
+
+def test_a_lone_request_does_not_wait_out_the_window(svc_bundle: Bundle) -> None:
+    enc = Recording(svc_bundle.encoders["text"])
+    x = bags(svc_bundle, 3)
+    out = asyncio.run(_with_batcher(enc, 3600.0, lambda b: b.encode(x)))
+    assert enc.calls == [3]
+    np.testing.assert_array_equal(out, svc_bundle.encoders["text"].encode(x))
+
+
+def test_the_window_waits_for_an_announced_request(svc_bundle: Bundle) -> None:
+    enc = Recording(svc_bundle.encoders["text"])
+    x = bags(svc_bundle, 3)
+
+    async def body(batcher):
+        with batcher.expect() as submitted:
+            first = asyncio.ensure_future(batcher.encode(x[:1]))
+            await asyncio.sleep(0.2)  # "decoding": the first job must wait for this one
+            submitted()
+            second = await batcher.encode(x[1:])
+        return np.concatenate([await first, second])
+
+    out = asyncio.run(_with_batcher(enc, 3600.0, body))
+    assert enc.calls == [3]
+    np.testing.assert_array_equal(out, svc_bundle.encoders["text"].encode(x))
+
+
+def test_a_withdrawn_announcement_stops_the_wait(svc_bundle: Bundle) -> None:
+    enc = Recording(svc_bundle.encoders["text"])
+    x = bags(svc_bundle, 2)
+
+    async def body(batcher):
+        first = None
+        with pytest.raises(ValueError, match="bad upload"):
+            with batcher.expect():
+                first = asyncio.ensure_future(batcher.encode(x))
+                await asyncio.sleep(0.05)
+                raise ValueError("bad upload")
+        return await first
+
+    out = asyncio.run(_with_batcher(enc, 3600.0, body))
+    assert enc.calls == [2]
+    np.testing.assert_array_equal(out, svc_bundle.encoders["text"].encode(x))
