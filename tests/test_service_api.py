@@ -399,3 +399,17 @@ def test_nprobe_is_a_per_query_argument(svc_bundle_dir: Path, svc_bundle, tmp_pa
         assert narrow != exact["results"]  # nprobe really reached the index
         # The narrow query changed nothing shared: exhaustive probing is exact again.
         assert search(c, text="cat dog", k=20, nprobe=10_000) == exact
+
+
+def test_startup_objects_are_frozen_out_of_garbage_collection(
+    svc_bundle_dir: Path, svc_bundle: Bundle, tmp_path
+) -> None:
+    # Full collections would otherwise walk everything the bundle and FAISS loaded, in
+    # the middle of requests; shutdown hands the objects back to the collector.
+    import gc
+
+    gc.unfreeze()
+    with open_client(make_settings(svc_bundle_dir, tmp_path / "d"), svc_bundle) as c:
+        assert gc.get_freeze_count() > 0
+        assert c.get("/healthz").status_code == 200
+    assert gc.get_freeze_count() == 0
