@@ -91,9 +91,10 @@ class FeatureConfig:
 class LossConfig:
     """DSMHN loss terms and their weights."""
 
-    similarity: str = "pairwise_nll"  # pairwise_nll | contrastive | triplet
+    similarity: str = "pairwise_nll"  # pairwise_nll | contrastive | triplet | tie_aware_ap
     similarity_params: dict[str, Any] = field(default_factory=dict)
     w_similarity: float = 1.0
+    w_ranking: float = 0.0  # a tie-aware AP term added to the similarity loss; 0: off
     w_intra: float = 0.0
     w_semantic: float = 1.0
     w_quantization: float = 0.1

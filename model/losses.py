@@ -22,6 +22,7 @@ __all__ = [
     "ContrastiveLoss",
     "DSMHNLoss",
     "PairwiseNLLLoss",
+    "TieAwareAPLoss",
     "TripletLoss",
     "bit_balance_loss",
     "code_distance",
@@ -29,6 +30,7 @@ __all__ = [
     "make_similarity_loss",
     "quantization_loss",
     "semantic_label_loss",
+    "tie_aware_average_precision",
 ]
 
 
@@ -137,10 +139,67 @@ class TripletLoss(nn.Module):
         return (s * hinge_sums).sum() / n_valid.clamp(min=1)
 
 
+def tie_aware_average_precision(u: Tensor, v: Tensor, s: Tensor) -> Tensor:
+    """Each row of u's average precision ranking v by Hamming distance, ties in random order.
+
+    Short codes put many items at the same distance, and the order within such a tie is
+    arbitrary (by database position), so the quantity to raise is the AP expected over
+    every order of each tie ("Hashing as Tie-Aware Learning to Rank", He et al., 2018).
+    For tanh codes the distance (bits - u.v) / 2 is spread over its two nearest integer
+    bins (triangular soft binning), which makes the histogram, and so the AP,
+    differentiable; for ±1 codes the bins are exact and so is the AP. Rows with no
+    relevant item get 0.
+
+    A tie of c items holding p relevant ones, after N items holding P relevant ones,
+    adds sum_k (p/c) (P + 1 + (k-1)(p-1)/(c-1)) / (N + k) over its positions k = 1..c
+    (a relevant item at k has on average (k-1)(p-1)/(c-1) relevant items before it in
+    the tie); the sum over k is closed-form with the digamma function.
+    """
+    _check_pair(u, v, s)
+    # Histograms of thousands of pairs need float32: autocast's bf16 would round the counts.
+    with torch.autocast(u.device.type, enabled=False):
+        dtype = torch.promote_types(u.dtype, torch.float32)
+        return _tie_aware_ap(u.to(dtype), v.to(dtype), s.to(dtype))
+
+
+def _tie_aware_ap(u: Tensor, v: Tensor, s: Tensor) -> Tensor:
+    bits = u.shape[1]
+    d = ((bits - u @ v.T) / 2).clamp(0, bits)
+    low = d.detach().floor().clamp(max=bits - 1).long()
+    upper = d - low  # share of the pair in bin low + 1; the rest is in bin low
+    zeros = d.new_zeros(d.shape[0], bits + 1)
+    count = zeros.scatter_add(1, low, 1 - upper).scatter_add(1, low + 1, upper)
+    relevant = zeros.scatter_add(1, low, s * (1 - upper)).scatter_add(1, low + 1, s * upper)
+    before = count.cumsum(1) - count
+    relevant_before = relevant.cumsum(1) - relevant
+    eps = 1e-6
+    # (p - 1) / (c - 1): exact for whole counts; soft counts below one relevant item add 0.
+    slope = F.relu(relevant - 1) / (count - 1).clamp(min=eps)
+    harmonic = torch.digamma(before + count + 1) - torch.digamma(before + 1)
+    intercept = relevant_before + 1 - slope * (before + 1)
+    per_bin = relevant * slope + relevant / count.clamp(min=eps) * intercept * harmonic
+    n_relevant = s.sum(1)
+    return per_bin.sum(1) / n_relevant.clamp(min=1)
+
+
+class TieAwareAPLoss(nn.Module):
+    """1 - tie-aware average precision (see :func:`tie_aware_average_precision`), listwise.
+
+    Averaged over the rows of u that have at least one relevant item in v.
+    """
+
+    def forward(self, u: Tensor, v: Tensor, s: Tensor) -> Tensor:
+        """Return the mean of 1 - AP over rows with a relevant item (0 if none has one)."""
+        ap = tie_aware_average_precision(u, v, s)
+        has_relevant = (s.sum(1) > 0).to(ap.dtype)
+        return ((1 - ap) * has_relevant).sum() / has_relevant.sum().clamp(min=1)
+
+
 SIMILARITY_LOSSES: dict[str, type[nn.Module]] = {
     "pairwise_nll": PairwiseNLLLoss,
     "contrastive": ContrastiveLoss,
     "triplet": TripletLoss,
+    "tie_aware_ap": TieAwareAPLoss,
 }
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.config import LossConfig
-from model.losses import PairwiseNLLLoss, label_similarity
+from model.losses import PairwiseNLLLoss, TieAwareAPLoss, label_similarity
 from model.methods.dsmhn import DSMHN
 from model.streams import MLPStream
 
@@ -68,7 +68,7 @@ def test_continuation_sharpens_every_hash_layer() -> None:
     assert betas == pytest.approx([4.0, 4.0])  # sqrt(1 + 3 * 5)
 
 
-@pytest.mark.parametrize("similarity", ["pairwise_nll", "contrastive", "triplet"])
+@pytest.mark.parametrize("similarity", ["pairwise_nll", "contrastive", "triplet", "tie_aware_ap"])
 def test_a_mixed_precision_step_keeps_float32_banks(similarity: str) -> None:
     # --device cuda trains under bfloat16 autocast; CPU autocast takes the same code paths.
     method = _method(similarity=similarity, similarity_params={})
@@ -80,3 +80,18 @@ def test_a_mixed_precision_step_keeps_float32_banks(similarity: str) -> None:
     for m in ("image", "text"):
         assert method.banks[m].dtype == torch.float32
         assert torch.equal(method.banks[m][index].sign(), method.encode(m, batch[m]).sign())
+
+
+def test_the_ranking_term_is_the_tie_aware_ap_loss_between_modalities() -> None:
+    method = _method(w_ranking=2.0, w_intra=0.5)
+    batch, index, labels, all_labels = _batch()
+    terms = method.training_loss(batch, index, labels, all_labels)
+    s = label_similarity(labels, all_labels)
+    h_text = method.encode("text", batch["text"])
+    expected = TieAwareAPLoss()(h_text, method.banks["image"], s)
+    assert torch.allclose(terms["rank/text-image"], expected)
+    # Cross-modal only: the intra-modal pairs keep just their similarity term.
+    assert {k for k in terms if k.startswith("rank/")} == {"rank/image-text", "rank/text-image"}
+    plain = _method(w_intra=0.5).training_loss(batch, index, labels, all_labels)
+    ranked = 2.0 * (terms["rank/image-text"] + terms["rank/text-image"])
+    assert torch.allclose(terms["total"], plain["total"] + ranked)

@@ -1,5 +1,6 @@
 """Losses checked against hand-computed values, hand-derived gradients and gradcheck."""
 
+import itertools
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from model.losses import (
     ContrastiveLoss,
     DSMHNLoss,
     PairwiseNLLLoss,
+    TieAwareAPLoss,
     TripletLoss,
     bit_balance_loss,
     code_distance,
@@ -18,6 +20,7 @@ from model.losses import (
     make_similarity_loss,
     quantization_loss,
     semantic_label_loss,
+    tie_aware_average_precision,
 )
 
 
@@ -243,11 +246,73 @@ def test_triplet_gradcheck():
     assert gradcheck(lambda a, b: loss(a, b, s.double()), (u, v))
 
 
+# --- tie-aware average precision -------------------------------------------------------
+
+
+def _average_precision(relevant: list[int]) -> float:
+    hits, total = 0, 0.0
+    for rank, r in enumerate(relevant, start=1):
+        if r:
+            hits += 1
+            total += hits / rank
+    return total / max(1, sum(relevant))
+
+
+def _expected_ap_over_tie_orders(u: torch.Tensor, v: torch.Tensor, s: torch.Tensor) -> list[float]:
+    """Mean AP over every order of the items within each Hamming distance (brute force)."""
+    d = (u.shape[1] - u @ v.T) / 2
+    out = []
+    for i in range(u.shape[0]):
+        ties: dict[int, list[int]] = {}
+        for j in range(v.shape[0]):
+            ties.setdefault(int(d[i, j]), []).append(int(s[i, j]))
+        orders = itertools.product(*(itertools.permutations(ties[k]) for k in sorted(ties)))
+        aps = [_average_precision([r for tie in order for r in tie]) for order in orders]
+        out.append(sum(aps) / len(aps))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tie_aware_ap_is_the_ap_expected_over_every_order_of_ties(seed):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randint(0, 2, (3, 4), generator=g).double() * 2 - 1
+    v = torch.randint(0, 2, (7, 4), generator=g).double() * 2 - 1
+    s = torch.randint(0, 2, (3, 7), generator=g).double()
+    s[0, :] = 0  # a row without relevant items gets 0
+    got = tie_aware_average_precision(u, v, s)
+    assert got.tolist() == pytest.approx(_expected_ap_over_tie_orders(u, v, s), abs=1e-9)
+    assert got[0] == 0
+
+
+def test_tie_aware_ap_without_ties_is_the_plain_ap():
+    # Distances 0, 1, 2, 3 from the query: the ranking is v's order, no ties.
+    u = torch.tensor([[1.0, 1.0, 1.0]])
+    v = torch.tensor([[1.0, 1.0, 1.0], [-1.0, 1.0, 1.0], [-1.0, -1.0, 1.0], [-1.0, -1.0, -1.0]])
+    s = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    assert float(tie_aware_average_precision(u, v, s)[0]) == pytest.approx((1 / 2 + 2 / 4) / 2)
+
+
+def test_tie_aware_ap_loss_averages_rows_with_relevant_items():
+    u = torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+    v = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+    s = torch.tensor([[0.0, 1.0], [0.0, 0.0]])  # row 0: its one relevant item is ranked 2nd
+    assert float(TieAwareAPLoss()(u, v, s)) == pytest.approx(1 - 1 / 2)
+    assert float(TieAwareAPLoss()(u, v, torch.zeros(2, 2))) == 0
+
+
+def test_tie_aware_ap_gradcheck():
+    u, v = _codes(3, 6, 18), _codes(5, 6, 19)
+    s = torch.tensor(
+        [[1.0, 0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0, 0.0]]
+    )
+    assert gradcheck(lambda a, b: TieAwareAPLoss()(a, b, s.double()), (u, v))
+
+
 # --- registry --------------------------------------------------------------------------
 
 
 def test_make_similarity_loss():
-    assert set(SIMILARITY_LOSSES) == {"pairwise_nll", "contrastive", "triplet"}
+    assert set(SIMILARITY_LOSSES) == {"pairwise_nll", "contrastive", "triplet", "tie_aware_ap"}
     loss = make_similarity_loss("contrastive", margin=0.3)
     assert isinstance(loss, ContrastiveLoss) and loss.margin == 0.3
     assert make_similarity_loss("pairwise_nll", balance=True).balance is True

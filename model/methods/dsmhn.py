@@ -14,6 +14,7 @@ from torch import nn
 from model.config import LossConfig
 from model.hashing import HashHead, LabelHead
 from model.losses import (
+    TieAwareAPLoss,
     bit_balance_loss,
     label_similarity,
     make_similarity_loss,
@@ -45,6 +46,9 @@ class DSMHN(nn.Module):
         else:
             self.label_heads = nn.ModuleDict({m: LabelHead(bits, num_labels) for m in streams})
         self.similarity = make_similarity_loss(loss.similarity, **loss.similarity_params)
+        # Listwise, beside the pairwise loss: it ranks each item's relevant codes ahead of
+        # the rest at Hamming-distance resolution, ties included, which short codes need.
+        self.ranking = TieAwareAPLoss()
         self.banks: dict[str, torch.Tensor] = {}
 
     @property
@@ -97,6 +101,10 @@ class DSMHN(nn.Module):
                 term = self.similarity(h, bank, s_all)
                 terms[f"sim/{m}-{other}"] = term
                 total = total + weight * term
+                if cfg.w_ranking and other != m:
+                    rank = self.ranking(h, bank, s_all)
+                    terms[f"rank/{m}-{other}"] = rank
+                    total = total + cfg.w_ranking * rank
             sem = semantic_label_loss(self.label_heads[m](h), labels, self.multi_label)
             quant = quantization_loss(h)
             balance = bit_balance_loss(h)
