@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from index.faiss_index import set_num_threads
 from service import openapi
 from service.encoders import Bundle
 from service.errors import install_error_handlers
@@ -37,13 +36,7 @@ def create_app(settings: Settings, *, bundle: Bundle | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Searches already run in a thread pool; OpenMP threads on top oversubscribe the CPU.
-        previous_threads = set_num_threads(1)
-        try:
-            runtime = await open_runtime(settings, bundle, metrics)
-        except BaseException:
-            set_num_threads(previous_threads)
-            raise
+        runtime = await open_runtime(settings, bundle, metrics)
         app.state.runtime = runtime
         # The bundle, torch and FAISS leave millions of long-lived objects that every full
         # garbage collection would traverse again: 80-130 ms pauses in the middle of
@@ -64,7 +57,6 @@ def create_app(settings: Settings, *, bundle: Bundle | None = None) -> FastAPI:
             app.state.runtime = None
             gc.unfreeze()
             await runtime.close()
-            set_num_threads(previous_threads)
             log.info("stopped; indexes snapshotted")
 
     app = FastAPI(

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         "cpu", description="Where the encoders run; cuda needs a GPU that torch sees"
     )
     workers: int = Field(2, gt=0, description="Threads for decode, encode and search")
+    worker_threads: int = Field(
+        0, ge=0, description="CPU threads of each encode or search call; 0: usable CPUs / workers"
+    )
     batch_window_ms: float = Field(
         5.0,
         ge=0,

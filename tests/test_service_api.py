@@ -413,3 +413,25 @@ def test_startup_objects_are_frozen_out_of_garbage_collection(
         assert gc.get_freeze_count() > 0
         assert c.get("/healthz").status_code == 200
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize(("threads", "workers"), [(3, 2), (0, 1), (0, 64)])
+def test_pool_threads_share_the_cpus_among_the_workers(
+    svc_bundle_dir: Path, svc_bundle: Bundle, tmp_path, threads: int, workers: int
+) -> None:
+    import os
+
+    import faiss
+    import torch
+
+    expected = threads or max(1, len(os.sched_getaffinity(0)) // workers)
+    settings = make_settings(
+        svc_bundle_dir, tmp_path / "d", worker_threads=threads, workers=workers
+    )
+    with open_client(settings, svc_bundle) as c:
+        # Read from inside the pool that runs encoders and searches: OpenMP thread
+        # counts are per thread, and torch and FAISS share one OpenMP runtime.
+        pool = c.app.state.runtime.pool
+        counts = pool.submit(lambda: (torch.get_num_threads(), faiss.omp_get_max_threads()))
+        assert counts.result() == (expected, expected)
+        assert c.post("/v1/encode", json={"texts": ["a dog"]}).status_code == 200
