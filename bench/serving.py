@@ -75,7 +75,7 @@ class Sizes:
 
 
 QUICK = Sizes(2, 8, 2, 32, 300, 40, 40, (1, 4))
-NORMAL = Sizes(20, 16, 16, 64, 5000, 400, 200, (1, 4, 16))
+NORMAL = Sizes(20, 16, 64, 64, 5000, 400, 200, (1, 4, 16))
 
 
 def make_bundle(kind: str, root: Path, bits: int, seed: int) -> Path:
