@@ -1,8 +1,9 @@
 """DSMHN training losses.
 
 The building blocks (similarity losses, semantic, quantization, balance) return a
-scalar tensor so methods can combine them freely; :class:`DSMHNLoss`, the object
-a trainer calls, returns a dict of named scalar terms plus ``"total"``.
+scalar tensor so methods can combine them freely; :class:`DSMHNLoss` combines them over
+one batch and returns a dict of named scalar terms plus ``"total"``. (The trainer's
+DSMHN method, model.methods.dsmhn, matches each batch against memory banks instead.)
 
 Codes are the continuous tanh outputs of the hash layers, shape (n, bits).
 """
