@@ -98,8 +98,9 @@ def check_count(settings: Settings, n: int) -> None:
 
 async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded]:
     """Validate, decode and encode texts and files; any problem refuses the whole batch."""
-    _raise_all([(i, _precheck(rt, s)) for i, s in enumerate(sources)], len(sources))
-    modalities = [_modality_of(rt.bundle, s) for s in sources]
+    checked = [_precheck(rt, s) for s in sources]
+    _raise_all([(i, c) for i, c in enumerate(checked) if isinstance(c, ServiceError)], len(sources))
+    modalities = [str(c) for c in checked]
     groups: dict[str, list[int]] = {}
     for i, modality in enumerate(modalities):
         groups.setdefault(modality, []).append(i)
@@ -107,7 +108,7 @@ async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded
         # Tell each encoder's batcher these items are coming, so it waits for them while
         # they decode instead of encoding other requests' items alone.
         submit = [announced.enter_context(rt.batchers[m].expect()) for m in groups]
-        arrays, bags, known = await _prepare(rt, sources)
+        arrays, bags, known = await _prepare(rt, sources, modalities)
         # The text group is exactly the texts, in order: their bags are already one batch.
         batches = {
             m: bags if m == "text" and bags is not None else np.stack([arrays[i] for i in members])
@@ -131,13 +132,14 @@ async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded
 
 
 async def _prepare(
-    rt: Runtime, sources: Sequence[Source]
+    rt: Runtime, sources: Sequence[Source], modalities: Sequence[str]
 ) -> tuple[list[Any], npt.NDArray[Any] | None, dict[int, int]]:
     """Decode the uploads and vectorise the texts: (per-item arrays, text bags, known tokens)."""
     prepared: list[Any] = list(sources)
     uploads = [i for i, s in enumerate(sources) if isinstance(s, Upload)]
+    specs = rt.bundle.inputs
     decoded = await asyncio.gather(
-        *(rt.run(_decode, rt.bundle, rt.settings, sources[i]) for i in uploads),
+        *(rt.run(_decode, specs[modalities[i]], rt.settings, sources[i]) for i in uploads),
         return_exceptions=True,
     )
     problems: list[tuple[int, ServiceError | None]] = []
@@ -259,7 +261,8 @@ def _search(
     ]
 
 
-def _precheck(rt: Runtime, source: Source) -> ServiceError | None:
+def _precheck(rt: Runtime, source: Source) -> str | ServiceError:
+    """The source's modality, or what is wrong with it."""
     settings = rt.settings
     try:
         if isinstance(source, Upload):
@@ -271,10 +274,9 @@ def _precheck(rt: Runtime, source: Source) -> ServiceError | None:
                 f"text has {len(source)} characters; the limit is {settings.max_text_chars} "
                 "(HASHBRIDGE_MAX_TEXT_CHARS)"
             )
-        _modality_of(rt.bundle, source)
+        return _modality_of(rt.bundle, source)
     except ServiceError as exc:
         return exc
-    return None
 
 
 def _modality_of(bundle: Bundle, source: Source) -> str:
@@ -291,8 +293,7 @@ def _modality_of(bundle: Bundle, source: Source) -> str:
     return modality
 
 
-def _decode(bundle: Bundle, settings: Settings, upload: Upload) -> npt.NDArray[np.uint8]:
-    spec = bundle.inputs[_modality_of(bundle, upload)]
+def _decode(spec: Mapping[str, Any], settings: Settings, upload: Upload) -> npt.NDArray[np.uint8]:
     if "frames" in spec:
         limits = ClipLimits(
             max_seconds=settings.max_clip_seconds,
