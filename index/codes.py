@@ -6,6 +6,7 @@ Codes of ``bits`` bits are packed MSB-first (``np.packbits(..., axis=1)``) into
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +23,8 @@ __all__ = [
     "unpack_codes",
     "validate_codes",
 ]
+
+_HEX = re.compile(r"[0-9a-fA-F]*")
 
 MIN_BITS = 8
 MAX_BITS = 128
@@ -83,10 +86,10 @@ def codes_from_hex(strings: Sequence[str], bits: int) -> npt.NDArray[np.uint8]:
             raise CodeError(
                 f"code #{i} must be a {width}-character hex string for {bits}-bit codes, got {s!r}"
             )
-        try:
-            out[i] = np.frombuffer(bytes.fromhex(s), dtype=np.uint8)
-        except ValueError:
-            raise CodeError(f"code #{i} is not valid hex: {s!r}") from None
+        # bytes.fromhex skips whitespace, so "ab      " would read as one byte, broadcast.
+        if not _HEX.fullmatch(s):
+            raise CodeError(f"code #{i} is not valid hex: {s!r}")
+        out[i] = np.frombuffer(bytes.fromhex(s), dtype=np.uint8)
     return out
 
 

@@ -86,6 +86,13 @@ def test_codes_from_hex_names_the_bad_entry():
     assert codes_from_hex([], 16).shape == (0, 2)
 
 
+@pytest.mark.parametrize("padded", ["ab  ", "  ab", "a b ", "ab\t\t", "ab\n "])
+def test_codes_from_hex_refuses_whitespace(padded: str) -> None:
+    # bytes.fromhex skips whitespace: "ab  " would be one byte, broadcast into "abab".
+    with pytest.raises(CodeError, match="is not valid hex"):
+        codes_from_hex([padded], 16)
+
+
 def test_codes_to_hex_rejects_unpacked_input():
     with pytest.raises(CodeError, match="2-D uint8"):
         codes_to_hex(np.zeros((2, 2), dtype=np.int64))
