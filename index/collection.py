@@ -142,6 +142,9 @@ class Collection:
         k = check_k(k)
         if isinstance(modalities, str):
             modalities = [modalities]
+        if modalities is not None:
+            # A modality named twice would be searched twice and its hits returned twice.
+            modalities = list(dict.fromkeys(modalities))
         merged: list[list[Hit]] = [[] for _ in range(queries.shape[0])]
         with self._lock.read():
             for modality in modalities if modalities is not None else sorted(self._indexes):

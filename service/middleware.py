@@ -46,6 +46,11 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+#: Methods counted under their own label; any other (clients may send any token) is "other",
+#: so that no client can grow the metrics without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class RequestMetrics:
     """Observe each request's latency by method, route template and status."""
 
@@ -72,7 +77,7 @@ class RequestMetrics:
             route: Any = scope.get("route")
             self.metrics.requests.observe(
                 time.perf_counter() - start,
-                method=scope["method"],
+                method=scope["method"] if scope["method"] in KNOWN_METHODS else "other",
                 route=getattr(route, "path", "unmatched"),
                 status=str(status),
             )

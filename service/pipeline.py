@@ -216,6 +216,7 @@ async def search(
     if modalities is not None:
         if not modalities:
             raise InvalidInput("modalities is empty; omit it to search every modality")
+        modalities = list(dict.fromkeys(modalities))
         for m in modalities:
             if m not in rt.bundle.encoders:
                 raise UnsupportedModality(

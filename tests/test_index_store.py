@@ -309,6 +309,8 @@ def test_collection_merges_modalities_by_distance(tmp_path: Path):
         keys = [(h.distance, rank[h.modality]) for h in row]
         assert keys == sorted(keys)
     assert coll.search(queries, 3, modalities=["audio"]) == [[] for _ in range(6)]
+    # A modality named twice is searched once: no hit comes back twice.
+    assert coll.search(queries, 10, modalities=["video", "image", "video"]) == merged
     coll.close()
 
 

@@ -113,6 +113,8 @@ def test_all_modalities_are_merged_by_distance(api) -> None:
     assert {h["modality"] for h in res} == {"text", "image"}
     assert [h["distance"] for h in res] == sorted(h["distance"] for h in res)
     assert len(res) == 10
+    twice = search(api, code="00000000", k=10, modalities=["image", "text", "image"])["results"]
+    assert twice == search(api, code="00000000", k=10, modalities=["image", "text"])["results"]
 
 
 def test_api_codes_equal_the_encoders_on_contract_pixels(api, svc_bundle: Bundle) -> None:
@@ -267,6 +269,15 @@ def test_metrics_exposition(api) -> None:
     assert 'hashbridge_items_written_total{modality="text"} 6' in lines
     assert 'hashbridge_encode_batch_items_bucket{modality="text",le="8"} 2' in lines
     assert "# TYPE hashbridge_request_duration_seconds histogram" in text
+
+
+def test_invented_methods_share_one_metrics_label(api) -> None:
+    # Any client may send any method token; each must not become a label of its own.
+    for i in range(3):
+        assert api.request(f"BREW{i}", "/healthz").status_code == 405
+    text = api.get("/metrics").text
+    assert "BREW" not in text
+    assert 'method="other",route="/healthz",status="405"} 3' in text
 
 
 def test_texts_and_images_have_their_own_encoder_batch_limits(
