@@ -27,7 +27,7 @@ from av.sidedata.sidedata import SideDataContainer
 from av.sidedata.sidedata import Type as SideDataType
 from PIL import Image
 
-from hashbridge.pixels import resize_crop
+from hashbridge.pixels import resize_crop, resized_dims
 
 ClipErrorReason = Literal[
     "corrupt",
@@ -312,7 +312,7 @@ def _pick_frames(
         return held_pixels
 
     for t, frame in decoded:
-        _check_frame_size(frame.width, frame.height, label, limits)
+        _check_frame_size(frame.width, frame.height, label, limits, size)
         while held is not None and filled < len(targets) and t > targets[filled]:
             out[filled] = pixels_of_held()
             filled += 1
@@ -327,12 +327,25 @@ def _pick_frames(
     return out
 
 
-def _check_frame_size(width: int, height: int, label: str, limits: ClipLimits) -> None:
+def _check_frame_size(
+    width: int, height: int, label: str, limits: ClipLimits, size: int | None = None
+) -> None:
+    """Refuse frames over the pixel limit, and (given `size`) frames that resizing inflates."""
     if width * height > limits.max_pixels:
         raise ClipError(
             "too_large_frame",
             f"clip {label} has {width}x{height} = {width * height} pixels per frame; the limit "
             f"is {limits.max_pixels} pixels; send a lower-resolution clip",
+        )
+    if size is None:
+        return
+    nw, nh = resized_dims(width, height, size)
+    if nw * nh > limits.max_pixels:
+        raise ClipError(
+            "too_large_frame",
+            f"clip {label} has {width}x{height} frames: scaled to {size} px on the shorter "
+            f"side they would be {nw}x{nh} = {nw * nh} pixels; the limit is "
+            f"{limits.max_pixels} pixels; send a less elongated clip",
         )
 
 

@@ -13,11 +13,19 @@ import numpy.typing as npt
 from PIL import Image, ImageOps
 
 
+def resized_dims(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) once the shorter side is scaled to `size`, before the centre crop.
+
+    A very elongated picture grows huge here (1 x 300,000 at 32 px: 32 x 9,600,000), so
+    callers that take untrusted images bound this, not only the picture's own size.
+    """
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
 def resize_crop(image: Image.Image, size: int) -> npt.NDArray[np.uint8]:
     """An RGB image -> (3, size, size): shorter side to `size` (bilinear), centre crop."""
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    nw, nh = resized_dims(*image.size, size)
     image = image.resize((nw, nh), Image.Resampling.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
     image = image.crop((left, top, left + size, top + size))

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hashbridge.clips import ClipError, ClipLimits
 from hashbridge.clips import decode_clip as clip_pixels
-from hashbridge.pixels import prepare_image
+from hashbridge.pixels import prepare_image, resized_dims
 from service.errors import (
     MediaError,
     PayloadTooLarge,
@@ -71,6 +71,13 @@ def decode_image(upload: Upload, size: int, max_pixels: int) -> npt.NDArray[np.u
             w, h = image.size
             if w * h > max_pixels:
                 raise _bomb(name, w, h, max_pixels)
+            nw, nh = resized_dims(w, h, size)
+            if nw * nh > max_pixels:
+                raise PayloadTooLarge(
+                    f"image {name!r} is {w}x{h}: scaled to {size} px on its shorter side it "
+                    f"would be {nw}x{nh} = {nw * nh} pixels; the limit is {max_pixels} pixels "
+                    "(HASHBRIDGE_MAX_IMAGE_PIXELS); crop it to a less elongated shape"
+                )
             image.load()
             return prepare_image(image, size)
     except Image.DecompressionBombError as exc:

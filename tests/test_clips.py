@@ -257,6 +257,18 @@ def test_limits_name_the_limit_and_the_value(rainbow: Path) -> None:
     assert "lasts 0.8 s" in message and "limit is 0.5 s" in message
 
 
+def test_frames_that_resizing_would_inflate_are_refused(tmp_path: Path) -> None:
+    # 16x400 is 6,400 pixels, under the limit; at 16 px on its shorter side it is 16x400
+    # too, but at 64 px it would be 64x1600 = 102,400, so the limit must apply to that.
+    thin = write_clip(tmp_path / "thin.mp4", [solid("red", 16, 400)] * 3)
+    limits = ClipLimits(max_pixels=10_000)
+    assert decode_clip(thin, frames=2, size=16, limits=limits).shape == (1, 2, 3, 16, 16)
+    with pytest.raises(ClipError) as caught:
+        decode_clip(thin, frames=2, size=64, limits=limits)
+    assert caught.value.reason == "too_large_frame"
+    assert "16x400 frames" in str(caught.value) and "64x1600 = 102400 pixels" in str(caught.value)
+
+
 def test_clip_error_survives_pickling() -> None:
     error = pickle.loads(pickle.dumps(ClipError("too_long", "clip 'x' lasts 9 s")))
     assert (error.reason, str(error)) == ("too_long", "clip 'x' lasts 9 s")
