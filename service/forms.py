@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import from_json
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -92,7 +92,7 @@ def form_text(form: FormData, name: str) -> str | None:
     value = values[0]
     if not isinstance(value, str):
         raise InvalidInput(f"form field {name!r} must be a text field, not a file")
-    return value
+    return _unicode_text(value, f"form field {name!r}")
 
 
 def form_json(form: FormData, name: str) -> Any:
@@ -101,8 +101,10 @@ def form_json(form: FormData, name: str) -> Any:
     if text is None:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        # The JSON body's parser, with its limits: lone surrogates, numbers past what can be
+        # stored and nesting past what responses can serialise are refused, as in a body.
+        return from_json(text)
+    except ValueError as exc:
         raise InvalidInput(f"form field {name!r} is not valid JSON: {exc}") from None
 
 
@@ -113,5 +115,20 @@ async def form_uploads(form: FormData, name: str) -> list[Upload]:
         if not isinstance(value, UploadFile):
             raise InvalidInput(f"form field {name!r} #{i} must be a file, not a text value")
         data = await value.read()
-        uploads.append(Upload(value.filename or f"{name}#{i}", value.content_type, data))
+        filename = _unicode_text(value.filename or f"{name}#{i}", f"the file name of {name!r} #{i}")
+        uploads.append(Upload(filename, value.content_type, data))
     return uploads
+
+
+def _unicode_text(value: str, what: str) -> str:
+    """Refuse text that is not valid Unicode (a multipart charset can decode to lone surrogates).
+
+    Such text could be stored but never sent back as UTF-8 JSON, so every read of it would fail.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"{what} is not valid Unicode text (it holds a lone surrogate); send UTF-8"
+        ) from None
+    return value

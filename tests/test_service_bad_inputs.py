@@ -95,6 +95,14 @@ MP4 = b"\0\0\0\x18ftypisom\0\0\0\0isomiso2" + b"\0" * 64
 
 Request = Callable[[TestClient], Any]
 
+# A multipart body whose declared charset (any codec Python knows) decodes the file name
+# into a lone surrogate.
+SURROGATE_NAME_TYPE = "multipart/form-data; boundary=b; charset=unicode_escape"
+SURROGATE_NAME_BODY = (
+    b'--b\r\nContent-Disposition: form-data; name="files"; filename="\\ud800.png"\r\n'
+    b"Content-Type: image/png\r\n\r\n" + GOOD + b"\r\n--b--\r\n"
+)
+
 
 def ingest(**kw: Any) -> Request:
     headers = kw.pop("headers", AUTH)
@@ -277,6 +285,63 @@ CASES: dict[str, tuple[Request, int, str]] = {
         "400000000 pixels",
     ),
     "encode-empty-texts": (lambda c: c.post("/v1/encode", json={"texts": []}), 422, "body.texts"),
+    "get-id-beyond-int64": (lambda c: c.get(f"/v1/items/{2**63}"), 422, "path.item_id"),
+    "thumbnail-id-beyond-int64": (
+        lambda c: c.get(f"/v1/items/{2**63}/thumbnail"),
+        422,
+        "path.item_id",
+    ),
+    "delete-id-beyond-int64": (
+        lambda c: c.delete(f"/v1/items/{2**64}", headers=AUTH),
+        422,
+        "path.item_id",
+    ),
+    "code-padded-with-spaces": (
+        find(json={"code": "ab      "}),
+        422,
+        "code 'ab      ' is not valid hex",
+    ),
+    "form-text-lone-surrogate": (
+        ingest(files=[("items", (None, '[{"text": "cat \\ud800"}]'))]),
+        422,
+        "form field 'items' is not valid JSON",
+    ),
+    "form-client-id-lone-surrogate": (
+        ingest(**files(("a.png", GOOD), client_ids='["\\udc00"]')),
+        422,
+        "form field 'client_ids' is not valid JSON",
+    ),
+    "form-metadata-key-lone-surrogate": (
+        ingest(**files(("a.png", GOOD), metadata='[{"\\ud800": 1}]')),
+        422,
+        "form field 'metadata' is not valid JSON",
+    ),
+    "form-json-huge-number": (
+        find(
+            files=[("file", ("q.png", GOOD, "image/png"))],
+            data={"where": '{"a": ' + "1" * 5000 + "}"},
+        ),
+        422,
+        "form field 'where' is not valid JSON",
+    ),
+    "form-json-too-deep": (
+        ingest(**files(("a.png", GOOD), metadata="[{" + '"a": [' * 300 + "]" * 300 + "}]")),
+        422,
+        "form field 'metadata' is not valid JSON",
+    ),
+    "filename-lone-surrogate": (
+        ingest(
+            content=SURROGATE_NAME_BODY,
+            headers={**AUTH, "Content-Type": SURROGATE_NAME_TYPE},
+        ),
+        422,
+        "is not valid Unicode text",
+    ),
+    "too-elongated-image": (
+        ingest(**files(("ok.png", GOOD), ("thin.png", png_header(1, 20_000)))),
+        413,
+        "item #1: image 'thin.png' is 1x20000: scaled to 32 px on its shorter side",
+    ),
     "unknown-route": (lambda c: c.get("/v2/nothing"), 404, "Not Found"),
     "wrong-method": (lambda c: c.get("/v1/search"), 405, "Method Not Allowed"),
 }

@@ -18,6 +18,9 @@ from service.schemas import IngestRequest, IngestResponse, Item, Stats, TextItem
 
 router = APIRouter(prefix="/v1", tags=["items"])
 
+#: Ids are SQLite integers: a larger number cannot name an item, so it is refused up front.
+ItemId = Annotated[int, Path(ge=0, le=2**63 - 1, description="The item's id")]
+
 FORM_FIELDS = ("files", "client_ids", "metadata", "items")
 _FORM_DOC = {
     "files": files_field("Images (or clips, with a video bundle) to ingest"),
@@ -78,7 +81,7 @@ async def ingest_items(request: Request, rt: RuntimeDep) -> Response:
     dependencies=[Depends(require_read)],
     responses=PROBLEM_RESPONSES,
 )
-async def get_item(item_id: Annotated[int, Path(ge=0)], rt: RuntimeDep) -> Item:
+async def get_item(item_id: ItemId, rt: RuntimeDep) -> Item:
     """Return one stored item."""
     item = await pipeline.get_item(rt, item_id)
     return Item(
@@ -100,9 +103,7 @@ async def get_item(item_id: Annotated[int, Path(ge=0)], rt: RuntimeDep) -> Item:
         **PROBLEM_RESPONSES,
     },
 )
-async def get_thumbnail(
-    item_id: Annotated[int, Path(ge=0)], request: Request, rt: RuntimeDep
-) -> Response:
+async def get_thumbnail(item_id: ItemId, request: Request, rt: RuntimeDep) -> Response:
     """The small JPEG stored with an image item (404 for texts and items without one)."""
     data = await thumbnails.get_thumbnail(rt, item_id)
     # Re-ingesting a client id keeps the item id but changes the picture: revalidate by ETag.
@@ -119,7 +120,7 @@ async def get_thumbnail(
     dependencies=[Depends(require_write)],
     responses=PROBLEM_RESPONSES,
 )
-async def delete_item(item_id: Annotated[int, Path(ge=0)], rt: RuntimeDep) -> Response:
+async def delete_item(item_id: ItemId, rt: RuntimeDep) -> Response:
     """Delete one item."""
     await pipeline.delete_item(rt, item_id)
     return Response(status_code=204)
