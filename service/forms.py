@@ -34,8 +34,12 @@ def body_kind(request: Request) -> BodyKind:
 
 
 async def read_json(request: Request, model: type[M]) -> M:
-    """Parse and validate a JSON body."""
+    """Parse and validate a JSON body (UTF-8, as RFC 8259 requires; a leading BOM is ignored)."""
+    charset = _content_type_param(request, "charset")
+    if charset not in (None, "utf-8", "utf8"):
+        raise UnsupportedMediaType(f"JSON bodies must be UTF-8; this one says charset={charset}")
     body = await request.body()
+    body = body.removeprefix(b"\xef\xbb\xbf")
     try:
         # Parsing and validating in one pass (pydantic-core) is several times faster than
         # json.loads + model_validate on large ingest batches.
@@ -45,6 +49,15 @@ async def read_json(request: Request, model: type[M]) -> M:
         if first["type"] == "json_invalid":
             raise InvalidInput(f"request body is not valid JSON: {first['msg']}") from None
         raise _located(exc, ("body",)) from None
+
+
+def _content_type_param(request: Request, name: str) -> str | None:
+    """A parameter of the Content-Type header (e.g. charset), lower-cased, or None."""
+    for part in request.headers.get("content-type", "").split(";")[1:]:
+        key, _, value = part.partition("=")
+        if key.strip().lower() == name:
+            return value.strip().strip('"').lower()
+    return None
 
 
 def validate(model: Any, data: Any, loc: tuple[str | int, ...]) -> Any:

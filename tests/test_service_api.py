@@ -55,6 +55,9 @@ def search_file(api, data: bytes, name: str = "q.png", **form):
 def test_health_ready_docs(api) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").json() == {"status": "ready"}
+    for path in ("/healthz", "/readyz"):
+        head = api.head(path)
+        assert head.status_code == 200 and head.content == b"", path
     assert api.get("/docs").status_code == 200
     spec = api.get("/openapi.json").json()
     body = spec["paths"]["/v1/items"]["post"]["requestBody"]["content"]
@@ -104,6 +107,17 @@ def test_ingest_texts_and_images_then_search_each_way(api, svc_bundle: Bundle) -
     want = ref.search(np.array([list(bytes.fromhex(res["query"]["code"]))], np.uint8), 6)
     assert [h["id"] for h in res["results"]] == want.ids[0].tolist()
     assert [h["distance"] for h in res["results"]] == want.distances[0].tolist()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "prefix"),
+    [("application/json; charset=UTF-8", b""), ("application/json", b"\xef\xbb\xbf")],
+)
+def test_utf8_json_with_a_charset_or_a_bom_is_read(api, content_type: str, prefix: bytes) -> None:
+    body = prefix + json.dumps({"items": [{"text": "caf\u00e9 cat"}]}).encode()
+    r = api.post("/v1/items", content=body, headers={**AUTH, "Content-Type": content_type})
+    assert r.status_code == 200, r.text
+    assert r.json()["items"][0]["known_tokens"] == 1
 
 
 def test_all_modalities_are_merged_by_distance(api) -> None:

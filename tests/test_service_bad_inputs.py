@@ -342,6 +342,14 @@ CASES: dict[str, tuple[Request, int, str]] = {
         413,
         "item #1: image 'thin.png' is 1x20000: scaled to 32 px on its shorter side",
     ),
+    "json-not-utf8": (
+        ingest(
+            content='{"items": [{"text": "cat"}]}'.encode("utf-16"),
+            headers={**AUTH, "Content-Type": "application/json; charset=utf-16"},
+        ),
+        415,
+        "JSON bodies must be UTF-8; this one says charset=utf-16",
+    ),
     "unknown-route": (lambda c: c.get("/v2/nothing"), 404, "Not Found"),
     "wrong-method": (lambda c: c.get("/v1/search"), 405, "Method Not Allowed"),
 }

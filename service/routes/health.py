@@ -25,6 +25,11 @@ async def readyz(request: Request) -> Health:
     return Health(status="ready")
 
 
+# HEAD too, left out of the API docs: load balancers and uptime checkers often probe with it.
+for _path, _probe in (("/healthz", healthz), ("/readyz", readyz)):
+    router.add_api_route(_path, _probe, methods=["HEAD"], include_in_schema=False)
+
+
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus text exposition."""
