@@ -251,6 +251,14 @@ def export_bundle(run_dir: Path | str, out_dir: Path | str, *, overwrite: bool =
             f"{out} already exists and is not empty; choose another folder or overwrite it "
             "(hashbridge export --force)"
         )
+    if Path(run_dir).resolve().is_relative_to(out.resolve()):
+        raise ExportError(f"{out} holds the run {run_dir}; write the bundle to another folder")
+    if _occupied(out) and not (out / MANIFEST).is_file():
+        # --force replaces an earlier bundle, never a folder of something else.
+        raise ExportError(
+            f"{out} is not empty and is not a bundle (it has no {MANIFEST}); --force only "
+            "replaces a bundle: choose an empty or new folder"
+        )
     run = load_run(run_dir)
     exports = build_encoders(run)
     out.parent.mkdir(parents=True, exist_ok=True)

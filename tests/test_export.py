@@ -450,8 +450,19 @@ def test_export_refuses_to_overwrite_unless_forced(
         capsys.readouterr().err
     )
     assert (out / "notes.txt").read_text() == "keep me"
+    # --force replaces a bundle, never a folder of something else, least of all the run.
+    assert cli_main(["export", "--run", str(run_dir), "--out", str(out), "--force"]) == 2
+    assert "is not a bundle (it has no manifest.json)" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "keep me"
+    checkpoint = sorted(p.name for p in run_dir.iterdir())
+    assert cli_main(["export", "--run", str(run_dir), "--out", str(run_dir), "--force"]) == 2
+    assert f"{run_dir} holds the run" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.iterdir()) == checkpoint
 
+    (out / "notes.txt").unlink()
     with one_thread():
+        export_bundle(run_dir, out)
+        (out / "text.pt").write_bytes(b"stale")
         assert cli_main(["export", "--run", str(run_dir), "--out", str(out), "--force"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary == {"bundle": str(out), "bits": 16, "modalities": ["image", "text"]}
