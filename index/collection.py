@@ -164,10 +164,11 @@ class Collection:
         paths: dict[str, Path] = {}
         # A read lock suffices: it excludes writers, so seq and index contents agree.
         with self._lock.read():
-            seq = self.store.last_seq()
+            seq, write_id = self.store.last_write()
             for modality, index in self._indexes.items():
                 path = _snapshot_path(self.data_dir, modality)
-                index.save(path, extra={"store_seq": seq, "modality": modality})
+                extra = {"store_seq": seq, "store_write_id": write_id, "modality": modality}
+                index.save(path, extra=extra)
                 paths[modality] = path
         log.info("snapshot of %d indexes at store seq %d", len(paths), seq)
         return paths
@@ -263,14 +264,20 @@ def _restore(
     root: Path, store: CodeStore, modality: str, config: IndexConfig
 ) -> tuple[HammingIndex, str]:
     path = _snapshot_path(root, modality)
-    seq = store.last_seq()
+    seq, write_id = store.last_write()
     reason = "missing"
     if path.exists():
         try:
             header = read_header(path)
             extra = header.get("extra") or {}
-            if extra.get("store_seq") != seq or extra.get("modality") != modality:
+            if extra.get("modality") != modality:
+                reason = f"of another modality ({extra.get('modality')!r})"
+            elif extra.get("store_seq") != seq:
                 reason = f"stale (snapshot seq {extra.get('store_seq')}, store seq {seq})"
+            elif "store_write_id" not in extra:
+                reason = "written by an older version (no store write id)"
+            elif extra.get("store_write_id") != write_id:
+                reason = f"from another history of the store (same seq {seq}, other writes)"
             elif not config.matches(header):
                 reason = "built with a different index config"
             else:

@@ -1,8 +1,9 @@
 """Durable SQLite store of items (the source of truth the in-memory indexes are built from).
 
 Every written row gets the next value of a store-wide ``seq`` counter, so
-``ORDER BY seq`` replays writes in the order the indexes saw them and a
-snapshot tagged with ``last_seq()`` is provably current or provably stale.
+``ORDER BY seq`` replays writes in the order the indexes saw them; every write
+also draws a random write id, so a snapshot tagged with ``last_write()`` is
+provably current or provably stale, even against a store restored from a backup.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +47,10 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_modality_seq ON items (modality, seq);
 CREATE TABLE IF NOT EXISTS thumbnails (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
+
+
+def _new_write_id() -> str:
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -250,6 +256,17 @@ class CodeStore:
         with self._lock:
             return self._seq()
 
+    def last_write(self) -> tuple[int, str]:
+        """(seq, write id) of the latest write: the id is random, new with every write.
+
+        A seq names a write only within one history: a store restored from a backup, or
+        deleted and started again, reaches the same seq through other writes. The id tells
+        those apart, so an index snapshot is trusted only for the very write it saw.
+        """
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'write_id'").fetchone()
+            return self._seq(), str(row[0])
+
     def _init_schema(self) -> None:
         with self._transaction():
             for statement in _SCHEMA.split(";"):
@@ -257,8 +274,8 @@ class CodeStore:
                     self._db.execute(statement)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?), ('bits', ?), "
-                "('seq', '0')",
-                (str(SCHEMA_VERSION), str(self.bits)),
+                "('seq', '0'), ('write_id', ?)",
+                (str(SCHEMA_VERSION), str(self.bits), _new_write_id()),
             )
             stored = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if int(stored["bits"]) != self.bits:
@@ -319,6 +336,7 @@ class CodeStore:
 
     def _set_seq(self, seq: int) -> None:
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (str(seq),))
+        self._db.execute("UPDATE meta SET value = ? WHERE key = 'write_id'", (_new_write_id(),))
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

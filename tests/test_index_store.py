@@ -215,6 +215,38 @@ def test_collection_recovers_from_missing_stale_and_corrupt_snapshots(tmp_path: 
     coll.close()
 
 
+@pytest.mark.parametrize("history", ["restored-backup", "new-store"])
+def test_snapshot_of_another_store_history_is_not_loaded(tmp_path: Path, history: str):
+    # The store goes back (a backup restored, or deleted and begun again) and then reaches
+    # the snapshot's seq through other writes: same seq, other contents.
+    rng = np.random.default_rng(11)
+    store_files = [tmp_path / (STORE_FILE + suffix) for suffix in ("", "-wal", "-shm")]
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    coll.upsert(items(rng, 50, 16))
+    coll.close()
+    backup = {p.name: p.read_bytes() for p in store_files if p.exists()}
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    coll.upsert(items(rng, 10, 16))
+    coll.snapshot()
+    seq = coll.store.last_seq()
+    coll.close()
+    for p in store_files:
+        p.unlink(missing_ok=True)
+    if history == "restored-backup":
+        for name, data in backup.items():
+            (tmp_path / name).write_bytes(data)
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    while coll.store.last_seq() < seq:
+        coll.upsert(items(rng, 10, 16))
+    assert coll.store.last_seq() == seq
+    coll.close()  # no snapshot: as if the process died here
+
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    assert coll.open_report["image"].startswith("from another history of the store")
+    assert_matches_reference(coll, "image", rng.integers(0, 256, (20, 2), np.uint8), 10)
+    coll.close()
+
+
 def test_collection_rebuilds_when_index_config_changes(tmp_path: Path):
     rng = np.random.default_rng(3)
     coll = Collection.open(tmp_path, 64, CONFIGS["flat"])
