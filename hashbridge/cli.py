@@ -170,13 +170,15 @@ def serve_settings(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     # Settings first: a missing flag is reported before torch and FAISS are loaded.
     settings = serve_settings(args)
-    from service.errors import BundleError
+    from service.errors import BundleError, DataDirError
     from service.main import serve
 
     try:
         serve(settings)
     except BundleError as exc:
         raise UsageError(f"cannot load the bundle: {exc}") from None
+    except DataDirError as exc:
+        raise UsageError(str(exc)) from None
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.errors import BundleError
+from service.errors import BundleError, DataDirError
 from service.main import serve
 from service.settings import Settings
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         sys.stderr.write(f"hashbridge: invalid settings:\n{exc}\n")
         return 2
-    except BundleError as exc:
+    except (BundleError, DataDirError) as exc:
         sys.stderr.write(f"hashbridge: cannot start: {exc}\n")
         return 2
     return 0

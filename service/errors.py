@@ -97,6 +97,10 @@ class BundleError(RuntimeError):
     """A model bundle is missing, inconsistent or incompatible; raised at start-up."""
 
 
+class DataDirError(RuntimeError):
+    """The data dir cannot hold the collection (not a folder, a broken store); at start-up."""
+
+
 def problem(
     status: int,
     title: str,

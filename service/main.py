@@ -8,6 +8,7 @@ import uvicorn
 
 from service.app import create_app
 from service.encoders import load_bundle
+from service.runtime import check_data_dir
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -16,14 +17,16 @@ log = logging.getLogger(__name__)
 def serve(settings: Settings) -> None:
     """Load and verify the bundle, then serve until SIGINT/SIGTERM (which snapshot the index).
 
-    The bundle is loaded before the port is bound so a bad bundle fails with its
-    own message (BundleError) instead of a failed uvicorn start-up.
+    The bundle is loaded and the data dir checked before the port is bound, so a bad
+    bundle or data dir fails with its own message (BundleError, DataDirError) instead of
+    a failed uvicorn start-up.
     """
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     bundle = load_bundle(settings.bundle_dir, settings.encoder_device)
+    check_data_dir(settings.data_dir, bundle)
     app = create_app(settings, bundle=bundle)
     uvicorn.run(
         app,

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,14 +16,15 @@ from typing import Any, TypeVar
 
 import torch
 
-from index.collection import Collection
+from index.collection import STORE_FILE, Collection
 from index.errors import BitsMismatchError
 from index.factory import IndexConfig
 from index.faiss_index import set_num_threads
 from index.fileio import atomic_write
+from index.store import CodeStore
 from service.batcher import MicroBatcher
 from service.encoders import Bundle, load_bundle
-from service.errors import BundleError
+from service.errors import BundleError, DataDirError
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -166,6 +168,26 @@ def configure_worker_thread(threads: int) -> None:
     set_num_threads(threads)
 
 
+def check_data_dir(data_dir: Path, bundle: Bundle) -> None:
+    """Refuse, with one clear message, a data dir the service could not open at start-up.
+
+    Opening the store is cheap (no index is rebuilt), so this runs before the port is
+    bound; otherwise a broken store would surface as a failed uvicorn start-up.
+    """
+    store_path = data_dir / STORE_FILE
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        CodeStore(store_path, bundle.bits).close()
+    except BitsMismatchError as exc:
+        raise BundleError(f"bundle {bundle.path} does not fit the data dir: {exc}") from None
+    except (OSError, sqlite3.Error) as exc:
+        raise DataDirError(
+            f"cannot open the collection in {data_dir} ({store_path.name}): {exc}; the data "
+            "dir must be a writable folder whose store is an intact SQLite file"
+        ) from None
+    check_bundle_record(data_dir, bundle)
+
+
 def check_bundle_record(data_dir: Path, bundle: Bundle) -> None:
     """Refuse a data dir whose codes came from a different model; record the model if new.
 
@@ -176,7 +198,15 @@ def check_bundle_record(data_dir: Path, bundle: Bundle) -> None:
     path = data_dir / BUNDLE_RECORD
     record = {"fingerprint": bundle.fingerprint, "method": bundle.method, "bits": bundle.bits}
     if path.exists():
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            stored = exc
+        if not isinstance(stored, dict):
+            raise DataDirError(
+                f"{path} is unreadable ({stored}); it records which bundle made the codes "
+                "in this data dir: restore it, or use a new data dir and re-ingest"
+            )
         if stored.get("fingerprint") != bundle.fingerprint:
             raise BundleError(
                 f"data dir {data_dir} holds codes from another bundle "

@@ -4,6 +4,7 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,41 @@ def test_bad_bundle_stops_startup_with_its_message(svc_bundle_dir: Path, tmp_pat
         code = server.proc.wait(60)
         assert code != 0
         assert "cannot start: sha256 mismatch for image.pt" in server.output()
+
+
+def _data_dir_is_a_file(data: Path) -> None:
+    data.write_text("not a folder")
+
+
+def _store_is_not_sqlite(data: Path) -> None:
+    data.mkdir()
+    (data / "store.sqlite3").write_bytes(b"garbage, not a database" * 100)
+
+
+def _bundle_record_is_not_json(data: Path) -> None:
+    data.mkdir()
+    (data / "bundle.json").write_text("{oops")
+
+
+@pytest.mark.parametrize(
+    ("break_it", "fragment"),
+    [
+        (_data_dir_is_a_file, "cannot open the collection in"),
+        (_store_is_not_sqlite, "(store.sqlite3): file is not a database"),
+        (_bundle_record_is_not_json, "bundle.json is unreadable"),
+    ],
+)
+def test_unusable_data_dir_stops_startup_with_one_line(
+    svc_bundle_dir: Path, tmp_path: Path, break_it: Callable[[Path], None], fragment: str
+) -> None:
+    data = tmp_path / "data"
+    break_it(data)
+    with ServerProcess(svc_bundle_dir, data, tmp_path / "server.log") as server:
+        assert server.proc.wait(60) == 2
+        output = server.output()
+    assert "Traceback" not in output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("hashbridge: cannot start: ") and fragment in last, last
 
 
 class Ingester(threading.Thread):
