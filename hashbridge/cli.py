@@ -9,6 +9,7 @@ import argparse
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -61,7 +62,9 @@ def _train(args: argparse.Namespace) -> int:
     else:
         if args.config is None:
             raise UsageError("--config FILE is required unless --resume is given")
-        result = train(load_config(args.config, overrides), args.out)
+        config = load_config(args.config, overrides)
+        _writable_folder(args.out, "--out")
+        result = train(config, args.out)
     final = result.history[-1].get("map", {}) if result.history else {}
     print(
         json.dumps(
@@ -72,10 +75,30 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable_folder(path: Path, flag: str) -> None:
+    """Refuse a folder that could not be created or written, before minutes of work.
+
+    Nothing is created: a refused run should leave no empty folder behind.
+    """
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path} cannot be a folder: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path} is not writable ({existing} is read-only to you)")
+
+
 @_model_command
 def _eval(args: argparse.Namespace) -> int:
     from model.evaluate import evaluate_run
 
+    if args.out.is_dir():
+        raise UsageError(
+            f"--out {args.out} is a folder; give the report's file name, "
+            f"e.g. {args.out / 'eval.json'}"
+        )
+    _writable_folder(args.out.parent, "the folder of --out")
     report = evaluate_run(args.run, args.out)
     summary = {
         "bits": report["bits"],
@@ -112,7 +135,11 @@ def _demo(args: argparse.Namespace) -> int:
     # One line per HTTP request or FAISS build variant would drown the demo's own output.
     for name in ("httpx", "faiss.loader"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    sizes = {k: getattr(args, k) for k in ("items", "image_size", "epochs") if getattr(args, k)}
+    sizes = {
+        k: getattr(args, k)
+        for k in ("items", "image_size", "epochs")
+        if getattr(args, k) is not None
+    }
     options = DemoOptions(
         workdir=args.workdir or default_workdir(), host=args.host, port=args.port, **sizes
     )
@@ -263,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     # Errors are imported per subcommand (see _model_command) so that serve never loads model/.
     try:
         return int(args.func(args))
-    except (UsageError, FileNotFoundError) as exc:
+    except (UsageError, OSError) as exc:
+        # OSError: a path the user named is missing, a folder, read-only, full... (-v: where)
+        log.debug("%s failed", args.command, exc_info=True)
         print(f"hashbridge {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -257,6 +257,8 @@ def check_options(options: DemoOptions) -> None:
         raise DemoError(f"--image-size must be between 32 and 512, got {options.image_size}")
     if options.epochs < 1:
         raise DemoError(f"--epochs must be at least 1, got {options.epochs}")
+    if not 0 <= options.port <= 65535:
+        raise DemoError(f"--port must be between 0 and 65535, got {options.port}")
     unknown = sorted(set(options.media) - set(MEDIA_TYPES))
     if unknown:
         raise DemoError(f"unknown media {unknown}; the demo has {sorted(MEDIA_TYPES)}")

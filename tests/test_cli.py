@@ -197,6 +197,31 @@ def test_eval_on_a_missing_run(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert not (tmp_path / "e.json").exists()
 
 
+def test_unusable_out_paths_fail_before_any_work(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, images: Path
+) -> None:
+    (images / "m.csv").write_text("\n".join([HEADER, *GOOD]) + "\n")
+    config = write_config(images)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("in the way")
+    for out in (a_file, a_file / "run"):
+        code, _, err = run_cli(capsys, "train", "--config", config, "--out", out)
+        assert code == 2
+        assert_one_error_line(err, "train", str(a_file))
+    assert not (images / "features").exists()  # refused before any feature was computed
+
+    (tmp_path / "reports").mkdir()
+    code, _, err = run_cli(
+        capsys, "eval", "--run", tmp_path / "nope", "--out", tmp_path / "reports"
+    )
+    assert code == 2
+    assert_one_error_line(err, "eval", "is a folder; give the report's file name")
+
+    code, _, err = run_cli(capsys, "demo", "--workdir", a_file, "--check", "--port", "0")
+    assert code == 2
+    assert_one_error_line(err, "demo", str(a_file))
+
+
 def test_resume_without_a_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "train", "--resume", "--out", tmp_path / "empty")
     assert code == 2

@@ -209,3 +209,22 @@ def test_sizes_out_of_range_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DemoError, match="--items must be between 20 and 100000, got 5"):
         with run_demo(DemoOptions(workdir=tmp_path, port=0, items=5)):
             pass
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--items", "0"], "--items must be between 20 and 100000, got 0"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--image-size", "0"], "--image-size must be between 32 and 512, got 0"),
+        (["--port", "70000"], "--port must be between 0 and 65535, got 70000"),
+        (["--port", "-1"], "--port must be between 0 and 65535, got -1"),
+    ],
+)
+def test_cli_refuses_zero_sizes_and_bad_ports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    # Zero once fell back to the default, so "--items 0 --epochs 0" ran the full demo.
+    assert cli_main(["demo", "--workdir", str(tmp_path / "demo"), "--check", *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"hashbridge demo: error: {message}"
+    assert not (tmp_path / "demo").exists()
