@@ -1,15 +1,21 @@
 """Run configuration: one dataclass per concern, loaded from TOML and `--set key=value` overrides.
 
 `bits` and `split_seed` are top-level keys so that `--set bits=64 --set split_seed=7` works.
+Every value is checked when the config is built (types in `_build`, ranges and choices in
+`_check`), so a mistake is a one-line ConfigError before any data is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import re
 import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ConfigError(ValueError):
@@ -17,6 +23,15 @@ class ConfigError(ValueError):
 
 
 TEXT_ENCODERS = ("bag_of_words", "minilm")
+TOKENIZERS = ("word", "char")  # model.text.tokenize's modes
+DATA_KINDS = ("manifest", "mirflickr", "wikipedia", "flickr8k", "kinetics", "synthetic_video")
+MODALITIES = ("image", "text", "video")
+# Code widths the Hamming index and the service accept (index.codes.check_bits; model/ does
+# not import index/, so the bounds are repeated here).
+MIN_BITS, MAX_BITS = 8, 128
+# Seeds go to numpy, which takes 0..2**32-1 (train.seed_everything reduces modulo 2**32, so a
+# larger seed would quietly repeat a smaller one's NumPy draws).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -170,26 +185,37 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _show(value: Any) -> str:
+    """repr() cut to a length that keeps an error message on one readable line."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 def _check_type(value: Any, default: Any, name: str) -> Any:
     """Require a value of the default's type (ints widen to floats; list items checked too)."""
     if isinstance(default, float) and type(value) is int:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(
+                f"'{name}' is too large: an integer of {len(str(value))} digits"
+            ) from None
     if isinstance(default, list):
         if not isinstance(value, list):
-            raise ConfigError(f"'{name}' must be a list, got {value!r}")
+            raise ConfigError(f"'{name}' must be a list, got {_show(value)}")
         if default:
             return [_check_type(v, default[0], f"{name}[{i}]") for i, v in enumerate(value)]
         return value
     if isinstance(default, dict):
         if not isinstance(value, dict):
-            raise ConfigError(f"'{name}' must be a table, got {value!r}")
+            raise ConfigError(f"'{name}' must be a table, got {_show(value)}")
         return value
     if type(value) is not type(default):
         wanted = _TYPE_NAMES.get(type(default), type(default).__name__)
-        raise ConfigError(f"'{name}' must be {wanted}, got {value!r}")
+        raise ConfigError(f"'{name}' must be {wanted}, got {_show(value)}")
     return value
 
 
@@ -197,7 +223,7 @@ def _parse_value(text: str) -> Any:
     """Read an override value as a TOML literal, falling back to a plain string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # TOMLDecodeError, or an integer of more than 4300 digits
         return text
 
 
@@ -205,14 +231,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply `a.b=value` overrides to a nested dict."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. bits=64)")
+            raise ConfigError(f"override {_show(item)} must look like key=value (e.g. bits=64)")
         key, value = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: '{part}' is not a table")
+                raise ConfigError(f"override {_show(item)}: '{part}' is not a table")
         node[parts[-1]] = _parse_value(value.strip())
     return data
 
@@ -220,51 +246,222 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Validate and build a RunConfig."""
     config = _build(RunConfig, data, "")
-    if config.bits % 8 or not 8 <= config.bits <= 1024:
-        raise ConfigError(f"bits must be a multiple of 8 between 8 and 1024, got {config.bits}")
-    blocks = config.image.finetune_blocks
-    if not 0 <= blocks <= 16:
-        raise ConfigError(f"image.finetune_blocks must be between 0 (frozen) and 16, got {blocks}")
-    if config.image.finetune_blocks and config.image.flip_features:
-        raise ConfigError("image.flip_features cannot be combined with image.finetune_blocks")
-    _check_text(config.text)
-    _check_video(config.video)
+    _check(config)
     return config
 
 
-def _check_video(video: VideoConfig) -> None:
-    if video.temporal not in ("conv3d", "mean"):
-        raise ConfigError(f"video.temporal must be 'conv3d' or 'mean', got {video.temporal!r}")
-    for key in ("frames", "clips", "width", "blocks", "time_bins", "workers"):
-        minimum = 0 if key == "blocks" else 1
-        if getattr(video, key) < minimum:
-            raise ConfigError(f"video.{key} must be at least {minimum}, got {getattr(video, key)}")
+class _Rule(NamedTuple):
+    """What one key allows: a test of its (already type-checked) value and how to say it."""
+
+    ok: Callable[[Any], bool]
+    allowed: str
+
+
+def _at_least(low: int) -> _Rule:
+    return _Rule(lambda v: v >= low, f"at least {low}")
+
+
+def _between(low: int, high: int) -> _Rule:
+    return _Rule(lambda v: low <= v <= high, f"between {low} and {high}")
+
+
+def _one_of(choices: Iterable[str]) -> _Rule:
+    names = tuple(choices)
+    return _Rule(lambda v: v in names, f"one of {', '.join(names)}")
+
+
+def _rules() -> dict[str, _Rule]:
+    """Every range- or choice-checked key; a list value is checked item by item."""
+    # The registries live with the code that uses them. Imported here rather than at the top:
+    # they pull in torch, and model.methods itself imports this module.
+    from model.backbones.efficientnet import VARIANTS
+    from model.losses import SIMILARITY_LOSSES
+    from model.methods import METHODS
+
+    at_least_0 = _Rule(lambda v: v >= 0, "at least 0")
+    rules = {
+        "method": _one_of(METHODS),
+        "bits": _Rule(
+            lambda v: v % 8 == 0 and MIN_BITS <= v <= MAX_BITS,
+            f"a multiple of 8 between {MIN_BITS} and {MAX_BITS} (what the index and service take)",
+        ),
+        "seed": _between(0, MAX_SEED),
+        "split_seed": _between(0, MAX_SEED),
+        "data.kind": _one_of(DATA_KINDS),
+        "data.n_query": _at_least(1),
+        "data.n_train": _at_least(1),
+        "data.modalities": _one_of(MODALITIES),
+        "image.backbone": _one_of(VARIANTS),
+        "image.size": _between(32, 1024),
+        "image.finetune_blocks": _between(0, 16),
+        "text.encoder": _one_of(TEXT_ENCODERS),
+        "text.tokenizer": _one_of(TOKENIZERS),
+        "text.ngram": _at_least(1),
+        "text.min_count": _at_least(1),
+        "text.max_vocab": _at_least(1),
+        "text.max_length": _between(3, 512),
+        "video.backbone": _one_of(VARIANTS),
+        "video.size": _between(32, 1024),
+        "video.frames": _at_least(1),
+        "video.clips": _at_least(1),
+        "video.temporal": _Rule(lambda v: v in ("conv3d", "mean"), "'conv3d' or 'mean'"),
+        "video.width": _at_least(1),
+        "video.blocks": _at_least(0),
+        "video.time_bins": _at_least(1),
+        "video.workers": _at_least(1),
+        "loss.similarity": _one_of(SIMILARITY_LOSSES),
+        "loss.tanh_scale_growth": at_least_0,
+        "train.epochs": _at_least(1),
+        "train.batch_size": _at_least(1),
+        "train.lr": _Rule(lambda v: v > 0, "above 0"),
+        "train.weight_decay": at_least_0,
+        "train.eval_every": _Rule(lambda v: v >= 0, "at least 0 (0: no evaluation while training)"),
+        "train.device": _Rule(
+            lambda v: re.fullmatch(r"cpu|cuda(:[0-9]+)?", v) is not None, "cpu, cuda or cuda:N"
+        ),
+        # torch.set_num_threads overflows on huge counts.
+        "train.threads": _Rule(lambda v: 0 <= v <= 1024, "between 0 (torch's default) and 1024"),
+        "eval.top_r": _at_least(1),
+        "eval.ks": _at_least(1),
+    }
+    for stream in ("image", "text", "video", "features"):
+        rules[f"{stream}.hidden"] = _at_least(1)
+        rules[f"{stream}.dropout"] = _Rule(lambda v: 0 <= v < 1, "at least 0 and below 1")
+    for weight in (f.name for f in dataclasses.fields(LossConfig) if f.name.startswith("w_")):
+        rules[f"loss.{weight}"] = at_least_0
+    return rules
+
+
+def _check(config: RunConfig) -> None:
+    """Refuse values that would crash a run later (or quietly do nothing useful)."""
+    _check_finite(config, "")
+    for key, rule in _rules().items():
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            if not rule.ok(item):
+                name = key if i is None else f"{key}[{i}]"
+                raise ConfigError(f"{name} must be {rule.allowed}, got {_show(item)}")
+    data, image, video = config.data, config.image, config.video
+    if not data.modalities:
+        raise ConfigError(f"data.modalities is empty; list some of {', '.join(MODALITIES)}")
+    if len(set(data.modalities)) < len(data.modalities):
+        raise ConfigError(f"data.modalities lists a modality twice: {data.modalities}")
+    if not config.eval.ks:
+        raise ConfigError("eval.ks is empty; list the P@K cut-offs, e.g. [1, 10, 100]")
+    if image.finetune_blocks and image.flip_features:
+        raise ConfigError("image.flip_features cannot be combined with image.finetune_blocks")
     if video.frames < video.time_bins:
         raise ConfigError(f"video.time_bins ({video.time_bins}) exceeds video.frames")
-    if not 32 <= video.size <= 1024:
-        raise ConfigError(f"video.size must be between 32 and 1024 pixels, got {video.size}")
+    if data.generate:
+        if data.kind != "synthetic_video":
+            raise ConfigError(
+                f"data.generate is only read with data.kind = 'synthetic_video', "
+                f"not {data.kind!r}; remove it"
+            )
+        from model.data.synthetic_video import generate_video_dataset
 
-
-def _check_text(text: TextConfig) -> None:
-    if text.encoder not in TEXT_ENCODERS:
-        raise ConfigError(
-            f"text.encoder must be one of {', '.join(TEXT_ENCODERS)}, got {text.encoder!r}"
+        data.generate = _check_arguments(
+            data.generate, generate_video_dataset, "data.generate", "the synthetic_video generator"
         )
-    if not 3 <= text.max_length <= 512:
-        raise ConfigError(f"text.max_length must be between 3 and 512, got {text.max_length}")
+        seed = data.generate.get("seed", 0)
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"data.generate.seed must be between 0 and {MAX_SEED}, got {seed}")
+    _check_similarity(config.loss)
+
+
+def _check_finite(node: Any, name: str) -> None:
+    """Refuse nan and infinities anywhere (TOML and --set both accept `nan` and `inf`)."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_finite(getattr(node, f.name), f"{name}.{f.name}" if name else f.name)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, f"{name}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_finite(value, f"{name}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{name} must be a finite number, got {node!r}")
+
+
+def _check_arguments(
+    params: dict[str, Any], target: Callable[..., Any], where: str, label: str
+) -> dict[str, Any]:
+    """Check a table of keyword arguments against `target`'s signature: names, then types.
+
+    A function's first parameter (the generator's output folder) is not the user's to set;
+    a class's signature already leaves out `self`.
+    """
+    parameters = inspect.signature(target).parameters
+    names = [
+        name
+        for i, (name, p) in enumerate(parameters.items())
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and not (i == 0 and inspect.isfunction(target))
+    ]
+    checked = {}
+    for key, value in params.items():
+        if key not in names:
+            raise ConfigError(
+                f"unknown key '{where}.{key}' for {label}; accepted: {', '.join(names) or 'none'}"
+            )
+        default = parameters[key].default
+        if default is not inspect.Parameter.empty and default is not None:
+            value = _check_type(value, default, f"{where}.{key}")
+        checked[key] = value
+    return checked
+
+
+def _check_similarity(loss: LossConfig) -> None:
+    """loss.similarity_params must be arguments the chosen loss takes, with values it accepts."""
+    from model.losses import SIMILARITY_LOSSES, make_similarity_loss
+
+    loss.similarity_params = _check_arguments(
+        loss.similarity_params,
+        SIMILARITY_LOSSES[loss.similarity],
+        "loss.similarity_params",
+        f"loss.similarity = {loss.similarity!r}",
+    )
+    try:  # the loss's own checks (e.g. alpha > 0) now, not after feature extraction
+        make_similarity_loss(loss.similarity, **loss.similarity_params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"loss.similarity_params for {loss.similarity!r}: {exc}") from None
 
 
 def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a TOML config (data paths relative to its folder) and apply overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {path} not found") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        rel = data.get("data", {}).get("path")
-        if rel and not Path(rel).is_absolute():
+        data = _read_toml(Path(path))
+        # Anything but a table, or a path that is not a string, is refused by config_from_dict.
+        section = data.get("data")
+        rel = section.get("path") if isinstance(section, dict) else None
+        if isinstance(rel, str) and rel and not Path(rel).is_absolute():
             data["data"]["path"] = str((Path(path).parent / rel).resolve())
     return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """Parse a config file; every way it can be unreadable is a ConfigError naming it."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"config file {path} is a directory, not a TOML file") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8-sig")  # a leading byte-order mark is dropped
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from exc
+    try:
+        return tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
