@@ -2,14 +2,63 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from model.data.records import DataError
 from model.fileio import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
+
+#: What evaluation and export read from a checkpoint.
+MODEL_KEYS = (
+    "config",
+    "epoch",
+    "model",
+    "input_dims",
+    "kinds",
+    "label_names",
+    "multi_label",
+    "vocabulary",
+)
+#: What resuming a run reads besides.
+RESUME_KEYS = (*MODEL_KEYS, "optimizer", "scheduler", "banks", "history")
+
+#: The types each entry may have when present.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "config": (dict,),
+    "epoch": (int,),
+    "model": (dict,),
+    "input_dims": (dict,),
+    "kinds": (dict,),
+    "label_names": (list, tuple),
+    "vocabulary": (dict, type(None)),
+    "optimizer": (dict,),
+    "scheduler": (dict,),
+    "banks": (dict,),
+    "history": (list,),
+}
+
+
+class Checkpoint(dict[str, Any]):
+    """A loaded checkpoint: reading an entry it lacks is a DataError naming the file."""
+
+    path: Path
+
+    def __missing__(self, key: str) -> Any:
+        raise corrupt(self.path, f"it lacks the entry {key!r}")
+
+
+def corrupt(path: Path, detail: str) -> DataError:
+    """The error for a checkpoint file that exists but cannot be used."""
+    return DataError(
+        f"checkpoint {path} is corrupt or not a hashbridge checkpoint: {detail}; "
+        f"retrain the run (hashbridge train --config FILE --out {path.parent}) "
+        "or restore the file from a backup"
+    )
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path) -> Path:
@@ -17,11 +66,42 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path) -> Path:
     return atomic_write(Path(run_dir) / CHECKPOINT, lambda handle: torch.save(state, handle))
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any]:
-    """Read a run's checkpoint, with a clear error when there is none."""
+def load_checkpoint(run_dir: Path, require: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a run's checkpoint, with a clear error when there is none or it is unusable.
+
+    A missing file is a FileNotFoundError; a file torch cannot read, one that does not hold a
+    dict, or one lacking an entry of `require` is a DataError, and so is reading any other
+    entry the checkpoint lacks.
+    """
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(
             f"no checkpoint at {path}: train a run first (hashbridge train ... --out {run_dir})"
         )
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, empty file, ...
+        empty = path.stat().st_size == 0
+        raise corrupt(path, "the file is empty" if empty else _one_line(exc)) from None
+    if not isinstance(state, dict):
+        raise corrupt(path, f"it holds a {type(state).__name__}, not a dict of training state")
+    for key, types in _TYPES.items():
+        value = state.get(key)
+        if key in state and (not isinstance(value, types) or isinstance(value, bool)):
+            raise corrupt(path, f"its {key!r} entry is a {type(value).__name__}")
+    missing = [key for key in require if key not in state]
+    if missing:
+        entries = "entry" if len(missing) == 1 else "entries"
+        raise corrupt(path, f"it lacks the {entries} {', '.join(map(repr, missing))}")
+    checkpoint = Checkpoint(state)
+    checkpoint.path = path
+    return checkpoint
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line: its first sentence, at most 200 characters."""
+    text = " ".join(str(exc).split())
+    # torch follows the reason with sentences of advice on corrupted files.
+    text = text.split(". ", 1)[0].rstrip(".")
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

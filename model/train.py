@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import RunConfig, config_from_dict
+from model.checkpoint import CHECKPOINT, RESUME_KEYS, corrupt, load_checkpoint, save_checkpoint
+from model.config import ConfigError, RunConfig, config_from_dict
 from model.evaluate import quick_map
 from model.fileio import write_json
 from model.methods import build_method, standardize_inputs
@@ -45,24 +45,44 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _device(config: RunConfig) -> torch.device:
+def _device(config: RunConfig, resumed: Path | None = None) -> torch.device:
+    """The configured device, or a ConfigError when this machine cannot train on it."""
     name = config.train.device
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
+    # A resumed run keeps its saved config, so --device cannot change it.
+    fix = f"resume {resumed} on a machine with a CUDA GPU" if resumed else "use --device cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device {name!r} is not a device; use cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device is {name} but no CUDA GPU is available; {fix}")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"train.device is {name} but this machine has {count} CUDA GPU(s) "
+                f"(cuda:0 to cuda:{count - 1}); "
+                + (f"resume {resumed} on a machine with more" if resumed else "use --device cuda")
+            )
+    elif device.type != "cpu":
+        raise ConfigError(f"train.device {name!r} is not supported; use cpu, cuda or cuda:N")
+    return device
 
 
 def train(config: RunConfig, run_dir: Path, *, resume: bool = False) -> TrainResult:
     """Train `config` into `run_dir` (resuming from its checkpoint when asked)."""
     run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir) if resume else None
+    state = load_checkpoint(run_dir, require=RESUME_KEYS) if resume else None
     if state is not None:
         config = config_from_dict(state["config"])
         log.info("resuming %s from epoch %d", run_dir, state["epoch"])
+    # Before any data is prepared: a wrong device should not cost a feature extraction.
+    device = _device(config, run_dir if resume else None)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.seed)
-    device = _device(config)
     started = time.perf_counter()
     prepared = prepare(config)
     # Re-seed: building the backbone on a feature-cache miss draws random numbers.
@@ -89,10 +109,17 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False) -> TrainRes
     history: list[dict[str, Any]] = []
     first_epoch = 0
     if state is not None:
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        method.banks = {m: b.to(device) for m, b in state["banks"].items()}
+        try:
+            method.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            method.banks = {m: b.to(device) for m, b in state["banks"].items()}
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+            # Weights of another model, or state saved by a different optimiser or version.
+            detail = " ".join(str(exc).split())[:200]
+            raise corrupt(
+                run_dir / CHECKPOINT, f"its state does not fit the run: {detail}"
+            ) from None
         history = state["history"]
         first_epoch = state["epoch"]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()

@@ -9,28 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from hashbridge.cli import main
 from model.config import ConfigError, load_config
 from model.data.synthetic import write_synthetic_images
+from tests.cli_checks import assert_one_error_line, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DIRECTIONS = {"image->text", "text->image", "image->image", "text->text"}
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_error_line(err: str, command: str, *needles: str) -> str:
-    """stderr holds exactly one error line, naming every needle, and no traceback."""
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith(f"hashbridge {command}: error:")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def write_config(folder: Path, manifest: str = "m.csv", extra: str = "") -> Path:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from model.data.images import image_problem
 from model.data.records import DataError, PairedData
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,13 @@ def _build(
                     f"{col} file not found: {p} (relative paths are resolved against "
                     f"the manifest's folder {path.parent})"
                 )
+            if check_files and col == "image":
+                problem = image_problem(p)
+                if problem is not None:
+                    raise fail(
+                        f"image file {p} is not a readable image ({problem}); "
+                        "replace the file or remove the row"
+                    )
             paths.append(p)
 
         if "split" in columns:
