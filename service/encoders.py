@@ -221,12 +221,20 @@ def load_bundle(path: Path | str, device: str = "cpu") -> Bundle:
         path=root,
         method=str(manifest.get("method", "unknown")),
         bits=bits,
-        label_names=[str(n) for n in manifest.get("label_names") or []],
+        label_names=_label_names(root, manifest.get("label_names")),
         encoders=encoders,
         inputs=inputs,
         vectorizer=vectorizer,
         fingerprint=fingerprint.hexdigest(),
     )
+
+
+def _label_names(root: Path, names: Any) -> list[str]:
+    if names is None:
+        return []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BundleError(f"{root / MANIFEST}: label_names must be a list of strings")
+    return names
 
 
 def _encoder_device(name: str) -> torch.device:
@@ -333,6 +341,12 @@ def _vectorizer(root: Path, spec: Mapping[str, Any]) -> TextVectorizer:
     tokens = vocab["tokens"]
     if not tokens or not all(isinstance(t, str) for t in tokens):
         raise BundleError(f"{where}.tokens must be a non-empty list of strings")
+    dim = spec.get("dim")
+    if isinstance(dim, int) and dim != len(tokens):
+        raise BundleError(
+            f"{where}.tokens lists {len(tokens)} tokens but the text encoder takes {dim} "
+            "inputs (modalities.text.dim); the manifest was edited or mixed with another export"
+        )
     mode = vocab.get("mode", "word")
     if mode not in ("word", "char"):
         raise BundleError(f"{where}.mode is {mode!r}; expected 'word' or 'char'")
@@ -400,6 +414,9 @@ def _probe(encoder: Encoder, dummy: npt.NDArray[Any], path: Path) -> npt.NDArray
     except BundleError as exc:
         raise BundleError(f"{path}: {exc}") from None
     except RuntimeError as exc:
+        # TorchScript errors carry the scripted call stack; the last line says what failed.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise BundleError(
-            f"{path} failed on a probe {encoder.modality} input of shape {dummy.shape}: {exc}"
+            f"{path} failed on a probe {encoder.modality} input of shape {dummy.shape}: "
+            f"{lines[-1] if lines else type(exc).__name__}"
         ) from None

@@ -92,6 +92,15 @@ def _feature_input(root: Path) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _short_vocabulary(root: Path, dim: int | None) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    text = manifest["modalities"]["text"]
+    text["vocabulary"]["tokens"] = text["vocabulary"]["tokens"][:-3]
+    if dim is not None:
+        text["dim"] = dim
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
@@ -107,6 +116,10 @@ def _feature_input(root: Path) -> None:
         (_bad_mode, "mode is 'bpe'"),
         (_unknown_modality, "modalities.audio: unknown modality"),
         (_feature_input, "modalities.image takes precomputed feature vectors"),
+        (lambda r: edit_manifest(r, label_names=5), "label_names must be a list of strings"),
+        (lambda r: _short_vocabulary(r, 40), "lists 37 tokens but the text encoder takes 40"),
+        # Without a dim the probe finds it; its message is one line, not TorchScript's stack.
+        (lambda r: _short_vocabulary(r, None), r"probe text input of shape \(4, 37\): [^\n]*$"),
     ],
     ids=[
         "no-manifest",
@@ -121,6 +134,9 @@ def _feature_input(root: Path) -> None:
         "bad-vocab-mode",
         "unknown-modality",
         "feature-vectors",
+        "label-names-not-a-list",
+        "vocabulary-shorter-than-dim",
+        "vocabulary-shorter-than-the-encoder",
     ],
 )
 def test_refuses_broken_bundles(fresh: Path, breakage, message: str) -> None:
