@@ -67,7 +67,8 @@ def evaluate(method: Any, prepared: Any, config: Any, device: torch.device) -> d
     ql, dl = labels[prepared.split.query], labels[prepared.split.database]
     nd = len(prepared.split.database)
     top_r = min(config.eval.top_r, nd)
-    ks = [k for k in config.eval.ks if k <= nd]
+    # Cut-offs past the database are dropped; if none is left, P@K is taken at its size.
+    ks = [k for k in config.eval.ks if k <= nd] or [nd]
     report: dict[str, Any] = {
         "bits": config.bits,
         "split_seed": config.split_seed,
@@ -103,7 +104,7 @@ def distinct_codes(embeddings: np.ndarray) -> int:
 
 def evaluate_run(run_dir: Path, out: Path, plots_dir: Path | None = None) -> dict[str, Any]:
     """Rebuild a run from its checkpoint, evaluate it, write JSON and PNG plots."""
-    from model.checkpoint import load_checkpoint
+    from model.checkpoint import CHECKPOINT, corrupt, load_checkpoint
     from model.config import config_from_dict
     from model.methods import build_method
     from model.prepare import prepare
@@ -116,7 +117,13 @@ def evaluate_run(run_dir: Path, out: Path, plots_dir: Path | None = None) -> dic
     method = build_method(
         config, state["input_dims"], state["kinds"], len(state["label_names"]), state["multi_label"]
     )
-    method.load_state_dict(state["model"])
+    try:
+        method.load_state_dict(state["model"])
+    except RuntimeError as exc:  # weights of another model than the config describes
+        detail = " ".join(str(exc).split())[:200]
+        raise corrupt(
+            Path(run_dir) / CHECKPOINT, f"its weights do not fit its config: {detail}"
+        ) from None
     report = evaluate(method, prepared, config, torch.device("cpu"))
     report["run"], report["epoch"] = str(run_dir), state["epoch"]
     out = Path(out)

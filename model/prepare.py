@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,25 +48,41 @@ class Prepared:
     vocabulary: Vocabulary | None = None
 
 
+@contextmanager
+def _split_sizes(n_items: int) -> Iterator[None]:
+    """Report split sizes the dataset cannot hold as the config mistake they are."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ConfigError(
+            f"data.n_query / data.n_train do not fit this dataset of {n_items} items: {exc}"
+        ) from None
+
+
 def load_dataset(config: RunConfig) -> tuple[PairedData, Split]:
     """Load the configured dataset and its query/database/train split."""
     kind, path = config.data.kind, Path(config.data.path)
     if kind == "mirflickr":
         data = load_mirflickr(path)
-        split = standard_split(
-            len(data),
-            n_query=config.data.n_query,
-            n_train=config.data.n_train,
-            seed=config.split_seed,
-        )
+        with _split_sizes(len(data)):
+            split = standard_split(
+                len(data),
+                n_query=config.data.n_query,
+                n_train=config.data.n_train,
+                seed=config.split_seed,
+            )
     elif kind == "wikipedia":
         data = concat(list(load_wikipedia(path)))
         split = split_from_column(data.splits, len(data), seed=config.split_seed)
     elif kind == "flickr8k":
         data = load_flickr8k(path)
-        split = flickr8k_split(
-            data, n_query=config.data.n_query, n_train=config.data.n_train, seed=config.split_seed
-        )
+        with _split_sizes(len(data)):
+            split = flickr8k_split(
+                data,
+                n_query=config.data.n_query,
+                n_train=config.data.n_train,
+                seed=config.split_seed,
+            )
     elif kind == "kinetics":
         data = load_kinetics(path)
         split = split_from_column(data.splits, len(data))

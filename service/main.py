@@ -25,6 +25,9 @@ def serve(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # FAISS logs each CPU-specific build it tries and cannot find (with the import error)
+    # at INFO: noise before the service's own start-up lines.
+    logging.getLogger("faiss.loader").setLevel(max(logging.WARNING, logging.root.level))
     bundle = load_bundle(settings.bundle_dir, settings.encoder_device)
     check_data_dir(settings.data_dir, bundle)
     app = create_app(settings, bundle=bundle)

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.config import ConfigError, load_config
 from model.data.mirflickr import MIRFLICKR_CONCEPTS, load_mirflickr, load_mirflickr_mat
 from model.data.splits import fixed_split, split_from_column, standard_split
 from model.data.wikipedia import load_wikipedia
+from model.prepare import load_dataset
 
 # HASHBRIDGE_SHARED points at the shared folder (the one holding datasets/).
 SHARED = Path(
@@ -94,3 +96,13 @@ def test_wikipedia() -> None:
     assert (len(s.query), len(s.database), len(s.train)) == (693, 2173, 2173)
     by_column = split_from_column(train.splits + test.splits, 2866)
     np.testing.assert_array_equal(by_column.query, s.query)
+
+
+def test_split_sizes_the_dataset_cannot_hold_are_config_errors() -> None:
+    data = [f'data.path="{dataset("mirflickr25k")}"', 'data.kind="mirflickr"']
+    for key, fragment in (("n_query", "n_query must be in"), ("n_train", "n_train must be in")):
+        config = load_config(None, [*data, f"data.{key}=20000"])
+        with pytest.raises(
+            ConfigError, match=f"do not fit this dataset of 15677 items: {fragment}"
+        ):
+            load_dataset(config)

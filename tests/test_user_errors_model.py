@@ -241,6 +241,9 @@ def test_resume_from_weights_of_another_model_is_one_line(
     code, _, err = run_cli(capsys, "train", "--resume", "--out", tmp_path / "run")
     assert code == 2
     assert_one_error_line(err, "train", str(tmp_path / "run" / CHECKPOINT), "does not fit the run")
+    code, _, err = run_cli(capsys, "eval", "--run", tmp_path / "run", "--out", tmp_path / "e.json")
+    assert code == 2
+    assert_one_error_line(err, "eval", str(tmp_path / "run" / CHECKPOINT), "do not fit its config")
 
 
 def test_a_missing_checkpoint_is_still_a_file_not_found_error(tmp_path: Path) -> None:
@@ -357,3 +360,16 @@ def test_feature_extraction_names_an_undecodable_file(tmp_path: Path, manifest: 
             [good, bad], backbone="efficientnet-lite0", size=32, cache_dir=tmp_path / "f"
         )
     assert str(bad) in str(caught.value)
+
+
+def test_eval_with_every_cut_off_past_the_database_reports_p_at_its_size(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, run_dir: Path
+) -> None:
+    state = dict(load_checkpoint(run_dir))
+    state["config"] = {**state["config"], "eval": {**state["config"]["eval"], "ks": [10**6]}}
+    save_checkpoint(state, tmp_path / "run")
+    code, _, err = run_cli(capsys, "eval", "--run", tmp_path / "run", "--out", tmp_path / "e.json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "e.json").read_text())
+    curve = report["directions"]["text->image"]["binary"]["precision_at_k"]
+    assert list(curve) == [str(report["num_database"])], curve
