@@ -12,7 +12,7 @@ from pydantic_core import from_json
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import InvalidInput, UnsupportedMediaType
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.media import Upload
 from service.settings import Settings
 
@@ -85,7 +85,14 @@ async def read_form(request: Request, settings: Settings, fields: Sequence[str])
             max_part_size=settings.max_request_bytes,
         )
     except StarletteHTTPException as exc:
-        # Starlette reports multipart limits and syntax errors as a 400 HTTPException.
+        # Starlette reports multipart limits and syntax errors as a 400 HTTPException. Too
+        # many files is the batch limit, answered 413 as for a JSON batch; should Starlette
+        # reword its message, this falls back to the generic 422.
+        if str(exc.detail).startswith("Too many files"):
+            raise PayloadTooLarge(
+                f"the request holds more than {settings.max_batch_items} files; the limit is "
+                f"{settings.max_batch_items} per call (HASHBRIDGE_MAX_BATCH_ITEMS): split it"
+            ) from None
         raise InvalidInput(f"the multipart body could not be read: {exc.detail}") from None
     unknown = sorted(set(form.keys()) - set(fields))
     if unknown:

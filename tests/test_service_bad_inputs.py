@@ -177,6 +177,11 @@ CASES: dict[str, tuple[Request, int, str]] = {
         413,
         "holds 9 items; the limit is 8",
     ),
+    "too-many-files": (
+        ingest(**files(*[(f"{i}.png", GOOD) for i in range(9)])),
+        413,
+        "more than 8 files; the limit is 8 per call (HASHBRIDGE_MAX_BATCH_ITEMS)",
+    ),
     "duplicate-client-ids": (
         ingest(json={"items": [{"text": "a", "client_id": "x"}, {"text": "b", "client_id": "x"}]}),
         422,
