@@ -133,7 +133,11 @@ async def form_uploads(form: FormData, name: str) -> list[Upload]:
     uploads = []
     for i, value in enumerate(form.getlist(name)):
         if not isinstance(value, UploadFile):
-            raise InvalidInput(f"form field {name!r} #{i} must be a file, not a text value")
+            # Starlette reads a part without a file name (or an empty one) as text.
+            raise InvalidInput(
+                f"form field {name!r} #{i} must be a file, not a text value; send it as a "
+                "file part with a non-empty filename"
+            )
         data = await value.read()
         filename = _unicode_text(value.filename or f"{name}#{i}", f"the file name of {name!r} #{i}")
         uploads.append(Upload(filename, value.content_type, data))

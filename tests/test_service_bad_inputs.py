@@ -177,6 +177,11 @@ CASES: dict[str, tuple[Request, int, str]] = {
         413,
         "holds 9 items; the limit is 8",
     ),
+    "file-without-a-name": (
+        ingest(files=[("files", ("", GOOD, "image/png"))]),
+        422,
+        "form field 'files' #0 must be a file, not a text value; send it as a file part with a",
+    ),
     "too-many-files": (
         ingest(**files(*[(f"{i}.png", GOOD) for i in range(9)])),
         413,
