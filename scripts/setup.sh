@@ -15,7 +15,10 @@ want="$(sha256sum pyproject.toml scripts/constraints.txt | sha256sum | cut -d' '
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing dependencies (first run takes a few minutes)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c scripts/constraints.txt torch==2.13.0
+  # TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu) picks torch's index: PyPI's
+  # Linux torch pulls CUDA; a machine's own index may serve the CPU build already.
+  .venv/bin/python -m pip install -q -c scripts/constraints.txt \
+    ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
   .venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[dev]"
   echo "$want" > "$stamp"
 fi
