@@ -163,7 +163,8 @@ def _open(source: str | os.PathLike[str] | bytes, label: str) -> av.container.In
     options = {"format_whitelist": ",".join(CONTAINER_FORMATS)}
     target: str | io.BytesIO = io.BytesIO(source) if isinstance(source, bytes) else str(source)
     try:
-        container = av.open(target, mode="r", options=options)
+        # Tags are not used; a tag in another encoding than UTF-8 must not refuse the clip.
+        container = av.open(target, mode="r", options=options, metadata_errors="replace")
     except av.error.ArgumentError:
         # ffmpeg recognised the data as a container type that is not on the list.
         raise ClipError(
@@ -174,7 +175,8 @@ def _open(source: str | os.PathLike[str] | bytes, label: str) -> av.container.In
         raise ClipError(
             "corrupt", f"clip {label} is not a readable video file ({_why(exc)}); {SUPPORTED_HINT}"
         ) from None
-    if _video_stream(container) is None:
+    stream = _video_stream(container)
+    if stream is None:
         kinds = sorted(
             "cover picture" if s.type == "video" else str(s.type) for s in container.streams
         )
@@ -183,6 +185,12 @@ def _open(source: str | os.PathLike[str] | bytes, label: str) -> av.container.In
             "no_video_stream",
             f"clip {label} has no video stream (it holds: {', '.join(kinds) or 'no streams'}); "
             "send a video",
+        )
+    if stream.codec_context is None:  # ffmpeg does not know the codec (or cannot tell it)
+        container.close()
+        raise ClipError(
+            "unsupported",
+            f"clip {label} uses a video codec that cannot be decoded here; {SUPPORTED_HINT}",
         )
     return container
 
@@ -225,10 +233,13 @@ def _time_span(
                     f"clip {label} is corrupt: its video data cannot be read ({_why(exc)})",
                 ) from None
             # A truncated tail: use what was readable.
-    if not times:
-        raise ClipError("empty", f"clip {label} has a video stream with no frames in it")
+        if not times:
+            raise ClipError("empty", f"clip {label} has a video stream with no frames in it")
+        # Inside the block: the stream's rates are read from the open container (after it
+        # closes they are freed memory, and reading them crashed the process).
+        step = _frame_step(times, stream)
     start, last = min(times), max(times)
-    end = max(max(ends), last + _frame_step(times, stream))
+    end = max(max(ends), last + step)
     if end - start > limits.max_seconds:
         raise _too_long(label, float(end - start), limits)
     return start, end

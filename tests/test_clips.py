@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import pickle
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -267,6 +269,57 @@ def test_frames_that_resizing_would_inflate_are_refused(tmp_path: Path) -> None:
         decode_clip(thin, frames=2, size=64, limits=limits)
     assert caught.value.reason == "too_large_frame"
     assert "16x400 frames" in str(caught.value) and "64x1600 = 102400 pixels" in str(caught.value)
+
+
+def test_a_one_frame_transport_stream_decodes(tmp_path: Path) -> None:
+    # All its packets share one timestamp, so the frame step comes from the stream's rates,
+    # which were once read after the container had closed: a crash of the whole process.
+    # Decoded in a child process so that such a crash fails this test instead of the run.
+    clip = tmp_path / "one.ts"
+    with av.open(str(clip), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(solid("red"), format="rgb24")))
+        container.mux(stream.encode())
+    script = (
+        "import sys; from hashbridge.clips import decode_clip; "
+        "print(decode_clip(sys.argv[1], frames=4, size=32).shape)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(clip)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(1, 4, 3, 32, 32)"
+
+
+def test_a_tag_that_is_not_utf8_does_not_refuse_the_clip(tmp_path: Path) -> None:
+    clip = tmp_path / "latin1.mkv"
+    with av.open(str(clip), "w") as container:
+        container.metadata["title"] = "CafeXYZ"
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for name in ("red", "green"):
+            frame = av.VideoFrame.from_ndarray(solid(name), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    data = clip.read_bytes()
+    assert data.count(b"CafeXYZ") == 1
+    latin1 = data.replace(b"CafeXYZ", b"Caf\xe9XYZ")  # a Latin-1 title
+    assert colour_names(decode_clip(latin1, frames=2, size=16)[0]) == ["red", "green"]
+
+
+def test_an_unknown_codec_is_unsupported(tmp_path: Path) -> None:
+    clip = tmp_path / "mjpeg.avi"
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(solid("red"), format="rgb24")))
+        container.mux(stream.encode())
+    data = clip.read_bytes()
+    assert b"MJPG" in data
+    reason, message = reason_and_message(data.replace(b"MJPG", b"ZZZZ"), name="odd.avi")
+    assert reason == "unsupported"
+    assert "'odd.avi' uses a video codec that cannot be decoded here" in message
 
 
 def test_clip_error_survives_pickling() -> None:
