@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import math
 from collections.abc import Sequence
 
 from PIL import Image, ImageOps
 
 from hashbridge.clips import ClipLimits
-from service.errors import MediaError, NotFound, PayloadTooLarge
+from service.errors import MediaError, NotFound, PayloadTooLarge, ServiceError
 from service.media import IMAGE_FORMATS, Upload, decode_clip
 from service.runtime import Runtime
 from service.settings import Settings
 
 JPEG_QUALITY = 80
+log = logging.getLogger(__name__)
+
 MEDIA_TYPE = "image/jpeg"
 
 
@@ -57,11 +60,19 @@ def clip_poster(upload: Upload, settings: Settings) -> bytes:
 
 
 def thumbnail(upload: Upload, modality: str, settings: Settings) -> bytes | None:
-    """The thumbnail of one upload of ``modality`` (None for kinds without one)."""
-    if modality == "image":
-        return image_thumbnail(upload, settings.thumbnail_size, settings.max_image_pixels)
-    if modality == "video":
-        return clip_poster(upload, settings)
+    """The thumbnail of one upload of ``modality`` (None for kinds without one, or on failure).
+
+    The encoder has already accepted the upload; a thumbnail is a convenience, so one that
+    cannot be made (e.g. a clip too elongated at thumbnail size, though not at the model's)
+    leaves the item without one rather than refusing it.
+    """
+    try:
+        if modality == "image":
+            return image_thumbnail(upload, settings.thumbnail_size, settings.max_image_pixels)
+        if modality == "video":
+            return clip_poster(upload, settings)
+    except ServiceError as exc:
+        log.warning("no thumbnail for %r: %s", upload.filename, exc.detail)
     return None
 
 

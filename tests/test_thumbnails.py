@@ -186,3 +186,16 @@ def test_a_clip_gets_its_middle_frame_as_poster(tmp_path: Path) -> None:
         poster = fetch(api, item["id"])
     assert poster.size == (160, 160)
     assert np.abs(mean_colour(poster) - green).max() < 12
+
+
+def test_a_clip_the_encoder_takes_is_stored_even_without_a_poster(tmp_path: Path) -> None:
+    # 2x1000 frames are fine at the model's size but, scaled to the 160 px poster, over the
+    # pixel limit: the poster is skipped, the item is not refused.
+    bundle = build_bundle(tmp_path / "video-bundle", video=True)
+    clip = clip_bytes(tmp_path / "thin.mp4", [(220, 20, 20)] * 2, (2, 1000))
+    settings = make_settings(bundle, tmp_path / "data", max_clip_pixels=4_000_000)
+    with open_client(settings) as api:
+        (item,) = ingest_files(api, [("thin.mp4", clip)])
+        assert item["modality"] == "video"
+        r = api.get(f"/v1/items/{item['id']}/thumbnail")
+        assert r.status_code == 404 and "has no thumbnail" in r.json()["detail"]
