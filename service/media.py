@@ -31,6 +31,12 @@ MediaKind = Literal["image", "video"]
 #: Formats Pillow may try; others (EPS, PSD, ...) are refused rather than half-supported.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+#: Matroska/WebM, FLV, Ogg, MP3 with ID3 tags.
+_CLIP_MAGIC = (b"\x1a\x45\xdf\xa3", b"FLV", b"OggS", b"ID3")
+#: First atoms of QuickTime files that do not open with ftyp (older .mov).
+_QUICKTIME_ATOMS = (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+#: ftyp brands of still pictures (AVIF, HEIF), not clips.
+_STILL_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1")
 
 
 @dataclass(frozen=True)
@@ -53,14 +59,29 @@ def check_upload_size(upload: Upload, limit: int) -> None:
 
 
 def sniff_kind(upload: Upload) -> MediaKind:
-    """Tell an image from a video clip by magic bytes, then by declared content type."""
-    head = upload.data[:16]
-    if head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or head[8:12] == b"AVI ":
-        return "video"  # MP4/MOV, Matroska/WebM, AVI
+    """Tell an image from a video clip by magic bytes, then by declared content type.
+
+    Clients often send any file as application/octet-stream, so every container the clip
+    decoder reads is recognised by its bytes. Audio files go the clip way too, where they
+    are refused as having no video stream, which says more than "not an image".
+    """
+    data = upload.data
+    head = data[:16]
+    if head[4:8] == b"ftyp":
+        # ISO media: MP4/MOV clips, but AVIF/HEIF pictures share the box layout.
+        return "image" if head[8:12] in _STILL_BRANDS else "video"
     if head.startswith(_IMAGE_MAGIC) or head[8:12] == b"WEBP":
         return "image"
+    if (
+        head.startswith(_CLIP_MAGIC)
+        or head[4:8] in _QUICKTIME_ATOMS
+        or head[8:12] in (b"AVI ", b"WAVE")
+        # MPEG transport stream: a sync byte opens every 188-byte packet.
+        or (data[:1] == b"\x47" and data[188:189] == b"\x47")
+    ):
+        return "video"
     ctype = (upload.content_type or "").lower()
-    return "video" if ctype.startswith("video/") else "image"
+    return "video" if ctype.startswith(("video/", "audio/")) else "image"
 
 
 def decode_image(upload: Upload, size: int, max_pixels: int) -> npt.NDArray[np.uint8]:

@@ -126,6 +126,20 @@ def test_sniff_kind() -> None:
     assert sniff_kind(upload(b"RIFF\0\0\0\0AVI LIST" + b"\0" * 8)) == "video"
     assert sniff_kind(upload(b"????" * 8, ctype="video/webm")) == "video"
     assert sniff_kind(upload(b"????" * 8)) == "image"
+    # Sent as application/octet-stream, every container the clip decoder reads is a clip.
+    transport_stream = (b"\x47" + b"\0" * 187) * 2
+    for data in (
+        transport_stream,
+        b"FLV\x01\x05" + b"\0" * 16,
+        b"OggS\0\x02" + b"\0" * 16,
+        b"\0\0\0\x08wide\0\0\0\x10mdat" + b"\0" * 8,
+        b"RIFF\0\0\0\0WAVEfmt " + b"\0" * 8,
+        b"ID3\x04" + b"\0" * 16,
+    ):
+        assert sniff_kind(upload(data, ctype="application/octet-stream")) == "video", data[:12]
+    # ...while AVIF and HEIF pictures, though ISO media like MP4, are images.
+    for brand in (b"avif", b"heic", b"mif1"):
+        assert sniff_kind(upload(b"\0\0\0\x1cftyp" + brand + b"\0" * 16)) == "image"
 
 
 def test_unreadable_clip_is_a_media_error() -> None:
