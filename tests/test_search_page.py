@@ -79,6 +79,9 @@ def test_page_and_assets_do_not_shadow_the_api(api: TestClient) -> None:
     assert api.get("/v1/stats").json()["count"] == 0
     missing = api.get("/static/nope.js")
     assert missing.status_code == 404
+    # The page's file is served only as the page, with its security headers.
+    raw = api.get("/static/index.html", follow_redirects=False)
+    assert raw.status_code == 308 and raw.headers["location"] == "/"
 
 
 # ---------------------------------------------------------------- the page in a real browser

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -27,7 +27,13 @@ async def search_page() -> FileResponse:
     )
 
 
+@router.get("/static/index.html")
+async def page_file() -> RedirectResponse:
+    """The page's own file, sent to / so that it is served only with the page's headers."""
+    return RedirectResponse("/", status_code=308)
+
+
 def install(app: FastAPI) -> None:
     """Serve the page at / and its scripts and styles under /static."""
-    app.include_router(router)
+    app.include_router(router)  # before the mount, so /static/index.html is ours
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
