@@ -36,6 +36,7 @@ ClipErrorReason = Literal[
     "too_long",
     "too_large_file",
     "too_large_frame",
+    "too_many_frames",
     "unsupported",
 ]
 
@@ -76,6 +77,10 @@ class ClipLimits:
     max_seconds: float = 600.0
     max_bytes: int = 256 * 2**20
     max_pixels: int = 3840 * 2160
+    #: A clip is decoded whole (frames depend on earlier ones), so its frame count bounds the
+    #: work: 600 s at 60 fps. A few MB of repeated 4K skip-frames at 240 fps would pass the
+    #: other limits and hold a decoder for minutes.
+    max_frames: int = 36_000
 
 
 def decode_clip(
@@ -223,6 +228,12 @@ def _time_span(
                     continue
                 t = packet.pts * packet.time_base
                 times.append(t)
+                if len(times) > limits.max_frames:
+                    raise ClipError(
+                        "too_many_frames",
+                        f"clip {label} has more than {limits.max_frames} frames; the limit is "
+                        f"{limits.max_frames} frames; send a shorter clip or a lower frame rate",
+                    )
                 ends.append(t + (packet.duration or 0) * packet.time_base)
                 if t - times[0] > limits.max_seconds:
                     raise _too_long(label, float(t - times[0]), limits)

@@ -25,6 +25,7 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
+from service.settings import Settings
 
 MediaKind = Literal["image", "video"]
 
@@ -112,6 +113,16 @@ def decode_image(upload: Upload, size: int, max_pixels: int) -> npt.NDArray[np.u
         raise MediaError(f"image {name!r} is corrupt or truncated: {exc}") from None
 
 
+def clip_limits(settings: Settings) -> ClipLimits:
+    """The clip limits the service's settings set (for the encoder and posters alike)."""
+    return ClipLimits(
+        max_seconds=settings.max_clip_seconds,
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_clip_pixels,
+        max_frames=settings.max_clip_frames,
+    )
+
+
 def decode_clip(
     upload: Upload, frames: int, size: int, clips: int, limits: ClipLimits
 ) -> npt.NDArray[np.uint8]:
@@ -135,6 +146,7 @@ _CLIP_ERRORS: dict[str, tuple[type[ServiceError], str | None]] = {
     "too_long": (PayloadTooLarge, "HASHBRIDGE_MAX_CLIP_SECONDS"),
     "too_large_file": (PayloadTooLarge, "HASHBRIDGE_MAX_UPLOAD_BYTES"),
     "too_large_frame": (PayloadTooLarge, "HASHBRIDGE_MAX_CLIP_PIXELS"),
+    "too_many_frames": (PayloadTooLarge, "HASHBRIDGE_MAX_CLIP_FRAMES"),
 }
 
 

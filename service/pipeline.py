@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hashbridge.clips import ClipLimits
 from index.codes import codes_from_hex
 from index.errors import CodeError
 from index.store import NewItem, StoredItem
@@ -29,7 +28,14 @@ from service.errors import (
     ServiceError,
     UnsupportedModality,
 )
-from service.media import Upload, check_upload_size, decode_clip, decode_image, sniff_kind
+from service.media import (
+    Upload,
+    check_upload_size,
+    clip_limits,
+    decode_clip,
+    decode_image,
+    sniff_kind,
+)
 from service.runtime import Runtime
 from service.settings import Settings
 from service.thumbnails import thumbnails_for
@@ -296,11 +302,7 @@ def _modality_of(bundle: Bundle, source: Source) -> str:
 
 def _decode(spec: Mapping[str, Any], settings: Settings, upload: Upload) -> npt.NDArray[np.uint8]:
     if "frames" in spec:
-        limits = ClipLimits(
-            max_seconds=settings.max_clip_seconds,
-            max_bytes=settings.max_upload_bytes,
-            max_pixels=settings.max_clip_pixels,
-        )
+        limits = clip_limits(settings)
         return decode_clip(upload, spec["frames"], spec["size"], spec["clips"], limits)
     return decode_image(upload, spec["size"], settings.max_image_pixels)
 

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(50_000_000, gt=0, description="Decompression-bomb limit")
     max_clip_seconds: float = Field(600.0, gt=0, description="Longest video clip, in seconds")
     max_clip_pixels: int = Field(3840 * 2160, gt=0, description="Most pixels per video frame")
+    max_clip_frames: int = Field(
+        36_000,
+        gt=0,
+        description="Most frames in a clip (a clip is decoded whole: this bounds the work)",
+    )
     max_k: int = Field(1000, ge=1)
 
     index_kind: Literal["flat", "ivf", "auto"] = "auto"

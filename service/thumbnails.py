@@ -16,9 +16,8 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageOps
 
-from hashbridge.clips import ClipLimits
 from service.errors import MediaError, NotFound, PayloadTooLarge, ServiceError
-from service.media import IMAGE_FORMATS, Upload, decode_clip
+from service.media import IMAGE_FORMATS, Upload, clip_limits, decode_clip
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -50,12 +49,8 @@ def image_thumbnail(upload: Upload, max_side: int, max_pixels: int) -> bytes:
 
 def clip_poster(upload: Upload, settings: Settings) -> bytes:
     """JPEG of the frame in the middle of a clip, a centre-cropped square of thumbnail_size."""
-    limits = ClipLimits(
-        max_seconds=settings.max_clip_seconds,
-        max_bytes=settings.max_upload_bytes,
-        max_pixels=settings.max_clip_pixels,
-    )
-    pixels = decode_clip(upload, 1, settings.thumbnail_size, 1, limits)  # (1, 1, 3, s, s)
+    # One clip of one frame, the middle one: (1, 1, 3, s, s).
+    pixels = decode_clip(upload, 1, settings.thumbnail_size, 1, clip_limits(settings))
     return _jpeg(Image.fromarray(pixels[0, 0].transpose(1, 2, 0)))
 
 

@@ -258,6 +258,12 @@ def test_limits_name_the_limit_and_the_value(rainbow: Path) -> None:
     assert reason == "too_long"
     assert "lasts 0.8 s" in message and "limit is 0.5 s" in message
 
+    # The rainbow has 8 frames: the count is checked while its packets are read.
+    assert decode_clip(rainbow, frames=4, size=16, limits=ClipLimits(max_frames=8)).shape[1] == 4
+    reason, message = reason_and_message(rainbow, limits=ClipLimits(max_frames=7))
+    assert reason == "too_many_frames"
+    assert "more than 7 frames; the limit is 7 frames" in message
+
 
 def test_frames_that_resizing_would_inflate_are_refused(tmp_path: Path) -> None:
     # 16x400 is 6,400 pixels, under the limit; at 16 px on its shorter side it is 16x400

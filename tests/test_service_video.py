@@ -45,6 +45,7 @@ KINETICS_PER_CLASS = 8  # training clips per class: enough for two classes, and 
 LIMITS = {
     "HASHBRIDGE_MAX_CLIP_SECONDS": "12",  # the real clips last up to 10 s
     "HASHBRIDGE_MAX_CLIP_PIXELS": "100000",
+    "HASHBRIDGE_MAX_CLIP_FRAMES": "150",  # the real clips hold 100 frames (10 fps, 10 s)
     "HASHBRIDGE_MAX_UPLOAD_BYTES": "1000000",
 }
 #: Five generated classes a single frame tells apart (order pairs need longer training).
@@ -277,6 +278,11 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[bytes, int, tuple[str, ...]]]:
             _mp4([big] * 4, 8, tmp / "wide.mp4"),
             413,
             ("400x300 = 120000 pixels", "limit is 100000 pixels", "HASHBRIDGE_MAX_CLIP_PIXELS"),
+        ),
+        "many-frames.mp4": (
+            _mp4([grey] * 160, 80, tmp / "many-frames.mp4"),
+            413,
+            ("more than 150 frames; the limit is 150 frames", "HASHBRIDGE_MAX_CLIP_FRAMES"),
         ),
         "huge.mp4": (
             b"\0\0\0\x18ftypisom" + b"\0" * 1_000_001,
