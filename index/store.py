@@ -136,7 +136,7 @@ class CodeStore:
                 )
             ]
             self._put_thumbnails(ids, items)
-            self._set_seq(last)
+            self._record_write(last)
         return ids
 
     def delete(self, ids: Sequence[int]) -> int:
@@ -147,7 +147,7 @@ class CodeStore:
                 deleted += self._db.execute("DELETE FROM items WHERE id = ?", (int(i),)).rowcount
                 self._db.execute("DELETE FROM thumbnails WHERE id = ?", (int(i),))
             if deleted:
-                self._set_seq(self._seq() + 1)
+                self._record_write(self._seq() + 1)
         return deleted
 
     def get(self, item_id: int) -> StoredItem | None:
@@ -334,7 +334,8 @@ class CodeStore:
     def _seq(self) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
 
-    def _set_seq(self, seq: int) -> None:
+    def _record_write(self, seq: int) -> None:
+        """Store the last write's seq and draw its write id (see last_write)."""
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (str(seq),))
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'write_id'", (_new_write_id(),))
 

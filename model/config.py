@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+# Code widths: only what the Hamming index (and so the service) takes.
+from index.codes import MAX_BITS, MIN_BITS
+from model.text import TOKENIZER_MODES
+
 
 class ConfigError(ValueError):
     """A configuration file or override the user must fix."""
 
 
 TEXT_ENCODERS = ("bag_of_words", "minilm")
-TOKENIZERS = ("word", "char")  # model.text.tokenize's modes
 DATA_KINDS = ("manifest", "mirflickr", "wikipedia", "flickr8k", "kinetics", "synthetic_video")
 MODALITIES = ("image", "text", "video")
-# Code widths the Hamming index and the service accept (index.codes.check_bits; model/ does
-# not import index/, so the bounds are repeated here).
-MIN_BITS, MAX_BITS = 8, 128
 # Seeds go to numpy, which takes 0..2**32-1 (train.seed_everything reduces modulo 2**32, so a
 # larger seed would quietly repeat a smaller one's NumPy draws).
 MAX_SEED = 2**32 - 1
@@ -295,7 +295,7 @@ def _rules() -> dict[str, _Rule]:
         "image.size": _between(32, 1024),
         "image.finetune_blocks": _between(0, 16),
         "text.encoder": _one_of(TEXT_ENCODERS),
-        "text.tokenizer": _one_of(TOKENIZERS),
+        "text.tokenizer": _one_of(TOKENIZER_MODES),
         "text.ngram": _at_least(1),
         "text.min_count": _at_least(1),
         "text.max_vocab": _at_least(1),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import ConfigError, RunConfig
+from model.config import DATA_KINDS, ConfigError, RunConfig
 from model.data.flickr8k import flickr8k_split, load_flickr8k
 from model.data.kinetics import load_kinetics
 from model.data.manifest import load_manifest
@@ -96,10 +96,7 @@ def load_dataset(config: RunConfig) -> tuple[PairedData, Split]:
             data.splits, len(data), n_query=n_query, n_train=n_train, seed=config.split_seed
         )
     else:
-        raise ConfigError(
-            f"unknown data.kind {kind!r}; use manifest, mirflickr, wikipedia, flickr8k, "
-            "kinetics or synthetic_video"
-        )
+        raise ConfigError(f"unknown data.kind {kind!r}; use one of {', '.join(DATA_KINDS)}")
     return data, split
 
 

@@ -18,6 +18,10 @@ WORD_PATTERN = r"[^\W_]+"
 _WORD = re.compile(WORD_PATTERN)
 
 
+#: Tokenizer modes: word tokens, or character n-grams (for text written without spaces).
+TOKENIZER_MODES = ("word", "char")
+
+
 def tokenize(text: str, mode: str = "word", ngram: int = 2) -> list[str]:
     """Split text into vocabulary tokens: words, or character n-grams of the spaceless text."""
     text = text.lower()

@@ -113,17 +113,11 @@ async def open_runtime(settings: Settings, bundle: Bundle | None, metrics: Metri
             default_nprobe=settings.default_nprobe,
             use_gpu=settings.index_gpu,
         )
-        try:
-            collection = await loop.run_in_executor(
-                pool, partial(Collection.open, settings.data_dir, bundle.bits, config)
-            )
-        except BitsMismatchError as exc:
-            raise BundleError(f"bundle {bundle.path} does not fit the data dir: {exc}") from None
-        try:
-            await loop.run_in_executor(pool, check_bundle_record, settings.data_dir, bundle)
-        except BaseException:
-            collection.close()
-            raise
+        # serve() ran this before binding the port; an app started otherwise needs it here.
+        await loop.run_in_executor(pool, check_data_dir, settings.data_dir, bundle)
+        collection = await loop.run_in_executor(
+            pool, partial(Collection.open, settings.data_dir, bundle.bits, config)
+        )
     except BaseException:
         pool.shutdown(wait=False)
         raise
