@@ -8,7 +8,6 @@ index is rebuilt from SQLite.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -66,6 +65,10 @@ class Collection:
         root.mkdir(parents=True, exist_ok=True)
         config = config or IndexConfig()
         store = CodeStore(root / STORE_FILE, check_bits(bits))
+        # A snapshot write killed midway leaves its temp file (as big as the index) behind,
+        # and nothing else would ever remove it; this process now owns the data dir.
+        for leftover in root.glob(f".{_snapshot_path(root, '*').name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
         indexes: dict[str, HammingIndex] = {}
         report: dict[str, str] = {}
         for modality in store.modalities():
@@ -137,6 +140,11 @@ class Collection:
         ``where`` keeps only items whose metadata has exactly these key/value
         pairs. Hits from several modalities are merged by distance; equal
         distances keep the order of ``modalities`` (default: sorted names).
+
+        A search without ``where`` sees one state of the collection. One with it
+        checks candidates against the store between index rounds without holding
+        writers back (a filter that matches little checks many), so it may see a write
+        that lands meanwhile; each hit's metadata matched when it was checked.
         """
         queries = validate_codes(codes, self.bits)
         k = check_k(k)
@@ -145,18 +153,22 @@ class Collection:
         if modalities is not None:
             # A modality named twice would be searched twice and its hits returned twice.
             modalities = list(dict.fromkeys(modalities))
+        if where is not None:
+            return self._search_filtered(queries, k, modalities, where, nprobe)
         merged: list[list[Hit]] = [[] for _ in range(queries.shape[0])]
         with self._lock.read():
             for modality in modalities if modalities is not None else sorted(self._indexes):
                 index = self._indexes.get(modality)
                 if index is None or not len(index):
                     continue
-                for row, hits in zip(
-                    merged,
-                    self._search_one(index, modality, queries, k, where, nprobe),
-                    strict=True,
-                ):
-                    row.extend(hits)
+                # k can be far above the index size; FAISS allocates k results per query.
+                res = index.search(queries, min(k, len(index)), nprobe)
+                for row, ids, distances in zip(merged, res.ids, res.distances, strict=True):
+                    row.extend(
+                        Hit(int(i), int(d), modality)
+                        for i, d in zip(ids, distances, strict=True)
+                        if i >= 0
+                    )
         return [sorted(row, key=lambda h: h.distance)[:k] for row in merged]
 
     def snapshot(self) -> dict[str, Path]:
@@ -201,49 +213,56 @@ class Collection:
             codes = np.frombuffer(b"".join(gcodes), dtype=np.uint8).reshape(-1, width)
             self._indexes[modality].add(np.array(gids, dtype=np.int64), codes)
 
-    def _search_one(
+    def _search_filtered(
         self,
-        index: HammingIndex,
-        modality: str,
         queries: npt.NDArray[np.uint8],
         k: int,
-        where: Mapping[str, Any] | None,
+        modalities: Sequence[str] | None,
+        where: Mapping[str, Any],
         nprobe: int | None,
     ) -> list[list[Hit]]:
-        n = len(index)
-        out: list[list[Hit] | None] = [None] * queries.shape[0]
-        todo = np.arange(queries.shape[0])
-        # Over-fetch for filters, doubling until k survive or the index is exhausted.
-        kk = k if where is None else min(n, 2 * k)
-        while todo.size:
-            res = index.search(queries[todo], kk, nprobe)
-            meta = None
-            if where is not None:
-                meta = self.store.metadata_for(np.unique(res.ids[res.ids >= 0]).tolist())
-            for r, q in enumerate(todo.tolist()):
-                hits = [
-                    Hit(int(i), int(d), modality)
-                    for i, d in zip(res.ids[r], res.distances[r], strict=True)
-                    if i >= 0 and (meta is None or _matches(meta.get(int(i)), where))
-                ]
-                if len(hits) >= k or kk >= n or res.ids[r, -1] < 0 or where is None:
-                    out[q] = hits[:k]
-            todo = np.array([q for q in todo.tolist() if out[q] is None], dtype=np.intp)
-            kk = min(n, 2 * kk)
-        return [hits or [] for hits in out]
+        """Over-fetch from each index, doubling until k candidates pass or it is exhausted.
 
-
-def _matches(metadata: Mapping[str, Any] | None, where: Mapping[str, Any] | None) -> bool:
-    if metadata is None or where is None:
-        return metadata is not None
-    # Compare canonical JSON so that 1, 1.0 and true are different values.
-    return all(
-        key in metadata and _canon(metadata[key]) == _canon(value) for key, value in where.items()
-    )
-
-
-def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
+        Each round searches under the read lock and checks its candidates after letting
+        it go: an empty filter result costs a check of the whole modality.
+        """
+        with self._lock.read():
+            names = list(modalities) if modalities is not None else sorted(self._indexes)
+        found: dict[str, list[list[Hit]]] = {m: [[] for _ in queries] for m in names}
+        # Per modality: the queries still short of k matches, and how many to fetch next.
+        pending = {m: (np.arange(queries.shape[0]), 2 * k) for m in names}
+        while pending:
+            rounds = {}
+            with self._lock.read():
+                for modality, (todo, want) in pending.items():
+                    index = self._indexes.get(modality)
+                    n = len(index) if index is not None else 0
+                    if index is not None and n:
+                        fetch = min(n, want)
+                        res = index.search(queries[todo], fetch, nprobe)
+                        rounds[modality] = (todo, fetch, n, res)
+            pending = {}
+            for modality, (todo, fetch, n, res) in rounds.items():
+                keep = self.store.ids_matching(res.ids[res.ids >= 0].tolist(), modality, where)
+                short = []
+                for r, q in enumerate(todo.tolist()):
+                    hits = [
+                        Hit(int(i), int(d), modality)
+                        for i, d in zip(res.ids[r], res.distances[r], strict=True)
+                        if int(i) in keep
+                    ]
+                    found[modality][q] = hits[:k]
+                    if len(hits) < k and fetch < n and res.ids[r, -1] >= 0:
+                        short.append(q)
+                if short:
+                    pending[modality] = (np.array(short, dtype=np.intp), 2 * fetch)
+        merged = []
+        for q in range(queries.shape[0]):
+            row = sorted((h for m in names for h in found[m][q]), key=lambda h: h.distance)
+            # An item moved to another modality between two rounds could be found in both.
+            firsts = {h.id: h for h in reversed(row)}
+            merged.append([h for h in row if firsts[h.id] is h][:k])
+        return merged
 
 
 def _snapshot_path(root: Path, modality: str) -> Path:
@@ -270,6 +289,9 @@ def _restore(
         try:
             header = read_header(path)
             extra = header.get("extra") or {}
+            # The checksum covers the payload only: a damaged header can still parse.
+            if not isinstance(extra, dict):
+                raise IndexFileError(f"{path} has a corrupt header (extra is not an object)")
             if extra.get("modality") != modality:
                 reason = f"of another modality ({extra.get('modality')!r})"
             elif extra.get("store_seq") != seq:

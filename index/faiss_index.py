@@ -75,8 +75,9 @@ class FaissHammingIndex:
     ``kind="flat"``: ``IndexBinaryFlat``, exact; 8 bytes per 64-bit item plus the id runs.
     ``kind="ivf"``: ``IndexBinaryIVF`` whose list entries carry slots, trained once
     39 items exist (flat before) and retrained on all stored codes whenever the
-    collection doubles since the last training.
-    ``kind="auto"``: flat below ``ivf_threshold`` items, IVF once it grows past.
+    collection doubles, or shrinks below a quarter, since the last training.
+    ``kind="auto"``: flat below ``ivf_threshold`` items, IVF once it grows past (and
+    flat again once it shrinks below a quarter of its size at the last training).
     ``nprobe`` is passed per query through ``SearchParametersIVF``, so concurrent
     searches never mutate shared state. Writes must not overlap any other call.
     """
@@ -165,6 +166,7 @@ class FaissHammingIndex:
         self._runs.remove_slots(slots)
         if self.is_ivf:
             self._index.remove_ids(faiss.IDSelectorBatch(slots))
+            self._maybe_rebuild()
         elif self._dead_slots() > max(_MIN_DEAD_TO_COMPACT, _DEAD_SHARE * self._index.ntotal):
             self._compact()
         else:
@@ -246,7 +248,13 @@ class FaissHammingIndex:
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise IndexFileError(f"{path} is not a valid FAISS index file: {exc}") from None
         stored = len(index) if index.is_ivf else index._runs.slots
-        if index._index.d != file_bits or index._index.ntotal != stored:
+        # trained_n sits in the header, outside the checksum; it must name the payload's type.
+        is_ivf_payload = isinstance(index._index, faiss.IndexBinaryIVF)
+        if (
+            index._index.d != file_bits
+            or index._index.ntotal != stored
+            or is_ivf_payload != index.is_ivf
+        ):
             raise IndexFileError(f"{path} FAISS payload disagrees with its header")
         if not index.is_ivf:
             index._update_mask()
@@ -278,6 +286,15 @@ class FaissHammingIndex:
         # Below ~39 items k-means cannot train even one list; flat is exact meanwhile.
         if want_ivf and n >= _MIN_POINTS_PER_LIST and n >= 2 * self._trained_n:
             self._train_ivf()
+        elif self.is_ivf and 4 * n < self._trained_n:
+            # Shrunk below a quarter since training: most lists are empty, so probing a
+            # few finds little. Retrain for the items left, or go flat (exact) as a fresh
+            # index of this size would be.
+            if want_ivf and n >= _MIN_POINTS_PER_LIST:
+                self._train_ivf()
+            else:
+                self._compact()
+                self._trained_n = 0
 
     def _train_ivf(self) -> None:
         slots, codes = self._export()

@@ -63,6 +63,11 @@ def _read_head(f: Any, path: Path) -> dict[str, Any]:
     if len(raw_len) != _LEN.size:
         raise IndexFileError(f"{path} is truncated (no header length)")
     (n,) = _LEN.unpack(raw_len)
+    # Lengths are checked against the file before reading: f.read(n) allocates n bytes
+    # up front, so one flipped digit could ask for terabytes instead of reporting damage.
+    left = os.fstat(f.fileno()).st_size - f.tell()
+    if n > left:
+        raise IndexFileError(f"{path} is truncated (header longer than the file)")
     try:
         header = json.loads(f.read(n))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -70,6 +75,8 @@ def _read_head(f: Any, path: Path) -> dict[str, Any]:
     sizes = header.get("blob_sizes") if isinstance(header, dict) else None
     if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):
         raise IndexFileError(f"{path} has a corrupt header")
+    if sum(sizes) > left - n:
+        raise IndexFileError(f"{path} is truncated")
     return header
 
 

@@ -65,8 +65,10 @@ class IdRuns:
         order = self._by_id
         pos = np.searchsorted(self.first[order], ids, side="right") - 1
         run = order[np.maximum(pos, 0)]
-        inside = (pos >= 0) & (ids < self.first[run] + self.length[run])
-        return np.where(inside, self.slot[run] + ids - self.first[run], -1)
+        # Offsets, not first + length: that sum overflows for ids near the int64 limit.
+        offset = ids - self.first[run]
+        inside = (pos >= 0) & (offset < self.length[run])
+        return np.where(inside, self.slot[run] + offset, -1)
 
     def ids_of(self, slots: Int64Array) -> Int64Array:
         """Id at each slot, or -1 where the slot is dead or negative."""

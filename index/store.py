@@ -26,6 +26,7 @@ import numpy.typing as npt
 from index.base import PathLike
 from index.codes import check_bits
 from index.errors import BitsMismatchError, CodeError, ItemError
+from index.filters import matches, sql_prefilter
 
 SCHEMA_VERSION = 1
 #: Modality names become file names of index snapshots, so they are kept plain.
@@ -109,6 +110,9 @@ class CodeStore:
         its id (ids stay stable for clients); re-sending a batch creates no
         duplicates. Each written row gets a new seq.
         """
+        if not items:
+            # Nothing written: a new write id would make every current snapshot look stale.
+            return []
         rows = [self._encode(i, item) for i, item in enumerate(items)]
         for i, item in enumerate(items):
             if item.thumbnail is not None and not isinstance(item.thumbnail, bytes):
@@ -231,9 +235,26 @@ class CodeStore:
             rows = self._db.execute("SELECT DISTINCT modality FROM items ORDER BY 1").fetchall()
         return [r[0] for r in rows]
 
-    def metadata_for(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """Return the metadata of the items that exist among ids."""
-        return {i: item.metadata for i, item in self.get_many(ids).items()}
+    def ids_matching(
+        self, ids: Sequence[int], modality: str, where: Mapping[str, Any], chunk: int = 4096
+    ) -> set[int]:
+        """The ids among ids of items that are of this modality and whose metadata matches.
+
+        SQLite's JSON functions drop most non-matching rows before Python parses any; the
+        lock is let go between chunks, so a long check does not hold writers back.
+        """
+        condition, params = sql_prefilter(where)
+        unique = list(dict.fromkeys(int(i) for i in ids))
+        out: set[int] = set()
+        for s in range(0, len(unique), chunk):
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT id, metadata FROM items WHERE id IN (SELECT value FROM json_each(?)) "
+                    f"AND modality = ? AND {condition}",
+                    (json.dumps(unique[s : s + chunk]), modality, *params),
+                ).fetchall()
+            out.update(i for i, text in rows if matches(json.loads(text), where))
+        return out
 
     def stats(self) -> dict[str, Any]:
         """Return item counts per modality, bits, seq and the database path."""

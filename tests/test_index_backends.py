@@ -1,5 +1,7 @@
 """Backends against the NumPy reference: exactness, recall, updates, persistence."""
 
+import json
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -178,6 +180,36 @@ def test_auto_switches_to_ivf_and_retrains_as_it_doubles():
     assert seen[-1][2] == choose_nlist(1600)
 
 
+@pytest.mark.parametrize("kind", ["ivf", "auto"])
+def test_ivf_retrains_or_goes_flat_after_shrinking_below_a_quarter(kind):
+    # Left with the lists of a much bigger collection, a few probes would scan almost
+    # nothing: 10 items in 102 lists came back as 0-1 hits at the default nprobe.
+    rng = np.random.default_rng(6)
+    bits = 32
+    ref, index = NumpyHammingIndex(bits), make(kind, bits, ivf_threshold=400)
+    codes = random_codes(rng, 1600, bits)
+    queries = random_codes(rng, 10, bits)
+    for idx in (ref, index):
+        idx.add(np.arange(1600), codes)
+    assert index.is_ivf and index.nlist == choose_nlist(1600)
+    for idx in (ref, index):
+        idx.remove(np.arange(1200))  # 400 left: exactly a quarter, nothing changes yet
+    assert index.nlist == choose_nlist(1600)
+    for idx in (ref, index):
+        idx.remove(np.arange(1200, 1300))  # 300 left
+    if kind == "ivf":
+        assert index.is_ivf and index.nlist == choose_nlist(300)
+        assert_same(index.search(queries, 10, nprobe=BIG_NPROBE), ref.search(queries, 10))
+    else:  # below the threshold, as a fresh index of 300 items would be: flat and exact
+        assert not index.is_ivf
+        assert_same(index.search(queries, 10), ref.search(queries, 10))
+    for idx in (ref, index):
+        idx.remove(np.arange(1300, 1590))  # 10 left: too few to train even one list
+        idx.add([5000], codes[:1])
+    assert not index.is_ivf and len(index) == 11
+    assert_same(index.search(queries, 20), ref.search(queries, 20))
+
+
 def test_choose_nlist_is_about_four_sqrt_n_and_bounded():
     assert choose_nlist(10) == 1
     assert choose_nlist(1_000_000) == 4000
@@ -233,6 +265,24 @@ def test_load_refuses_other_bits_and_damaged_files(tmp_path: Path, kind):
     path.write_bytes(b"not an index")
     with pytest.raises(IndexFileError, match="bad magic"):
         type(index).load(path)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_faiss_load_refuses_a_header_that_misnames_the_payload_type(tmp_path: Path, kind):
+    # trained_n (flat or IVF) lives in the JSON header, which the payload checksum skips.
+    index = FaissHammingIndex(16, kind)
+    index.add(np.arange(100), random_codes(np.random.default_rng(1), 100, 16))
+    assert index.is_ivf == (kind == "ivf")
+    path = tmp_path / "i.hbix"
+    index.save(path)
+    data = path.read_bytes()
+    (n,) = struct.unpack("<I", data[8:12])
+    header = json.loads(data[12 : 12 + n])
+    header["trained_n"] = 0 if index.is_ivf else 50
+    head = json.dumps(header).encode()
+    path.write_bytes(data[:8] + struct.pack("<I", len(head)) + head + data[12 + n :])
+    with pytest.raises(IndexFileError, match="disagrees with its header"):
+        FaissHammingIndex.load(path)
 
 
 def test_concurrent_searches_with_different_nprobe_do_not_interfere():

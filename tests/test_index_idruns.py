@@ -108,3 +108,23 @@ def test_flat_masks_dead_slots_then_compacts(tmp_path: Path):
     assert index._index.ntotal == len(index) == len(ref)  # compacted: no dead slots left
     assert index._alive is None
     same()
+
+
+def test_ids_at_the_int64_limit_can_be_found_removed_and_updated():
+    top = np.iinfo(np.int64).max
+    runs = IdRuns()
+    runs.append(np.array([top - 1, top, 0], dtype=np.int64))
+    check_against(runs, {top - 1: 0, top: 1, 0: 2})
+
+    rng = np.random.default_rng(9)
+    codes = rng.integers(0, 256, size=(3, 8), dtype=np.uint8)
+    ref, index = NumpyHammingIndex(64), FaissHammingIndex(64, "flat")
+    for backend in (ref, index):
+        backend.add([top, 0, top - 1], codes)
+        assert backend.remove([top]) == 1
+        backend.add([top], codes[:1])
+        backend.add([top], codes[:1])  # an update, not a second copy
+    assert len(index) == len(ref) == 3
+    got, want = index.search(codes, 5), ref.search(codes, 5)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_array_equal(got.distances, want.distances)

@@ -1,6 +1,10 @@
 """CodeStore durability/idempotency and Collection crash-safety against the reference."""
 
+import json
+import os
 import sqlite3
+import struct
+import tempfile
 import threading
 from pathlib import Path
 
@@ -215,6 +219,82 @@ def test_collection_recovers_from_missing_stale_and_corrupt_snapshots(tmp_path: 
     coll.close()
 
 
+def _edit_header(path: Path, edit) -> None:
+    """Rewrite a snapshot's JSON header (outside its payload checksum) in place."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<I", data[8:12])
+    head = json.dumps(edit(json.loads(data[12 : 12 + n]))).encode()
+    path.write_bytes(data[:8] + struct.pack("<I", len(head)) + head + data[12 + n :])
+
+
+HEADER_DAMAGE = {
+    "extra-not-an-object": lambda h: {**h, "extra": ["image"]},
+    "blob-size-of-petabytes": lambda h: {**h, "blob_sizes": [2**60, *h["blob_sizes"][1:]]},
+    "flat-payload-said-ivf": lambda h: {**h, "trained_n": 5},
+}
+
+
+@pytest.mark.parametrize("damage", HEADER_DAMAGE, ids=HEADER_DAMAGE.keys())
+def test_collection_rebuilds_past_a_damaged_snapshot_header(tmp_path: Path, damage: str):
+    rng = np.random.default_rng(12)
+    queries = rng.integers(0, 256, size=(5, 2), dtype=np.uint8)
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    coll.upsert(items(rng, 60, 16))
+    coll.snapshot()
+    coll.close()
+    _edit_header(tmp_path / "index-image.hbix", HEADER_DAMAGE[damage])
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    assert coll.open_report["image"].startswith("corrupt")
+    assert_matches_reference(coll, "image", queries, 10)
+    coll.close()
+
+
+def test_collection_rebuilds_past_a_snapshot_header_length_beyond_the_file(tmp_path: Path):
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    coll.upsert(items(np.random.default_rng(13), 20, 16))
+    coll.snapshot()
+    coll.close()
+    snap = tmp_path / "index-image.hbix"
+    data = bytearray(snap.read_bytes())
+    data[11] = 0xFF  # high byte of the header length: ~4 GiB asked of a tiny file
+    snap.write_bytes(bytes(data))
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    report = coll.open_report["image"]
+    assert report.startswith("corrupt") and "truncated" in report
+    assert len(coll) == 20
+    coll.close()
+
+
+def test_collection_open_removes_temp_files_of_killed_snapshot_writes(tmp_path: Path):
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    coll.upsert(items(np.random.default_rng(14), 30, 16))
+    coll.snapshot()
+    coll.close()
+    # What atomic_write leaves when the process dies between mkstemp and the rename.
+    fd, torn = tempfile.mkstemp(dir=tmp_path, prefix=".index-image.hbix.", suffix=".tmp")
+    os.write(fd, b"half an index")
+    os.close(fd)
+    (tmp_path / "notes.tmp").write_text("not ours")
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    assert coll.open_report["image"] == "loaded"
+    assert not Path(torn).exists()
+    assert (tmp_path / "notes.tmp").exists()
+    coll.close()
+
+
+def test_empty_upsert_leaves_snapshots_current(tmp_path: Path):
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    coll.upsert(items(np.random.default_rng(15), 30, 16))
+    coll.snapshot()
+    before = coll.store.last_write()
+    assert coll.upsert([]) == []
+    assert coll.store.last_write() == before
+    coll.close()
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    assert coll.open_report == {"image": "loaded"}
+    coll.close()
+
+
 @pytest.mark.parametrize("history", ["restored-backup", "new-store"])
 def test_snapshot_of_another_store_history_is_not_loaded(tmp_path: Path, history: str):
     # The store goes back (a backup restored, or deleted and begun again) and then reaches
@@ -319,6 +399,90 @@ def test_collection_metadata_filter_matches_filtered_reference(tmp_path: Path, c
         coll, "image", queries, 4, keep={ids[14], ids[300]}, where={"tag": "rare"}
     )
     assert all({h.id for h in row} == {ids[14], ids[300]} for row in got)
+    coll.close()
+
+
+# Values whose JSON types SQLite and Python name differently, or that only an exact
+# comparison tells apart.
+FILTER_VALUES = [
+    None, True, False, 0, 1, -1, 1.0, 0.5, 1e20, 2**63, 2**70, -(2**64), "", "1", "true",
+    "null", "naïve ☃ 🙂", 'quote " and \\ backslash', "line\nbreak", [], [1], [1, 2], [2, 1],
+    {}, {"a": 1}, {"a": 1.0}, {"b": [None]},
+]  # fmt: skip
+
+
+def test_store_prefilter_keeps_exactly_the_matching_items(tmp_path: Path):
+    store = CodeStore(tmp_path / "s.db", 16)
+    keys = ["k", "dotted.key", 'q"uote', "ü"]
+    rows = [{key: value} for key in keys for value in FILTER_VALUES]
+    rows += [{"k": v, "other": w} for v in FILTER_VALUES[:6] for w in FILTER_VALUES[:6]] + [{}]
+    ids = store.upsert([NewItem("text", bytes(2), None, m) for m in rows])
+    store.upsert([NewItem("image", bytes(2), None, {"k": "1"})])  # another modality
+    wheres = [{key: value} for key in keys for value in FILTER_VALUES]
+    wheres += [{"k": 1, "other": None}, {"k": True, "other": "1"}, {"missing": None}, {}]
+    for where in wheres:
+        expected = {
+            i
+            for i, m in zip(ids, rows, strict=True)
+            if all(key in m and json.dumps(m[key], sort_keys=True)
+                   == json.dumps(v, sort_keys=True) for key, v in where.items())
+        }  # fmt: skip
+        assert store.ids_matching(ids, "text", where, chunk=7) == expected, where
+    store.close()
+
+
+def test_a_filtered_search_lets_writers_through_while_it_checks_metadata(tmp_path: Path):
+    """A filter that matches little checks much of the store; writers must not wait for it."""
+    rng = np.random.default_rng(10)
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    coll.upsert(items(rng, 500, 16, prefix="w", meta=lambda i: {"n": i}))
+    check = coll.store.ids_matching
+    writer_done: list[bool] = []
+
+    def check_while_writing(*args, **kwargs):
+        if not writer_done:
+            writer = threading.Thread(target=lambda: coll.upsert(items(rng, 3, 16)))
+            writer.start()
+            writer.join(timeout=30)
+            writer_done.append(not writer.is_alive())
+        return check(*args, **kwargs)
+
+    coll.store.ids_matching = check_while_writing  # type: ignore[method-assign]
+    assert coll.search(rng.integers(0, 256, (2, 2), np.uint8), 5, where={"n": -1}) == [[], []]
+    assert writer_done == [True]
+    assert coll.store.count() == 503
+    coll.close()
+
+
+def test_a_filtered_search_never_answers_one_item_twice(tmp_path: Path):
+    """An item moved to another modality between two rounds is found once."""
+    rng = np.random.default_rng(11)
+    coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
+    coll.upsert(items(rng, 50, 16, modality="image", prefix="m", meta=lambda i: {"t": 1}))
+    # No text item matches, so the text index needs a second, larger round.
+    coll.upsert(items(rng, 30, 16, modality="text", meta=lambda i: {"t": 0}))
+    check = coll.store.ids_matching
+    moved: list[int] = []
+
+    def check_then_move(ids, modality, where, **kwargs):
+        out = check(ids, modality, where, **kwargs)
+        if not moved and modality == "image":
+            # After the image round's check, m0 (the query's own code) becomes a text item;
+            # the image round already kept it and the text round's second pass finds it.
+            old = coll.store.get(1)
+            assert old is not None and 1 in out
+            coll.upsert([NewItem("text", old.code, old.client_id, {"t": 1})])
+            moved.append(1)
+        return out
+
+    coll.store.ids_matching = check_then_move  # type: ignore[method-assign]
+    query = coll.store.get(1)
+    assert query is not None
+    got = coll.search(
+        np.frombuffer(query.code, np.uint8)[None], 10, modalities=["image", "text"], where={"t": 1}
+    )[0]
+    assert moved and [h.id for h in got].count(moved[0]) <= 1
+    assert len(got) == 10 and len({h.id for h in got}) == 10
     coll.close()
 
 
