@@ -8,8 +8,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from index.errors import CodeError, ItemError
 
@@ -177,6 +178,21 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+#: nginx's "client closed request": no answer reached the client, and the server did no wrong.
+CLIENT_CLOSED = 499
+
+
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    # A client that hangs up while sending its body (an aborted upload, a proxy timeout)
+    # is no bug: without this it was logged as one and counted as a 500 in /metrics.
+    log.info(
+        "%s %s: the client disconnected before sending its whole body",
+        request.method,
+        request.url.path,
+    )
+    return Response(status_code=CLIENT_CLOSED)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(
@@ -195,4 +211,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ItemError, _index_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     app.add_exception_handler(Exception, _unexpected)

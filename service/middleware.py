@@ -7,12 +7,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, problem
+from service.errors import PayloadTooLarge
 from service.metrics import Metrics
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes: by Content-Length up front, else while reading."""
+    """Refuse bodies over ``limit`` bytes: by Content-Length before any is read, else as read."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -27,14 +27,15 @@ class BodyLimit:
             "send fewer or smaller files per call"
         )
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            response = problem(413, "Content too large", detail, slug="too-large")
-            await response(scope, receive, send)
-            return
+        declared_too_large = length is not None and length.isdigit() and int(length) > self.limit
         received = 0
 
         async def limited() -> Message:
             nonlocal received
+            if declared_too_large:
+                # Refused before any of it is read, but from inside the endpoint's body read as
+                # in the streamed case: answered before routing, it was counted under no route.
+                raise PayloadTooLarge(detail)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

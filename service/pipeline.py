@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from index.codes import codes_from_hex
 from index.errors import CodeError
+from index.filters import matches as metadata_matches
 from index.store import NewItem, StoredItem
 from service.encoders import Bundle
 from service.errors import (
@@ -259,12 +260,22 @@ def _search(
     nprobe: int | None,
 ) -> list[Found]:
     hits = rt.collection.search(codes, k, modalities=modalities, where=where, nprobe=nprobe)[0]
-    items = rt.collection.store.get_many([h.id for h in hits])
-    # An item deleted between the search and this lookup is simply left out.
+    stored = rt.collection.store.get_many([h.id for h in hits])
+    # Writers run again between the search and this lookup: an item deleted, or replaced by
+    # one the search would not have found (another modality, code or metadata), is left out
+    # rather than answered with a distance or metadata that contradict the query.
+    pairs = [(h, stored[h.id]) for h in hits if h.id in stored]
+    if not pairs:
+        return []
+    width = len(pairs[0][1].code)
+    found = np.frombuffer(b"".join(item.code for _, item in pairs), np.uint8).reshape(-1, width)
+    distances = np.unpackbits(found ^ codes[0], axis=1).sum(axis=1)
     return [
-        Found(h.id, items[h.id].client_id, h.modality, h.distance, items[h.id].metadata)
-        for h in hits
-        if h.id in items
+        Found(h.id, item.client_id, h.modality, h.distance, item.metadata)
+        for (h, item), distance in zip(pairs, distances.tolist(), strict=True)
+        if item.modality == h.modality
+        and distance == h.distance
+        and metadata_matches(item.metadata, where)
     ]
 
 

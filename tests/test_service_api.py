@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from index.fileio import read_header
 from index.reference import NumpyHammingIndex
+from index.store import NewItem
 from service.encoders import Bundle
 from service.schemas import IngestedItem
 from tests.service_bundle import (
@@ -225,6 +227,42 @@ def test_metadata_filter(api) -> None:
     assert len(res) == 3 and {h["metadata"]["tag"] for h in res} == {"drop"}
 
 
+def test_search_leaves_out_items_replaced_while_it_ran(api, monkeypatch) -> None:
+    # A search lets writers in again before it looks its hits up in the store: items
+    # replaced in between came back with another modality, distance or metadata than the
+    # query matched, so that the results broke the search's own filters.
+    kept = ingest_texts(api, [TEXTS[0]], metadata={"v": 0})[0]
+    stale = {
+        cid: ingest_texts(api, [TEXTS[0]], client_id=cid, metadata={"v": 0})[0]
+        for cid in ("moved", "recoded", "retagged")
+    }
+    code = np.frombuffer(bytes.fromhex(kept["code"]), np.uint8)
+    collection = api.app.state.runtime.collection
+    search_index = collection.search
+
+    def search_then_replace(*args, **kwargs):
+        hits = search_index(*args, **kwargs)
+        collection.upsert(
+            [
+                NewItem("image", code, "moved", {"v": 0}),
+                NewItem("text", ~code, "recoded", {"v": 0}),
+                NewItem("text", code, "retagged", {"v": 1}),
+            ]
+        )
+        return hits
+
+    monkeypatch.setattr(collection, "search", search_then_replace)
+    body = {"code": kept["code"], "k": 10, "modalities": ["text"], "where": {"v": 0}}
+    r = api.post("/v1/search", json=body)
+    assert r.status_code == 200, r.text
+    assert [(h["id"], h["distance"]) for h in r.json()["results"]] == [(kept["id"], 0)]
+    # Searched again, the replaced items are found as they now are (or not at all).
+    monkeypatch.setattr(collection, "search", search_index)
+    again = [(h["id"], h["distance"]) for h in search(api, **body)["results"]]
+    assert again == [(kept["id"], 0), (stale["recoded"]["id"], 32)]
+    assert api.get(f"/v1/items/{stale['moved']['id']}").json()["modality"] == "image"
+
+
 def test_get_delete_and_stats(api) -> None:
     texts = ingest_texts(api, TEXTS[:3])
     images = ingest_files(api, [("a.png", png(1))])
@@ -292,6 +330,69 @@ def test_invented_methods_share_one_metrics_label(api) -> None:
     text = api.get("/metrics").text
     assert "BREW" not in text
     assert 'method="other",route="/healthz",status="405"} 3' in text
+
+
+def test_oversized_bodies_are_counted_under_their_route(
+    svc_bundle_dir: Path, svc_bundle, tmp_path
+) -> None:
+    # Refused by Content-Length before routing, they were all counted as route="unmatched".
+    settings = make_settings(svc_bundle_dir, tmp_path / "d", max_request_bytes=1000)
+    with open_client(settings, svc_bundle) as c:
+        r = c.post("/v1/items", json={"items": [{"text": "cat " * 500}]}, headers=AUTH)
+        assert r.status_code == 413 and "exceeds 1000 bytes" in r.json()["detail"]
+        assert c.post("/v1/search", json={"text": "cat " * 500}).status_code == 413
+        assert c.get("/v1/stats").json()["count"] == 0
+        lines = c.get("/metrics").text.splitlines()
+    for path in ("/v1/items", "/v1/search"):
+        labels = f'method="POST",route="{path}",status="413"'
+        assert f"hashbridge_request_duration_seconds_count{{{labels}}} 1" in lines
+    assert not [line for line in lines if 'route="unmatched"' in line]
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "start"),
+    [
+        ("/v1/items", "application/json", b'{"items": [{"text": "a c'),
+        ("/v1/search", "multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-"),
+    ],
+)
+def test_client_hanging_up_mid_body_is_no_server_error(
+    api, caplog, path: str, content_type: str, start: bytes
+) -> None:
+    # An aborted upload was logged as a server bug and counted as a 500 in /metrics.
+    headers = [(b"content-type", content_type.encode()), (b"x-api-key", API_KEY.encode())]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [*headers, (b"content-length", b"100000")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    incoming = [{"type": "http.request", "body": start, "more_body": True}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    api.portal.call(api.app, scope, receive, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    lines = api.get("/metrics").text.splitlines()
+    assert (
+        f'hashbridge_request_duration_seconds_count{{method="POST",route="{path}",status="499"}} 1'
+        in lines
+    )
+    assert not [line for line in lines if 'status="500"' in line]
 
 
 def test_texts_and_images_have_their_own_encoder_batch_limits(
