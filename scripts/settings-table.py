@@ -27,7 +27,6 @@ MEANINGS = {
     "port": "Port to serve on",
     "log_level": "Log level",
     "max_text_chars": "Longest text item or text query, in characters",
-    "max_k": "Largest k a search may ask for",
     "index_kind": "Hamming index of each modality; `auto` is exact flat, switching to IVF at "
     "`HASHBRIDGE_IVF_THRESHOLD` items",
     "ivf_threshold": "Items of one modality at which `auto` switches to IVF",

@@ -9,12 +9,17 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1 << 20
+MAX_THREADS = 1024
+MAX_K = 1_000_000
 
 
 class Settings(BaseSettings):
     """Everything the service can be configured with; build once and pass it in."""
 
-    model_config = SettingsConfigDict(env_prefix="HASHBRIDGE_", extra="ignore", frozen=True)
+    # hide_input_in_errors: an error about the API key must not print the key.
+    model_config = SettingsConfigDict(
+        env_prefix="HASHBRIDGE_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     bundle_dir: Path = Field(description="Folder holding manifest.json and the encoders")
     data_dir: Path = Field(description="Folder of the collection (SQLite store + index snapshots)")
@@ -23,7 +28,9 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     api_key: SecretStr | None = Field(
-        None, description="Key required on write endpoints (X-API-Key or Authorization: Bearer)"
+        None,
+        description="Key required on write endpoints (X-API-Key or Authorization: Bearer); "
+        "printable ASCII",
     )
     protect_reads: bool = Field(False, description="Require the API key on read endpoints too")
 
@@ -39,7 +46,10 @@ class Settings(BaseSettings):
         gt=0,
         description="Most frames in a clip (a clip is decoded whole: this bounds the work)",
     )
-    max_k: int = Field(1000, ge=1)
+    # FAISS allocates k results per query whatever the collection's size: a huge k is a 500.
+    max_k: int = Field(
+        1000, ge=1, le=MAX_K, description=f"Largest k a search may ask for (at most {MAX_K})"
+    )
 
     index_kind: Literal["flat", "ivf", "auto"] = "auto"
     ivf_threshold: int = Field(100_000, gt=0)
@@ -53,7 +63,12 @@ class Settings(BaseSettings):
     )
     workers: int = Field(2, gt=0, description="Threads for decode, encode and search")
     worker_threads: int = Field(
-        0, ge=0, description="CPU threads of each encode or search call; 0: usable CPUs / workers"
+        0,
+        ge=0,
+        # Each worker starts this many torch and OpenMP threads: far more fails at start-up.
+        le=MAX_THREADS,
+        description=f"CPU threads of each encode or search call (at most {MAX_THREADS}); "
+        "0: usable CPUs / workers",
     )
     batch_window_ms: float = Field(
         5.0,
@@ -75,11 +90,34 @@ class Settings(BaseSettings):
     thumbnails: bool = Field(True, description="Store a small JPEG of each ingested image")
     thumbnail_size: int = Field(160, ge=16, le=1024, description="Longest side of a thumbnail")
 
+    @field_validator("bundle_dir", "data_dir", "host", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        # An unset compose variable arrives as "": as a path that is the working folder, as a
+        # host every interface; neither is what the user asked for.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _empty_key_is_no_key(cls, value: object) -> object:
         # docker-compose passes an unset variable as "": that means no key, not the key "".
         return None if value == "" else value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_fits_a_header(cls, value: SecretStr | None) -> SecretStr | None:
+        # Clients send the key in an HTTP header, which drops surrounding spaces, refuses
+        # control characters (a CRLF .env file's \r) and reads bytes as latin-1 (curl's UTF-8
+        # then arrives as other characters): such a key would refuse every request.
+        key = value.get_secret_value() if value is not None else ""
+        if key != key.strip() or not all(" " <= char <= "~" for char in key):
+            raise ValueError(
+                "must be printable ASCII with no leading or trailing spaces "
+                "(it is sent in an HTTP header)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _reads_need_a_key(self) -> Self:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from hashbridge import cli
 from service.settings import Settings
 
 
@@ -43,6 +44,10 @@ def test_arguments_override_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         ({"index_kind": "hnsw"}, "index_kind"),
         ({"max_k": 0}, "max_k"),
         ({"workers": 0}, "workers"),
+        # Each worker thread would start this many torch threads: start-up died in a traceback.
+        ({"worker_threads": 10**12}, "worker_threads"),
+        # A search with a k this large allocated terabytes and answered 500.
+        ({"max_k": 10**12}, "max_k"),
     ],
 )
 def test_bad_settings_are_refused(tmp_path: Path, overrides: dict, message: str) -> None:
@@ -61,3 +66,49 @@ def test_an_empty_api_key_means_no_key(monkeypatch, tmp_path):
     monkeypatch.setenv("HASHBRIDGE_API_KEY", "")
     settings = Settings(bundle_dir=tmp_path, data_dir=tmp_path)
     assert settings.api_key is None
+
+
+@pytest.mark.parametrize(
+    "name", ["HASHBRIDGE_BUNDLE_DIR", "HASHBRIDGE_DATA_DIR", "HASHBRIDGE_HOST"]
+)
+def test_an_empty_path_or_host_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+) -> None:
+    # docker-compose passes an unset variable as "": as the data dir that put the collection
+    # in the working folder, as the host it bound every interface.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HASHBRIDGE_BUNDLE_DIR", str(tmp_path / "no-bundle"))
+    monkeypatch.setenv("HASHBRIDGE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv(name, "")
+    assert cli.main(["serve"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert name in error and "must not be empty" in error, error
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key", ["s3cret\r", "s3cret ", " s3cret", "pässwort", "tab\tkey"])
+def test_a_key_no_http_header_can_carry_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str
+) -> None:
+    # Headers drop surrounding spaces, refuse control characters (a CRLF .env file's \r) and
+    # read bytes as latin-1: the server started and answered every write with 403.
+    monkeypatch.setenv("HASHBRIDGE_API_KEY", key)
+    args = cli.build_parser().parse_args(
+        ["serve", "--bundle", str(tmp_path), "--data", str(tmp_path)]
+    )
+    with pytest.raises(cli.UsageError, match="HASHBRIDGE_API_KEY") as refused:
+        cli.serve_settings(args)
+    assert "printable ASCII" in str(refused.value)
+    with pytest.raises(ValidationError) as error:
+        Settings(bundle_dir=tmp_path, data_dir=tmp_path)
+    assert "s3cret" not in str(error.value) and "pässwort" not in str(error.value)
+
+
+def test_a_key_with_inner_spaces_and_symbols_is_kept(tmp_path: Path) -> None:
+    key = "correct horse ~!@#$%^&*()_+-=[]{}|;:,.<>/?"
+    settings = Settings(bundle_dir=tmp_path, data_dir=tmp_path, api_key=key)
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == key
