@@ -98,6 +98,12 @@ def _eval(args: argparse.Namespace) -> int:
             f"--out {args.out} is a folder; give the report's file name, "
             f"e.g. {args.out / 'eval.json'}"
         )
+    if args.out.exists() and not _is_eval_report(args.out):
+        # A slip such as --out RUN/checkpoint.pt would destroy the trained model.
+        raise UsageError(
+            f"--out {args.out} exists and is not an earlier eval report; give a new file "
+            f"name, e.g. {args.run / 'eval.json'}"
+        )
     _writable_folder(args.out.parent, "the folder of --out")
     report = evaluate_run(args.run, args.out)
     summary = {
@@ -110,10 +116,23 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_eval_report(path: Path) -> bool:
+    """Whether `path` holds a report an earlier eval wrote (which eval may replace)."""
+    try:
+        if path.stat().st_size > 64 << 20:  # reports are kilobytes; never read a large file
+            return False
+        report = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON
+        return False
+    return isinstance(report, dict) and {"map", "directions", "run"} <= report.keys()
+
+
 @_model_command
 def _export(args: argparse.Namespace) -> int:
     from model.export import ExportError, export_bundle
 
+    # The bundle is built beside --out and renamed into place: say so before the tracing.
+    _writable_folder(args.out.parent, "the folder of --out")
     try:
         bundle = export_bundle(args.run, args.out, overwrite=args.force)
     except ExportError as exc:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.records import DataError
 from model.fileio import atomic_write
 
@@ -40,6 +41,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "scheduler": (dict,),
     "banks": (dict,),
     "history": (list,),
+    "data_fingerprint": (str,),
 }
 
 
@@ -59,6 +61,21 @@ def corrupt(path: Path, detail: str) -> DataError:
         f"retrain the run (hashbridge train --config FILE --out {path.parent}) "
         "or restore the file from a backup"
     )
+
+
+def checkpoint_config(state: dict[str, Any], run_dir: Path) -> RunConfig:
+    """The run's saved config, or a ConfigError that says it came from the checkpoint.
+
+    A checkpoint from another hashbridge version may hold keys or values this one refuses;
+    the error must not send the user looking for them in their own config file.
+    """
+    try:
+        return config_from_dict(state["config"])
+    except ConfigError as exc:
+        raise ConfigError(
+            f"checkpoint {Path(run_dir) / CHECKPOINT} holds a config this hashbridge cannot "
+            f"use ({exc}); retrain the run (hashbridge train --config FILE --out {run_dir})"
+        ) from None
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path) -> Path:

@@ -441,7 +441,12 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
         rel = section.get("path") if isinstance(section, dict) else None
         if isinstance(rel, str) and rel and not Path(rel).is_absolute():
             data["data"]["path"] = str((Path(path).parent / rel).resolve())
-    return config_from_dict(apply_overrides(data, overrides or []))
+    config = config_from_dict(apply_overrides(data, overrides or []))
+    # One still relative came from --set, relative to the current folder: stored absolute in
+    # the run, so that eval, export and --resume find the data from any folder.
+    if config.data.path and not Path(config.data.path).is_absolute():
+        config.data.path = str(Path(config.data.path).resolve())
+    return config
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

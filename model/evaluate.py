@@ -104,16 +104,24 @@ def distinct_codes(embeddings: np.ndarray) -> int:
 
 def evaluate_run(run_dir: Path, out: Path, plots_dir: Path | None = None) -> dict[str, Any]:
     """Rebuild a run from its checkpoint, evaluate it, write JSON and PNG plots."""
-    from model.checkpoint import CHECKPOINT, corrupt, load_checkpoint
-    from model.config import config_from_dict
+    from model.checkpoint import CHECKPOINT, checkpoint_config, corrupt, load_checkpoint
+    from model.data.records import DataError
     from model.methods import build_method
-    from model.prepare import prepare
+    from model.prepare import data_fingerprint, prepare
     from model.text import Vocabulary
 
     state = load_checkpoint(run_dir)
-    config = config_from_dict(state["config"])
+    config = checkpoint_config(state, run_dir)
     vocab = Vocabulary.from_json(state["vocabulary"]) if state["vocabulary"] else None
     prepared = prepare(config, vocabulary=vocab)
+    if state.get("data_fingerprint") not in (None, data_fingerprint(prepared)):
+        # Another split could hold items the run trained on among the queries.
+        raise DataError(
+            f"cannot evaluate {run_dir}: its data {config.data.path or config.data.kind} changed "
+            "since the run was trained (its items, labels, texts or split are not the same), "
+            "so its query/database split is no longer the one it held out; restore that data, "
+            "or train a new run on it"
+        )
     method = build_method(
         config, state["input_dims"], state["kinds"], len(state["label_names"]), state["multi_label"]
     )
@@ -129,6 +137,8 @@ def evaluate_run(run_dir: Path, out: Path, plots_dir: Path | None = None) -> dic
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plots_dir = Path(plots_dir) if plots_dir else out.with_suffix("")
+    if plots_dir == out:  # a report named without a suffix: its plots cannot take its name
+        plots_dir = out.with_name(f"{out.name}-plots")
     plots_dir.mkdir(parents=True, exist_ok=True)
     curves = {
         f"{d} {kind}": r[kind]["pr_curve"]

@@ -490,10 +490,10 @@ def _install(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
     _fsync_dir(out.parent)
     if old is not None:
-        if old.is_dir():
+        if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)
         else:
-            old.unlink()
+            old.unlink()  # a file, or a link to the earlier bundle (left where it points)
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -8,7 +8,9 @@ vectors (Wikipedia) are used as they are.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +24,7 @@ from model.data.flickr8k import flickr8k_split, load_flickr8k
 from model.data.kinetics import load_kinetics
 from model.data.manifest import load_manifest
 from model.data.mirflickr import load_mirflickr
-from model.data.records import PairedData, concat
+from model.data.records import DataError, PairedData, concat
 from model.data.splits import Split, split_from_column, standard_split
 from model.data.synthetic_video import generate_video_dataset
 from model.data.wikipedia import load_wikipedia
@@ -90,6 +92,12 @@ def load_dataset(config: RunConfig) -> tuple[PairedData, Split]:
         if kind == "synthetic_video":
             path = _synthetic_videos(config)
         data = load_manifest(path)
+        if data.splits is None and len(data) < 2:
+            raise DataError(
+                "only 1 item: a run needs at least 2, some held out as queries and the rest "
+                "to train on and search",
+                path=path,
+            )
         n_query = min(config.data.n_query, max(1, len(data) // 10))
         n_train = min(config.data.n_train, len(data) - n_query)
         split = split_from_column(
@@ -150,6 +158,17 @@ def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared
         else:
             raise ConfigError(f"unknown modality {modality!r}; use image, video and text")
     return Prepared(data=data, split=split, inputs=inputs, kinds=kinds, vocabulary=vocabulary)
+
+
+def data_fingerprint(prepared: Prepared) -> str:
+    """A digest of the items a run trains and evaluates on: ids, labels, texts and split."""
+    data, split = prepared.data, prepared.split
+    digest = hashlib.sha256()
+    digest.update(json.dumps([data.ids, data.label_names, data.texts]).encode())
+    for part in (data.labels, split.query, split.database, split.train, split.val):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part.tobytes())
+    return digest.hexdigest()
 
 
 def _synthetic_videos(config: RunConfig) -> Path:

@@ -18,12 +18,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import CHECKPOINT, RESUME_KEYS, corrupt, load_checkpoint, save_checkpoint
-from model.config import ConfigError, RunConfig, config_from_dict
+from model.checkpoint import (
+    CHECKPOINT,
+    RESUME_KEYS,
+    checkpoint_config,
+    corrupt,
+    load_checkpoint,
+    save_checkpoint,
+)
+from model.config import ConfigError, RunConfig
+from model.data.records import DataError
 from model.evaluate import quick_map
 from model.fileio import write_json
 from model.methods import build_method, standardize_inputs
-from model.prepare import Prepared, prepare
+from model.prepare import Prepared, data_fingerprint, prepare
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +84,7 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False) -> TrainRes
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir, require=RESUME_KEYS) if resume else None
     if state is not None:
-        config = config_from_dict(state["config"])
+        config = checkpoint_config(state, run_dir)
         log.info("resuming %s from epoch %d", run_dir, state["epoch"])
     # Before any data is prepared: a wrong device should not cost a feature extraction.
     device = _device(config, run_dir if resume else None)
@@ -85,6 +93,8 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False) -> TrainRes
     seed_everything(config.seed)
     started = time.perf_counter()
     prepared = prepare(config)
+    if state is not None:
+        _check_same_data(state, prepared, run_dir, config)
     # Re-seed: building the backbone on a feature-cache miss draws random numbers.
     seed_everything(config.seed)
     data, split = prepared.data, prepared.split
@@ -176,6 +186,32 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False) -> TrainRes
     )
 
 
+def _check_same_data(
+    state: dict[str, Any], prepared: Prepared, run_dir: Path, config: RunConfig
+) -> None:
+    """Refuse to resume on other data than the run began on: its weights and banks fit only that."""
+    data, n_train = prepared.data, len(prepared.split.train)
+    banks = state["banks"]
+    then_train = len(next(iter(banks.values()))) if banks else n_train
+    changed = None
+    if list(state["label_names"]) != data.label_names:
+        changed = (
+            f"its {len(state['label_names'])} labels are not the {len(data.label_names)} "
+            "labels the data has now"
+        )
+    elif then_train != n_train:
+        changed = f"it trained on {then_train} items, the data now has {n_train} to train on"
+    elif state.get("data_fingerprint") not in (None, data_fingerprint(prepared)):
+        # Checkpoints written before the fingerprint existed are checked by the two above only.
+        changed = "its items, labels, texts or split are not the same"
+    if changed:
+        raise DataError(
+            f"cannot resume {run_dir}: its data {config.data.path or config.data.kind} changed "
+            f"since the run began ({changed}); restore that data, or train a new run "
+            "(hashbridge train --config FILE --out NEW_FOLDER)"
+        )
+
+
 def checkpoint_state(
     config: RunConfig,
     method: torch.nn.Module,
@@ -200,4 +236,5 @@ def checkpoint_state(
         "vocabulary": prepared.vocabulary.to_json() if prepared.vocabulary else None,
         "label_names": prepared.data.label_names,
         "multi_label": prepared.data.multi_label,
+        "data_fingerprint": data_fingerprint(prepared),
     }

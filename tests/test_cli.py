@@ -90,6 +90,19 @@ def test_train_rejects_bad_manifests(
     assert not (images / "run").exists()
 
 
+def test_train_on_a_single_item_without_a_split(
+    capsys: pytest.CaptureFixture[str], images: Path
+) -> None:
+    # Was a ValueError traceback from the random split ("n_query must be in [1, 0]").
+    (images / "m.csv").write_text("id,image,text,labels\na,img/0.png,a red circle,red\n")
+    code, _, err = run_cli(
+        capsys, "train", "--config", write_config(images), "--out", images / "run"
+    )
+    assert code == 2
+    assert_one_error_line(err, "train", "m.csv", "only 1 item: a run needs at least 2")
+    assert not (images / "run").exists()
+
+
 def test_train_missing_manifest(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     config = write_config(tmp_path, manifest="nowhere.csv")
     code, _, err = run_cli(capsys, "train", "--config", config, "--out", tmp_path / "run")
@@ -172,6 +185,19 @@ def test_set_overrides_top_level_and_nested_keys(tmp_path: Path) -> None:
     # Without overrides the file's values stand; without a file, the defaults.
     assert load_config(config_file).bits == 16
     assert load_config(None, ["bits=64"]).split_seed == 0
+
+
+def test_a_relative_data_path_set_on_the_command_line_is_kept_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Relative to the folder train ran in: stored as it was, eval, export and --resume run
+    # from any other folder could not find the data.
+    (tmp_path / "configs").mkdir()
+    config_file = write_config(tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    for value in ('"data/other.csv"', "data/other.csv"):
+        config = load_config(config_file, [f"data.path={value}"])
+        assert config.data.path == str((tmp_path / "data" / "other.csv").resolve())
 
 
 def test_eval_on_a_missing_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -266,6 +292,24 @@ def test_train_then_eval_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path
     printed = json.loads(out)
     assert printed["map"] == report["map"] and printed["bits"] == 16
     assert all(Path(p).is_file() for p in printed["plots"])
+
+    # An existing file is replaced only when an earlier eval wrote it: a slip of --out onto
+    # the checkpoint (or the data) used to overwrite it with the report.
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    for taken in (run / "checkpoint.pt", run / "metrics.json", tmp_path / "data" / "manifest.csv"):
+        before = taken.read_bytes()
+        code, _, err = run_cli(capsys, "eval", "--run", run, "--out", taken)
+        assert code == 2
+        assert_one_error_line(err, "eval", str(taken), "is not an earlier eval report")
+        assert taken.read_bytes() == before
+    code, _, _ = run_cli(capsys, "eval", "--run", run, "--out", report_path)
+    assert code == 0 and json.loads(report_path.read_text())["map"] == report["map"]
+    # A report named without a suffix: its plots go beside it (was "Is a directory").
+    code, out, _ = run_cli(capsys, "eval", "--run", run, "--out", tmp_path / "eval" / "again")
+    assert code == 0
+    assert json.loads((tmp_path / "eval" / "again").read_text())["map"] == report["map"]
+    assert {Path(p).parent.name for p in json.loads(out)["plots"]} == {"again-plots"}
+    assert (run / "checkpoint.pt").read_bytes() == checkpoint
 
     # Resuming a finished run trains nothing more and keeps its history.
     code, out, _ = run_cli(capsys, "train", "--resume", "--out", run)

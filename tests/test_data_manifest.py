@@ -112,6 +112,15 @@ def test_malformed_json_line(folder: Path) -> None:
     assert_at(e.value, 2, 3)
 
 
+def test_json_line_nested_too_deeply(folder: Path) -> None:
+    # Was a RecursionError traceback out of json.loads.
+    nested = "[" * 100_000 + "]" * 100_000
+    path = write_jsonl(folder, {"id": "a", "text": "t", "labels": ["x"]}, f'{{"id": {nested}}}')
+    with pytest.raises(DataError, match="malformed JSON: nested too deeply") as e:
+        load_manifest(path)
+    assert_at(e.value, 2, 2)
+
+
 def test_json_line_not_an_object(folder: Path) -> None:
     path = write_jsonl(folder, '["a", "t"]')
     with pytest.raises(DataError, match="expected a JSON object, got list") as e:

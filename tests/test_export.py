@@ -471,6 +471,42 @@ def test_export_refuses_to_overwrite_unless_forced(
     assert load_bundle(out).bits == 16
 
 
+def test_export_force_replaces_a_link_to_a_bundle(
+    run_dir: Path, bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A deployment's "current" link to an earlier bundle: the link is replaced by the new
+    # bundle and what it pointed at is left alone (rmtree refused the link: exit 2 after the
+    # bundle was in place, and a stray .current-old-PID link behind).
+    earlier = tmp_path / "v1"
+    shutil.copytree(bundle_dir, earlier)
+    (tmp_path / "current").symlink_to(earlier, target_is_directory=True)
+    with one_thread():
+        code = cli_main(
+            ["export", "--run", str(run_dir), "--out", str(tmp_path / "current"), "--force"]
+        )
+    assert code == 0, capsys.readouterr().err
+    current = tmp_path / "current"
+    assert current.is_dir() and not current.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v1"]
+    assert sorted(p.name for p in earlier.iterdir()) == ["image.pt", "manifest.json", "text.pt"]
+    assert load_bundle(current).fingerprint == load_bundle(earlier).fingerprint
+
+
+def test_export_under_a_file_says_so_before_any_work(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was "[Errno 17] File exists: '...notes.txt'", after every encoder had been traced.
+    (tmp_path / "notes.txt").write_text("keep me")
+    out = tmp_path / "notes.txt" / "bundle"
+    assert cli_main(["export", "--run", str(run_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"hashbridge export: error: the folder of --out {out.parent} cannot be a folder: "
+        f"{tmp_path / 'notes.txt'} is a file"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_cli_export_of_a_missing_run_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -19,6 +20,7 @@ import model.train
 from model import metrics
 from model.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from model.config import RunConfig, config_from_dict
+from model.data.records import DataError
 from model.data.synthetic import write_synthetic_images
 from model.evaluate import distinct_codes, evaluate, evaluate_run, quick_map
 from model.export import export_bundle
@@ -157,6 +159,61 @@ def test_resume_after_interruption_is_bit_identical(
     saved_a = json.loads((trained.run_dir / "metrics.json").read_text())
     saved_b = json.loads((run_b / "metrics.json").read_text())
     assert saved_a["history"] == saved_b["history"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        # More rows: the banks and the split no longer fit (was a traceback).
+        (lambda rows: rows + [[f"{rows[1][0]}-again", *rows[1][1:]]], "trained on 16 items"),
+        # A new label: the label heads no longer fit (was "checkpoint ... is corrupt").
+        (
+            lambda rows: [
+                [*r[:3], r[3] + "|extra", *r[4:]] if i == 1 else r for i, r in enumerate(rows)
+            ],
+            "labels",
+        ),
+        # Two captions swapped: the same vocabulary and shapes, so resuming trained on it silently.
+        (
+            lambda rows: (
+                [rows[0][:2] + rows[1][2:3] + rows[0][3:]]
+                + [rows[1][:2] + rows[0][2:3] + rows[1][3:]]
+                + rows[2:]
+            ),
+            "texts or split are not the same",
+        ),
+    ],
+    ids=["more-rows", "new-label", "swapped-texts"],
+)
+def test_resume_and_eval_refuse_data_changed_since_the_run_began(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: Any, needle: str
+) -> None:
+    manifest = write_synthetic_images(tmp_path / "data", 20, seed=1, size=32, query_fraction=0.2)
+    config = tiny_config(manifest, tmp_path / "features", epochs=2, eval_every=0)
+    real_save = model.train.save_checkpoint
+
+    def save_then_interrupt(state: dict[str, Any], run_dir: Path) -> Path:
+        real_save(state, run_dir)  # epoch 1 saved, then ^C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model.train, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run")
+    monkeypatch.undo()
+    before = (tmp_path / "run" / CHECKPOINT).read_bytes()
+
+    with manifest.open(newline="") as f:
+        header, *rows = list(csv.reader(f))
+    with manifest.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *edit(rows)])
+    with pytest.raises(DataError, match="changed since the run began") as caught:
+        train(config_from_dict({}), tmp_path / "run", resume=True)
+    assert needle in str(caught.value) and str(manifest) in str(caught.value)
+    assert (tmp_path / "run" / CHECKPOINT).read_bytes() == before
+    # Evaluating on another split could count items the run trained on as held-out queries.
+    with pytest.raises(DataError, match="changed since the run was trained"):
+        evaluate_run(tmp_path / "run", tmp_path / "eval.json")
+    assert not (tmp_path / "eval.json").exists()
 
 
 def _assert_same(a: Any, b: Any, where: str = "") -> None:

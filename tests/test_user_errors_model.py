@@ -246,6 +246,25 @@ def test_resume_from_weights_of_another_model_is_one_line(
     assert_one_error_line(err, "eval", str(tmp_path / "run" / CHECKPOINT), "do not fit its config")
 
 
+def test_a_checkpoint_config_this_version_refuses_names_the_checkpoint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, run_dir: Path
+) -> None:
+    # As from another hashbridge version: the bare "unknown config key 'train.old_key'" sent
+    # the user to a config file that never held it.
+    state = dict(load_checkpoint(run_dir))
+    state["config"] = {**state["config"], "train": {**state["config"]["train"], "old_key": 1}}
+    save_checkpoint(state, tmp_path / "run")
+    for argv in (
+        ("train", "--resume", "--out", tmp_path / "run"),
+        ("eval", "--run", tmp_path / "run", "--out", tmp_path / "e.json"),
+    ):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2
+        assert_one_error_line(
+            err, argv[0], f"checkpoint {tmp_path / 'run' / CHECKPOINT} holds a config", "old_key"
+        )
+
+
 def test_a_missing_checkpoint_is_still_a_file_not_found_error(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     with pytest.raises(FileNotFoundError, match="no checkpoint at .*hashbridge train"):

@@ -124,6 +124,14 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[_Row]]:
                         row=row_no,
                         line=line_no,
                     ) from e
+                except RecursionError:  # json's decoder recurses once per nesting level
+                    raise DataError(
+                        "malformed JSON: nested too deeply; each line must be one JSON object "
+                        "of strings and lists",
+                        path=path,
+                        row=row_no,
+                        line=line_no,
+                    ) from None
                 if not isinstance(obj, dict):
                     raise DataError(
                         f"malformed JSONL: expected a JSON object, got {type(obj).__name__}",
