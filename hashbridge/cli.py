@@ -181,13 +181,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Settings fields the serve flags set, and where else they can come from.
+#: Settings fields the serve flags set: (argument name, flag).
 _SERVE_FLAGS = {
-    "bundle_dir": ("bundle", "--bundle or HASHBRIDGE_BUNDLE_DIR"),
-    "data_dir": ("data", "--data or HASHBRIDGE_DATA_DIR"),
-    "host": ("host", "--host or HASHBRIDGE_HOST"),
-    "port": ("port", "--port or HASHBRIDGE_PORT"),
-    "api_key": ("api_key", "--api-key or HASHBRIDGE_API_KEY"),
+    "bundle_dir": ("bundle", "--bundle"),
+    "data_dir": ("data", "--data"),
+    "host": ("host", "--host"),
+    "port": ("port", "--port"),
+    "api_key": ("api_key", "--api-key"),
 }
 
 
@@ -195,8 +195,13 @@ def serve_settings(args: argparse.Namespace) -> Settings:
     """Service settings from the serve flags over HASHBRIDGE_* env vars (never imports model/)."""
     from pydantic import ValidationError
 
-    from service.settings import Settings
+    from service.settings import Settings, describe_invalid
 
+    if args.api_key == "":
+        # Given on purpose, an empty flag would silently replace HASHBRIDGE_API_KEY.
+        raise UsageError(
+            "--api-key is empty; leave it out to take HASHBRIDGE_API_KEY (or serve without a key)"
+        )
     values = {
         field: getattr(args, attr)
         for field, (attr, _) in _SERVE_FLAGS.items()
@@ -205,17 +210,16 @@ def serve_settings(args: argparse.Namespace) -> Settings:
     try:
         return Settings(**values)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "settings"
-            hint = f" (set {_SERVE_FLAGS[field][1]})" if field in _SERVE_FLAGS else ""
-            problems.append(f"{field}: {error['msg']}{hint}")
-        raise UsageError("invalid settings: " + "; ".join(problems)) from None
+        flags = {field: flag for field, (_, flag) in _SERVE_FLAGS.items()}
+        raise UsageError(describe_invalid(exc, flags)) from None
 
 
 def _serve(args: argparse.Namespace) -> int:
     # Settings first: a missing flag is reported before torch and FAISS are loaded.
     settings = serve_settings(args)
+    # FAISS logs each CPU-specific build it cannot find at INFO as it is imported, before
+    # the service can quiet it.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from service.errors import BundleError, DataDirError
     from service.main import serve
 
@@ -266,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a bundle over HTTP",
         description="Serve a bundle. Every setting can also come from a HASHBRIDGE_* env var.",
     )
-    p.add_argument("--bundle", type=Path, help="bundle folder (HASHBRIDGE_BUNDLE_DIR)")
-    p.add_argument("--data", type=Path, help="collection folder (HASHBRIDGE_DATA_DIR)")
+    # Strings, not Paths: Path("") is the working folder, and Settings refuses an empty one.
+    p.add_argument("--bundle", help="bundle folder (HASHBRIDGE_BUNDLE_DIR)")
+    p.add_argument("--data", help="collection folder (HASHBRIDGE_DATA_DIR)")
     p.add_argument("--host", help="bind address (HASHBRIDGE_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (HASHBRIDGE_PORT, default 8080)")
     p.add_argument(

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from service.errors import BundleError, DataDirError
 from service.main import serve
-from service.settings import Settings
+from service.settings import Settings, describe_invalid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**overrides)
         serve(settings)
     except ValidationError as exc:
-        sys.stderr.write(f"hashbridge: invalid settings:\n{exc}\n")
+        flags = {"bundle_dir": "--bundle", "data_dir": "--data", "host": "--host", "port": "--port"}
+        sys.stderr.write(f"hashbridge: {describe_invalid(exc, flags)}\n")
         return 2
     except (BundleError, DataDirError) as exc:
         sys.stderr.write(f"hashbridge: cannot start: {exc}\n")

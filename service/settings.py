@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1 << 20
@@ -124,3 +125,17 @@ class Settings(BaseSettings):
         if self.protect_reads and self.api_key is None:
             raise ValueError("protect_reads=true needs api_key (HASHBRIDGE_API_KEY) to be set")
         return self
+
+
+def describe_invalid(exc: ValidationError, flags: Mapping[str, str]) -> str:
+    """One line naming each bad setting and where it is set (flags: field -> its flag)."""
+    problems = []
+    for error in exc.errors():
+        if not error["loc"]:  # a rule across settings names them in its message
+            problems.append(error["msg"])
+            continue
+        field = str(error["loc"][0])
+        env = f"HASHBRIDGE_{field.upper()}"
+        where = f"{flags[field]} or {env}" if field in flags else env
+        problems.append(f"{field}: {error['msg']} (set {where})")
+    return "invalid settings: " + "; ".join(problems)

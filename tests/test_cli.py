@@ -255,6 +255,23 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:
     ]
 
 
+def test_serve_that_cannot_start_prints_one_line(tmp_path: Path) -> None:
+    # FAISS logged nine INFO lines (one import error per CPU-specific build) before it.
+    proc = subprocess.run(
+        [sys.executable, "-m", "hashbridge.cli", "serve", "--bundle", str(tmp_path / "nope")]
+        + ["--data", str(tmp_path / "data")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"hashbridge serve: error: cannot load the bundle: bundle {tmp_path / 'nope'} has no "
+        "manifest.json; point bundle_dir at an export folder"
+    ]
+
+
 def test_train_then_eval_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     write_synthetic_images(tmp_path / "data", 40, seed=2, query_fraction=0.25)
     config = write_config(tmp_path, manifest="data/manifest.csv")

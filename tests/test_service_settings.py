@@ -1,6 +1,8 @@
 """Settings come from HASHBRIDGE_* env vars (or arguments), validated once at start-up."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,54 @@ def test_a_key_with_inner_spaces_and_symbols_is_kept(tmp_path: Path) -> None:
     key = "correct horse ~!@#$%^&*()_+-=[]{}|;:,.<>/?"
     settings = Settings(bundle_dir=tmp_path, data_dir=tmp_path, api_key=key)
     assert settings.api_key is not None and settings.api_key.get_secret_value() == key
+
+
+@pytest.mark.parametrize("flag", ["--bundle", "--data"])
+def test_an_empty_path_flag_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    # argparse's type=Path turned "" into the working folder before Settings saw it.
+    monkeypatch.chdir(tmp_path)
+    argv = ["serve", "--bundle", str(tmp_path / "no-bundle"), "--data", str(tmp_path / "data")]
+    argv[argv.index(flag) + 1] = ""
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "must not be empty" in error, error
+    assert flag in error, error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_api_key_flag_does_not_replace_the_env_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # It served with no key at all, and warned that HASHBRIDGE_API_KEY was unset.
+    monkeypatch.setenv("HASHBRIDGE_API_KEY", "envkey")
+    args = cli.build_parser().parse_args(
+        ["serve", "--bundle", str(tmp_path), "--data", str(tmp_path), "--api-key", ""]
+    )
+    with pytest.raises(cli.UsageError, match="--api-key is empty"):
+        cli.serve_settings(args)
+
+
+def test_a_bad_env_only_setting_is_named_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HASHBRIDGE_MAX_K", "abc")
+    args = cli.build_parser().parse_args(["serve", "--bundle", str(tmp_path), "--data", "d"])
+    with pytest.raises(cli.UsageError, match="max_k: .*set HASHBRIDGE_MAX_K"):
+        cli.serve_settings(args)
+
+
+def test_python_m_service_reports_bad_settings_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HASHBRIDGE_")}
+    env["HASHBRIDGE_MAX_K"] = "abc"
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--bundle", str(tmp_path), "--data", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "HASHBRIDGE_MAX_K" in lines[0], done.stderr
