@@ -188,7 +188,8 @@ class Collection:
     def stats(self) -> dict[str, Any]:
         """Return store statistics plus each index's size."""
         with self._lock.read():
-            sizes = {m: len(i) for m, i in self._indexes.items()}
+            # A modality emptied by deletes or moves has no index after a restart either.
+            sizes = {m: len(i) for m, i in self._indexes.items() if len(i)}
         return {**self.store.stats(), "index_sizes": sizes}
 
     def _modalities(self) -> list[str]:

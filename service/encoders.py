@@ -35,6 +35,9 @@ INPUTS = {"image": "pixels", "text": "bag_of_words", "video": "clip"}
 TEXT_INPUTS = ("bag_of_words", "sentence")
 #: Inputs run through each encoder at load (a check and the bundle's fingerprint).
 PROBES = 4
+MiB = 1 << 20
+#: Largest input one item may need (uint8 pixels): 100x a 16-frame 224 px clip.
+MAX_INPUT_BYTES = 256 * MiB
 PROBE_SENTENCES = ("a dog runs on the beach", "two people ride bicycles", "", "red sky at night")
 
 
@@ -303,6 +306,16 @@ def _check_spec(root: Path, modality: str, spec: object) -> dict[str, Any]:
         value = spec.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BundleError(f"{where}.{key} must be a positive integer, got {value!r}")
+    if needed:
+        # Every input is this large, the start-up probes included: a typo in the manifest
+        # (size 100000) would otherwise be a MemoryError before the service could say so.
+        pixels = 3 * spec["size"] ** 2 * spec.get("frames", 1) * spec.get("clips", 1)
+        if pixels > MAX_INPUT_BYTES:
+            shape = " x ".join(f"{key} {spec[key]}" for key in needed)
+            raise BundleError(
+                f"{where}: inputs of {shape} take {pixels / MiB:,.0f} MiB per item; a bundle "
+                f"may ask for at most {MAX_INPUT_BYTES // MiB} MiB"
+            )
     return spec
 
 

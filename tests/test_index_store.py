@@ -368,7 +368,13 @@ def test_collection_reupsert_gives_no_duplicates_and_modality_moves(tmp_path: Pa
     text_hits = coll.search(query, 1, modalities=["text"])[0]
     assert [(h.id, h.distance, h.modality) for h in text_hits] == [(ids[0], 0, "text")]
     assert coll.stats()["index_sizes"] == {"image": 29, "text": 1}
+    # The text modality emptied: gone from the stats now, as it is after a restart.
+    coll.upsert([NewItem("image", batch[0].code, "doc0")])
+    assert coll.stats()["index_sizes"] == {"image": 30}
     coll.close()
+    reopened = Collection.open(tmp_path, 32, CONFIGS["flat"])
+    assert reopened.stats()["index_sizes"] == {"image": 30}
+    reopened.close()
 
 
 @pytest.mark.parametrize("config", [CONFIGS["flat"], CONFIGS["auto"]], ids=["flat", "auto"])

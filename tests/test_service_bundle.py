@@ -101,6 +101,12 @@ def _short_vocabulary(root: Path, dim: int | None) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _image_size(root: Path, size: int) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["modalities"]["image"]["size"] = size
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
@@ -118,6 +124,8 @@ def _short_vocabulary(root: Path, dim: int | None) -> None:
         (_feature_input, "modalities.image takes precomputed feature vectors"),
         (lambda r: edit_manifest(r, label_names=5), "label_names must be a list of strings"),
         (lambda r: _short_vocabulary(r, 40), "lists 37 tokens but the text encoder takes 40"),
+        # A typo: its probes alone were a MemoryError traceback.
+        (lambda r: _image_size(r, 100_000), "take 28,610 MiB per item; .* at most 256 MiB"),
         # Without a dim the probe finds it; its message is one line, not TorchScript's stack.
         (lambda r: _short_vocabulary(r, None), r"probe text input of shape \(4, 37\): [^\n]*$"),
     ],
@@ -136,6 +144,7 @@ def _short_vocabulary(root: Path, dim: int | None) -> None:
         "feature-vectors",
         "label-names-not-a-list",
         "vocabulary-shorter-than-dim",
+        "huge-image-size",
         "vocabulary-shorter-than-the-encoder",
     ],
 )
