@@ -58,8 +58,13 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(
                 "--resume continues with the run's saved config: drop --config/--set/--device"
             )
-        result = train(load_config(None), args.out, resume=True)
+        result = train(load_config(None), args.out, resume=True, data=args.data)
     else:
+        if args.data is not None:
+            raise UsageError(
+                "--data is for --resume (a run whose data moved); a new run takes data.path "
+                "from its config or --set"
+            )
         if args.config is None:
             raise UsageError("--config FILE is required unless --resume is given")
         config = load_config(args.config, overrides)
@@ -105,7 +110,7 @@ def _eval(args: argparse.Namespace) -> int:
             f"name, e.g. {args.run / 'eval.json'}"
         )
     _writable_folder(args.out.parent, "the folder of --out")
-    report = evaluate_run(args.run, args.out)
+    report = evaluate_run(args.run, args.out, data=args.data)
     summary = {
         "bits": report["bits"],
         "map": report["map"],
@@ -252,11 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
     p.add_argument("--device", help="cpu or cuda (mixed precision on cuda)")
+    p.add_argument(
+        "--data", type=Path, help="with --resume: where the run's data is now, if it moved"
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a run on its query/database split")
     p.add_argument("--run", type=Path, required=True, help="run directory written by train")
     p.add_argument("--out", type=Path, required=True, help="JSON report path (plots go beside it)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="where the run's data is now, if it moved (it must be the same data)",
+    )
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("export", help="export a trained run as a bundle the service loads")

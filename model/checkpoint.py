@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import torch
 from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.records import DataError
 from model.fileio import atomic_write
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -76,6 +79,37 @@ def checkpoint_config(state: dict[str, Any], run_dir: Path) -> RunConfig:
             f"checkpoint {Path(run_dir) / CHECKPOINT} holds a config this hashbridge cannot "
             f"use ({exc}); retrain the run (hashbridge train --config FILE --out {run_dir})"
         ) from None
+
+
+def run_config(state: dict[str, Any], run_dir: Path, data: Path | None = None) -> RunConfig:
+    """The run's saved config, with its data at ``data`` when it has moved there.
+
+    Moved data must be the same data: the callers compare its fingerprint with the one the
+    checkpoint holds.
+    """
+    config = checkpoint_config(state, run_dir)
+    generated = config.data.kind == "synthetic_video"
+    if data is not None:
+        if generated:
+            raise ConfigError(
+                f"run {run_dir} trains on generated videos (data.kind synthetic_video), "
+                "which have no place to move from; leave out --data"
+            )
+        config.data.path = str(Path(data).resolve())
+        if "data_fingerprint" not in state:
+            log.warning(
+                "run %s predates data fingerprints: whether %s is the data it was trained on "
+                "cannot be checked",
+                run_dir,
+                data,
+            )
+    elif not generated and config.data.path and not Path(config.data.path).exists():
+        raise DataError(
+            f"the data run {run_dir} was trained on is not there any more; if it moved, "
+            "give its new place with --data NEW_PATH",
+            path=config.data.path,
+        )
+    return config
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path) -> Path:

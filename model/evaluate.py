@@ -102,16 +102,21 @@ def distinct_codes(embeddings: np.ndarray) -> int:
     return len(np.unique(signs(embeddings), axis=0))
 
 
-def evaluate_run(run_dir: Path, out: Path, plots_dir: Path | None = None) -> dict[str, Any]:
-    """Rebuild a run from its checkpoint, evaluate it, write JSON and PNG plots."""
-    from model.checkpoint import CHECKPOINT, checkpoint_config, corrupt, load_checkpoint
+def evaluate_run(
+    run_dir: Path, out: Path, plots_dir: Path | None = None, data: Path | None = None
+) -> dict[str, Any]:
+    """Rebuild a run from its checkpoint, evaluate it, write JSON and PNG plots.
+
+    ``data``: where the run's data is now, when it has moved since training.
+    """
+    from model.checkpoint import CHECKPOINT, corrupt, load_checkpoint, run_config
     from model.data.records import DataError
     from model.methods import build_method
     from model.prepare import data_fingerprint, prepare
     from model.text import Vocabulary
 
     state = load_checkpoint(run_dir)
-    config = checkpoint_config(state, run_dir)
+    config = run_config(state, run_dir, data)
     vocab = Vocabulary.from_json(state["vocabulary"]) if state["vocabulary"] else None
     prepared = prepare(config, vocabulary=vocab)
     if state.get("data_fingerprint") not in (None, data_fingerprint(prepared)):

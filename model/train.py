@@ -21,9 +21,9 @@ from tqdm import tqdm
 from model.checkpoint import (
     CHECKPOINT,
     RESUME_KEYS,
-    checkpoint_config,
     corrupt,
     load_checkpoint,
+    run_config,
     save_checkpoint,
 )
 from model.config import ConfigError, RunConfig
@@ -79,12 +79,15 @@ def _device(config: RunConfig, resumed: Path | None = None) -> torch.device:
     return device
 
 
-def train(config: RunConfig, run_dir: Path, *, resume: bool = False) -> TrainResult:
-    """Train `config` into `run_dir` (resuming from its checkpoint when asked)."""
+def train(
+    config: RunConfig, run_dir: Path, *, resume: bool = False, data: Path | None = None
+) -> TrainResult:
+    """Train `config` into `run_dir`, or resume it from its checkpoint (its data moved to
+    `data` when given)."""
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir, require=RESUME_KEYS) if resume else None
     if state is not None:
-        config = checkpoint_config(state, run_dir)
+        config = run_config(state, run_dir, data)
         log.info("resuming %s from epoch %d", run_dir, state["epoch"])
     # Before any data is prepared: a wrong device should not cost a feature extraction.
     device = _device(config, run_dir if resume else None)

@@ -334,6 +334,25 @@ def test_train_then_eval_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path
     again = json.loads((run / "metrics.json").read_text())
     assert again["history"] == metrics["history"]
 
+    # The data moved: eval and resume say how to point at it, and take it with --data.
+    (tmp_path / "data").rename(tmp_path / "moved")
+    moved = tmp_path / "moved" / "manifest.csv"
+    code, _, err = run_cli(capsys, "eval", "--run", run, "--out", report_path)
+    assert code == 2
+    assert_one_error_line(err, "eval", str(tmp_path / "data"), "--data NEW_PATH")
+    code, _, _ = run_cli(capsys, "eval", "--run", run, "--out", report_path, "--data", moved)
+    assert code == 0 and json.loads(report_path.read_text())["map"] == report["map"]
+    code, _, _ = run_cli(capsys, "train", "--resume", "--out", run, "--data", moved)
+    assert code == 0
+    # Other data under the run's name is refused: its split could hold trained-on queries.
+    other = write_synthetic_images(tmp_path / "other", 40, seed=3, query_fraction=0.25)
+    code, _, err = run_cli(capsys, "eval", "--run", run, "--out", report_path, "--data", other)
+    assert code == 2
+    assert_one_error_line(err, "eval", "changed since the run was trained")
+    code, _, err = run_cli(capsys, "train", "--config", config, "--out", run, "--data", moved)
+    assert code == 2
+    assert_one_error_line(err, "train", "--data is for --resume")
+
 
 def test_resume_refuses_a_new_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run_cli(
