@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hashbridge.bundle_format import FORMAT_VERSION, MANIFEST, SPEC_DIGEST, spec_digest
 from hashbridge.clips import decode_clip
 from hashbridge.digests import file_sha256
 from model.backbones.efficientnet import TrunkFront, load_pretrained
@@ -43,8 +44,6 @@ from model.text import Vocabulary
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 #: Kinds of model input (see model/prepare.py); each is also the manifest's "input" name.
 KINDS = ("pixels", "clip", "bag_of_words", "sentence", "features")
 #: Real items and synthetic inputs each encoder is verified on.
@@ -322,7 +321,7 @@ def _trace(item: ModalityExport, path: Path) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(item.encoder, example, check_trace=False)
-    traced.save(str(path))
+    traced.save(str(path), _extra_files={SPEC_DIGEST: spec_digest(item.spec)})
     _fsync(path)
 
 

@@ -21,14 +21,13 @@ import numpy.typing as npt
 import torch
 from tokenizers import Tokenizer
 
+from hashbridge.bundle_format import FORMAT_VERSION, MANIFEST, SPEC_DIGEST, spec_digest
 from hashbridge.digests import file_sha256
 from index.codes import MAX_BITS, MIN_BITS
 from service.errors import BundleError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 #: What each modality's encoder takes, as the manifest names it.
 INPUTS = {"image": "pixels", "text": "bag_of_words", "video": "clip"}
 #: A text encoder takes a bag of words or, for a pretrained sentence encoder, token ids.
@@ -205,7 +204,7 @@ def load_bundle(path: Path | str, device: str = "cpu") -> Bundle:
         spec = _check_spec(root, modality, spec)
         if modality == "text":
             vectorizer = _text_preparer(root, spec, hashes)
-        module = _load_module(root, str(spec["file"]), hashes)
+        module = _load_module(root, spec, hashes)
         encoder = TorchScriptEncoder(modality, bits, module)
         probe = _probe(encoder, _probe_input(modality, spec, vectorizer), root / str(spec["file"]))
         fingerprint.update(modality.encode() + probe.tobytes())
@@ -374,12 +373,23 @@ def _vectorizer(root: Path, spec: Mapping[str, Any]) -> TextVectorizer:
     return TextVectorizer(tokens=tuple(tokens), mode=mode, ngram=ngram, pattern=pattern)
 
 
-def _load_module(root: Path, name: str, hashes: Mapping[str, Any]) -> torch.jit.ScriptModule:
-    path = _checked_file(root, name, hashes)
+def _load_module(
+    root: Path, spec: Mapping[str, Any], hashes: Mapping[str, Any]
+) -> torch.jit.ScriptModule:
+    path = _checked_file(root, str(spec["file"]), hashes)
+    traced_with: dict[str, Any] = {SPEC_DIGEST: ""}  # torch.jit.load fills in the bytes
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=traced_with)
     except RuntimeError as exc:
         raise BundleError(f"{path} is not a loadable TorchScript module: {exc}") from None
+    # Bundles exported before the digest existed carry none (b"") and are taken as they are.
+    digest = bytes(traced_with[SPEC_DIGEST]).decode("ascii", "replace")
+    if digest and digest != spec_digest(spec):
+        raise BundleError(
+            f"{root / MANIFEST}: the entry for {path.name} is not the one it was exported with "
+            "(an input size, normalisation or vocabulary edited by hand would give codes that "
+            "match nothing); export the bundle again"
+        )
     module.eval()
     return module
 

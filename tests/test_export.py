@@ -404,6 +404,33 @@ def test_service_refuses_an_unknown_format_version(copy_of_bundle: Path) -> None
         load_bundle(copy_of_bundle)
 
 
+@pytest.mark.parametrize(
+    ("modality", "key", "value"),
+    [("image", "size", 48), ("image", "mean", [0.0, 0.0, 0.0]), ("text", "dim", None)],
+)
+def test_service_refuses_a_manifest_entry_edited_after_export(
+    copy_of_bundle: Path, modality: str, key: str, value: Any
+) -> None:
+    # A size of 48 for an encoder traced at 32 loaded and encoded: codes that match nothing.
+    manifest = json.loads((copy_of_bundle / "manifest.json").read_text())
+    entry = manifest["modalities"][modality]
+    if value is None:  # the vocabulary, one word renamed: same width, other meaning
+        entry["vocabulary"]["tokens"][0] += "x"
+    else:
+        entry[key] = value
+    (copy_of_bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=rf"entry for {modality}\.pt is not the one it was"):
+        load_bundle(copy_of_bundle)
+
+
+def test_a_manifest_edit_outside_the_entries_still_loads(copy_of_bundle: Path) -> None:
+    _edit_manifest(copy_of_bundle, created_at="yesterday")
+    manifest = json.loads((copy_of_bundle / "manifest.json").read_text())
+    manifest["modalities"] = dict(reversed(manifest["modalities"].items()))
+    (copy_of_bundle / "manifest.json").write_text(json.dumps(manifest, indent=4))
+    assert load_bundle(copy_of_bundle).modalities == ["image", "text"]
+
+
 # ---------------------------------------------------------------- export's own refusals
 
 
