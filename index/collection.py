@@ -22,12 +22,15 @@ from index.codes import check_bits, validate_codes
 from index.errors import BitsMismatchError, IndexFileError
 from index.factory import IndexConfig, load_index, make_index
 from index.fileio import read_header
+from index.reference import POPCOUNT
 from index.rwlock import RWLock
 from index.store import CodeStore, NewItem, StoredItem
 
 log = logging.getLogger(__name__)
 
 STORE_FILE = "store.sqlite3"
+#: Nearest items a filtered search checks before it scans the modality's matches instead.
+_MIN_CANDIDATES = 256
 
 
 @dataclass(frozen=True)
@@ -222,45 +225,47 @@ class Collection:
         where: Mapping[str, Any],
         nprobe: int | None,
     ) -> list[list[Hit]]:
-        """Over-fetch from each index, doubling until k candidates pass or it is exhausted.
+        """Post-filter the nearest items; where too few pass, pre-filter the modality.
 
-        Each round searches under the read lock and checks its candidates after letting
-        it go: an empty filter result costs a check of the whole modality.
+        A filter most items pass is served by the first 2k nearest. One that passes few
+        would need ever larger candidate lists, each checked against the store; one scan
+        of the modality's matching codes, ranked here by (distance, write order) as the
+        indexes rank, costs less. Neither check holds the collection lock.
         """
         with self._lock.read():
             names = list(modalities) if modalities is not None else sorted(self._indexes)
         found: dict[str, list[list[Hit]]] = {m: [[] for _ in queries] for m in names}
-        # Per modality: the queries still short of k matches, and how many to fetch next.
-        pending = {m: (np.arange(queries.shape[0]), 2 * k) for m in names}
-        while pending:
+        short: dict[str, list[int]] = {}
+        with self._lock.read():
             rounds = {}
-            with self._lock.read():
-                for modality, (todo, want) in pending.items():
-                    index = self._indexes.get(modality)
-                    n = len(index) if index is not None else 0
-                    if index is not None and n:
-                        fetch = min(n, want)
-                        res = index.search(queries[todo], fetch, nprobe)
-                        rounds[modality] = (todo, fetch, n, res)
-            pending = {}
-            for modality, (todo, fetch, n, res) in rounds.items():
-                keep = self.store.ids_matching(res.ids[res.ids >= 0].tolist(), modality, where)
-                short = []
-                for r, q in enumerate(todo.tolist()):
-                    hits = [
-                        Hit(int(i), int(d), modality)
-                        for i, d in zip(res.ids[r], res.distances[r], strict=True)
-                        if int(i) in keep
-                    ]
-                    found[modality][q] = hits[:k]
-                    if len(hits) < k and fetch < n and res.ids[r, -1] >= 0:
-                        short.append(q)
-                if short:
-                    pending[modality] = (np.array(short, dtype=np.intp), 2 * fetch)
+            for modality in names:
+                index = self._indexes.get(modality)
+                if index is not None and len(index):
+                    fetch = min(len(index), max(2 * k, _MIN_CANDIDATES))
+                    rounds[modality] = (fetch, len(index), index.search(queries, fetch, nprobe))
+        for modality, (fetch, n, res) in rounds.items():
+            keep = self.store.ids_matching(res.ids[res.ids >= 0].tolist(), modality, where)
+            for q in range(queries.shape[0]):
+                hits = [
+                    Hit(int(i), int(d), modality)
+                    for i, d in zip(res.ids[q], res.distances[q], strict=True)
+                    if int(i) in keep
+                ]
+                found[modality][q] = hits[:k]
+                if len(hits) < k and fetch < n and res.ids[q, -1] >= 0:
+                    short.setdefault(modality, []).append(q)
+        for modality, rows in short.items():
+            ids, seqs, codes = self.store.matching_codes(modality, where)
+            for q in rows:
+                distances = POPCOUNT[codes ^ queries[q]].sum(axis=1, dtype=np.int64)
+                top = np.lexsort((seqs, distances))[:k]
+                found[modality][q] = [
+                    Hit(int(ids[i]), int(distances[i]), modality) for i in top.tolist()
+                ]
         merged = []
         for q in range(queries.shape[0]):
             row = sorted((h for m in names for h in found[m][q]), key=lambda h: h.distance)
-            # An item moved to another modality between two rounds could be found in both.
+            # An item moved to another modality between two checks could be found in both.
             firsts = {h.id: h for h in reversed(row)}
             merged.append([h for h in row if firsts[h.id] is h][:k])
         return merged

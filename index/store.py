@@ -235,6 +235,33 @@ class CodeStore:
             rows = self._db.execute("SELECT DISTINCT modality FROM items ORDER BY 1").fetchall()
         return [r[0] for r in rows]
 
+    def matching_codes(
+        self, modality: str, where: Mapping[str, Any], chunk: int = 65_536
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+        """(ids, seqs, codes) of every item of the modality whose metadata matches where.
+
+        One pass over the modality, a range of ids at a time with the lock let go between
+        ranges; SQLite's JSON functions drop non-matching rows before Python sees them.
+        """
+        condition, params = sql_prefilter(where)
+        with self._lock:
+            (top,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()
+        rows: list[tuple[int, int, bytes]] = []
+        for start in range(0, int(top), chunk):
+            with self._lock:
+                found = self._db.execute(
+                    "SELECT id, seq, code, metadata FROM items WHERE id > ? AND id <= ? "
+                    f"AND modality = ? AND {condition}",
+                    (start, start + chunk, modality, *params),
+                ).fetchall()
+            rows += [(i, q, c) for i, q, c, text in found if matches(json.loads(text), where)]
+        width = self.bits // 8
+        return (
+            np.array([r[0] for r in rows], dtype=np.int64),
+            np.array([r[1] for r in rows], dtype=np.int64),
+            np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8).reshape(-1, width),
+        )
+
     def ids_matching(
         self, ids: Sequence[int], modality: str, where: Mapping[str, Any], chunk: int = 4096
     ) -> set[int]:

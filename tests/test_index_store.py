@@ -434,15 +434,23 @@ def test_store_prefilter_keeps_exactly_the_matching_items(tmp_path: Path):
                    == json.dumps(v, sort_keys=True) for key, v in where.items())
         }  # fmt: skip
         assert store.ids_matching(ids, "text", where, chunk=7) == expected, where
+        found, seqs, codes = store.matching_codes("text", where, chunk=7)
+        assert sorted(found.tolist()) == sorted(expected), where
+        for i, seq, code in zip(found.tolist(), seqs.tolist(), codes, strict=True):
+            item = store.get(i)
+            assert item is not None and (item.seq, item.code) == (seq, code.tobytes())
     store.close()
 
 
-def test_a_filtered_search_lets_writers_through_while_it_checks_metadata(tmp_path: Path):
+@pytest.mark.parametrize("check_name", ["ids_matching", "matching_codes"])
+def test_a_filtered_search_lets_writers_through_while_it_checks_metadata(
+    tmp_path: Path, check_name: str
+):
     """A filter that matches little checks much of the store; writers must not wait for it."""
     rng = np.random.default_rng(10)
     coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
     coll.upsert(items(rng, 500, 16, prefix="w", meta=lambda i: {"n": i}))
-    check = coll.store.ids_matching
+    check = getattr(coll.store, check_name)
     writer_done: list[bool] = []
 
     def check_while_writing(*args, **kwargs):
@@ -453,7 +461,7 @@ def test_a_filtered_search_lets_writers_through_while_it_checks_metadata(tmp_pat
             writer_done.append(not writer.is_alive())
         return check(*args, **kwargs)
 
-    coll.store.ids_matching = check_while_writing  # type: ignore[method-assign]
+    setattr(coll.store, check_name, check_while_writing)
     assert coll.search(rng.integers(0, 256, (2, 2), np.uint8), 5, where={"n": -1}) == [[], []]
     assert writer_done == [True]
     assert coll.store.count() == 503
@@ -465,16 +473,16 @@ def test_a_filtered_search_never_answers_one_item_twice(tmp_path: Path):
     rng = np.random.default_rng(11)
     coll = Collection.open(tmp_path, 16, CONFIGS["flat"])
     coll.upsert(items(rng, 50, 16, modality="image", prefix="m", meta=lambda i: {"t": 1}))
-    # No text item matches, so the text index needs a second, larger round.
-    coll.upsert(items(rng, 30, 16, modality="text", meta=lambda i: {"t": 0}))
+    # No text item matches, so the text modality is scanned for matches after the check.
+    coll.upsert(items(rng, 600, 16, modality="text", meta=lambda i: {"t": 0}))
     check = coll.store.ids_matching
     moved: list[int] = []
 
     def check_then_move(ids, modality, where, **kwargs):
         out = check(ids, modality, where, **kwargs)
         if not moved and modality == "image":
-            # After the image round's check, m0 (the query's own code) becomes a text item;
-            # the image round already kept it and the text round's second pass finds it.
+            # After the image check, m0 (the query's own code) becomes a text item; the
+            # image check already kept it and the scan of the text modality finds it.
             old = coll.store.get(1)
             assert old is not None and 1 in out
             coll.upsert([NewItem("text", old.code, old.client_id, {"t": 1})])
