@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from index.errors import CodeError, ItemError
 
@@ -102,6 +103,26 @@ class DataDirError(RuntimeError):
     """The data dir cannot hold the collection (not a folder, a broken store); at start-up."""
 
 
+PROBLEM_TYPE_PREFIX = "urn:hashbridge:problem:"
+
+
+def problem_types() -> dict[str, str]:
+    """Every problem ``type`` the service answers with, and when: documented in /openapi.json."""
+    found: dict[str, str] = {}
+    pending: list[type[ServiceError]] = [ServiceError]
+    while pending:
+        cls = pending.pop(0)
+        found.setdefault(f"{PROBLEM_TYPE_PREFIX}{cls.slug}", f"{cls.status} {cls.title}")
+        pending += cls.__subclasses__()
+    found[f"{PROBLEM_TYPE_PREFIX}invalid-request"] = (
+        "422 Invalid request: the body or a parameter does not fit its schema; 'errors' lists each"
+    )
+    found[f"{PROBLEM_TYPE_PREFIX}http-<status>"] = (
+        "<status> refused by HTTP routing: http-404 for an unknown path, http-405 a wrong method"
+    )
+    return found
+
+
 def problem(
     status: int,
     title: str,
@@ -114,7 +135,7 @@ def problem(
 ) -> JSONResponse:
     """Build a problem+json response."""
     body: dict[str, Any] = {
-        "type": f"urn:hashbridge:problem:{slug}",
+        "type": f"{PROBLEM_TYPE_PREFIX}{slug}",
         "title": title,
         "status": status,
         "detail": detail,
@@ -168,14 +189,36 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
+    detail = str(exc.detail)
+    headers = dict(exc.headers) if exc.headers else {}
+    # Routing's own words ("Not Found") say nothing of what to send instead.
+    if exc.status_code == 404 and detail == "Not Found":
+        detail += f": nothing is served at {request.url.path}; /docs lists the endpoints"
+    elif exc.status_code == 405 and "Allow" in headers:
+        headers["Allow"] = _allowed_methods(request) or headers["Allow"]
+        detail += f": {request.url.path} does not take {request.method}; use {headers['Allow']}"
     return problem(
         exc.status_code,
         title,
-        str(exc.detail),
+        detail,
         slug=f"http-{exc.status_code}",
         instance=request.url.path,
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers or None,
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path.
+
+    Starlette's 405 names only the first route matching the path, so GET /v1/items/{id}
+    hid DELETE on the same path (a route per method).
+    """
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
 
 
 #: nginx's "client closed request": no answer reached the client, and the server did no wrong.

@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from index.fileio import read_header
 from index.reference import NumpyHammingIndex
 from index.store import NewItem
 from service.encoders import Bundle
-from service.schemas import IngestedItem
+from service.schemas import IngestedItem, Problem
 from tests.service_bundle import (
     API_KEY,
     AUTH,
+    PROBLEM,
     VOCAB,
     build_bundle,
     grid_image,
@@ -561,3 +563,99 @@ def test_pool_threads_share_the_cpus_among_the_workers(
         counts = pool.submit(lambda: (torch.get_num_threads(), faiss.omp_get_max_threads()))
         assert counts.result() == (expected, expected)
         assert c.post("/v1/encode", json={"texts": ["a dog"]}).status_code == 200
+
+
+def _assert_documented(spec: dict, method: str, template: str, r) -> None:
+    """The answer's status (and, for an error, problem+json) is what /openapi.json lists."""
+    responses = spec["paths"][template][method.lower()]["responses"]
+    where = f"{method} {template} -> {r.status_code}"
+    assert str(r.status_code) in responses, f"{where} is not in the OpenAPI responses"
+    if r.status_code >= 400:
+        assert r.headers["content-type"] == PROBLEM, where
+        assert PROBLEM in responses[str(r.status_code)].get("content", {}), where
+        body = Problem.model_validate(r.json())
+        assert body.status == r.status_code and body.detail, where
+        assert body.instance == r.url.path, where
+        # The type URNs dereference to nothing: the Problem schema is where they are explained.
+        documented = spec["components"]["schemas"]["Problem"]["properties"]["type"]
+        urn = re.sub(r"http-\d+$", "http-<status>", body.type)
+        assert f"`{urn}`" in documented.get("description", ""), (where, body.type)
+
+
+def test_every_status_a_route_answers_is_in_its_openapi_responses(
+    api, svc_bundle_dir: Path, svc_bundle: Bundle, tmp_path
+) -> None:
+    # A client generated from /openapi.json only knows the statuses listed there.
+    spec = api.get("/openapi.json").json()
+    [text] = ingest_texts(api, ["a cat"])
+    [image] = ingest_files(api, [("a.png", png(0))])
+    thumb = api.get(f"/v1/items/{image['id']}/thumbnail")
+    etag = thumb.headers["etag"]
+    missing = 10**6
+    for method, template, path, headers in [
+        ("GET", "/v1/items/{item_id}", f"/v1/items/{missing}", {}),
+        ("DELETE", "/v1/items/{item_id}", f"/v1/items/{missing}", AUTH),
+        ("GET", "/v1/items/{item_id}/thumbnail", f"/v1/items/{missing}/thumbnail", {}),
+        ("GET", "/v1/items/{item_id}/thumbnail", f"/v1/items/{text['id']}/thumbnail", {}),
+        ("GET", "/v1/items/{item_id}/thumbnail", thumb.url.path, {"If-None-Match": etag}),
+    ]:
+        _assert_documented(spec, method, template, api.request(method, path, headers=headers))
+
+    settings = make_settings(svc_bundle_dir, tmp_path / "locked", protect_reads=True)
+    with open_client(settings, svc_bundle) as locked:
+        for headers in ({}, {"X-API-Key": "wrong"}):
+            _assert_documented(spec, "GET", "/v1/stats", locked.get("/v1/stats", headers=headers))
+
+    # Not entered, so the lifespan never loads the runtime: the service is "starting".
+    starting = open_client(make_settings(svc_bundle_dir, tmp_path / "starting"), svc_bundle)
+    for method, template, kwargs in [
+        ("GET", "/readyz", {}),
+        ("GET", "/v1/stats", {}),
+        ("GET", "/v1/items/{item_id}", {}),
+        ("DELETE", "/v1/items/{item_id}", {}),
+        ("GET", "/v1/items/{item_id}/thumbnail", {}),
+        ("POST", "/v1/items", {"json": {"items": [{"text": "a cat"}]}}),
+        ("POST", "/v1/search", {"json": {"text": "a cat"}}),
+        ("POST", "/v1/encode", {"json": {"texts": ["a cat"]}}),
+    ]:
+        path = template.replace("{item_id}", "1")
+        r = starting.request(method, path, headers=AUTH, **kwargs)
+        assert r.status_code == 503, (path, r.text)
+        _assert_documented(spec, method, template, r)
+
+
+def test_openapi_json_examples_work_as_sent(api) -> None:
+    # Without them the docs page fills "Try it out" from the schema: a search with both
+    # "text" and "code" set to "string", which is always refused.
+    spec = api.get("/openapi.json").json()
+    ingest_texts(api, ["a dog on the beach"])
+    for path in ("/v1/items", "/v1/search", "/v1/encode"):
+        example = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        r = api.post(path, json=example["example"], headers=AUTH)
+        assert r.status_code == 200, (path, r.text)
+        _assert_documented(spec, "POST", path, r)
+
+
+def test_every_problem_type_is_explained_in_openapi(api) -> None:
+    spec = api.get("/openapi.json").json()
+    for method, template, path, kwargs in [
+        ("POST", "/v1/items", "/v1/items", {"json": {"items": []}}),
+        ("POST", "/v1/items", "/v1/items", {"json": {"items": [{"text": "a"}]}, "headers": {}}),
+        ("POST", "/v1/items", "/v1/items", {"json": {}, "headers": {"X-API-Key": "wrong"}}),
+        ("POST", "/v1/items", "/v1/items", {"content": b"a cat"}),
+        ("POST", "/v1/search", "/v1/search", {"json": {"text": "a", "code": "00"}}),
+        ("POST", "/v1/search", "/v1/search", {"json": {"text": "a", "modalities": ["audio"]}}),
+        ("POST", "/v1/encode", "/v1/encode", {"files": [("files", ("a.png", b"no", "image/png"))]}),
+        ("GET", "/v1/items/{item_id}", "/v1/items/12345", {}),
+    ]:
+        kwargs.setdefault("headers", AUTH)
+        _assert_documented(spec, method, template, api.request(method, path, **kwargs))
+    # Refused by routing, so on no route of the schema: only the type is checked.
+    for method, path in [("GET", "/v1/nowhere"), ("PUT", "/v1/search")]:
+        r = api.request(method, path)
+        urn = re.sub(r"http-\d+$", "http-<status>", r.json()["type"])
+        assert r.headers["content-type"] == PROBLEM and r.json()["status"] == r.status_code
+        assert (
+            f"`{urn}`"
+            in spec["components"]["schemas"]["Problem"]["properties"]["type"]["description"]
+        )

@@ -360,8 +360,21 @@ CASES: dict[str, tuple[Request, int, str]] = {
         415,
         "JSON bodies must be UTF-8; this one says charset=utf-16",
     ),
-    "unknown-route": (lambda c: c.get("/v2/nothing"), 404, "Not Found"),
-    "wrong-method": (lambda c: c.get("/v1/search"), 405, "Method Not Allowed"),
+    "unknown-route": (
+        lambda c: c.get("/v2/nothing"),
+        404,
+        "Not Found: nothing is served at /v2/nothing; /docs lists the endpoints",
+    ),
+    "wrong-method": (
+        lambda c: c.get("/v1/search"),
+        405,
+        "Method Not Allowed: /v1/search does not take GET; use POST",
+    ),
+    "wrong-method-on-an-item": (
+        lambda c: c.put("/v1/items/1", headers=AUTH),
+        405,
+        "Method Not Allowed: /v1/items/1 does not take PUT; use GET, DELETE",
+    ),
 }
 
 
@@ -407,3 +420,17 @@ def test_good_request_after_refusals_still_writes(client: TestClient) -> None:
     before = client.get("/v1/stats").json()["count"]
     ingest_texts(client, ["a white horse"])
     assert client.get("/v1/stats").json()["count"] == before + 1
+
+
+def test_wrong_method_allow_header_lists_every_method_of_the_path(client: TestClient) -> None:
+    # One route per method: routing alone named only the first (GET, hiding DELETE).
+    for path, allowed in [
+        ("/v1/items/1", "GET, DELETE"),
+        ("/v1/items/1/thumbnail", "GET"),
+        ("/healthz", "GET, HEAD"),
+        ("/v1/search", "POST"),
+    ]:
+        r = client.patch(path, headers=AUTH)
+        assert r.status_code == 405 and r.headers["content-type"] == PROBLEM, path
+        assert r.headers["allow"] == allowed, path
+        assert r.json()["detail"].endswith(f"does not take PATCH; use {allowed}"), path

@@ -24,7 +24,11 @@ FORM_FIELDS = ("files",)
         "`files`. Codes come back in request order."
     ),
     dependencies=[Depends(require_read)],
-    openapi_extra=body(EncodeRequest, {"files": files_field("Images (or clips) to encode")}),
+    openapi_extra=body(
+        EncodeRequest,
+        {"files": files_field("Images (or clips) to encode")},
+        {"texts": ["a dog on the beach"]},
+    ),
     responses=PROBLEM_RESPONSES,
 )
 async def encode(request: Request, rt: RuntimeDep) -> EncodeResponse:

@@ -7,6 +7,7 @@ from fastapi.responses import PlainTextResponse
 
 from service.deps import get_runtime
 from service.metrics import CONTENT_TYPE, Metrics
+from service.openapi import problems
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -18,7 +19,7 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"description": "Not ready"}})
+@router.get("/readyz", response_model=Health, responses=problems(503))
 async def readyz(request: Request) -> Health:
     """The bundle and the collection are loaded."""
     await get_runtime(request)

@@ -11,7 +11,14 @@ from fastapi.responses import JSONResponse
 from service import forms, pipeline, thumbnails
 from service.deps import RuntimeDep, require_read, require_write
 from service.errors import InvalidInput
-from service.openapi import PROBLEM_RESPONSES, body, files_field, text_field
+from service.openapi import (
+    ITEM_PROBLEM_RESPONSES,
+    PROBLEM_RESPONSES,
+    body,
+    files_field,
+    problems,
+    text_field,
+)
 from service.pipeline import ItemInput
 from service.runtime import Runtime
 from service.schemas import IngestRequest, IngestResponse, Item, Stats, TextItem
@@ -45,7 +52,11 @@ _FORM_DOC = {
         "order: files first, then texts."
     ),
     dependencies=[Depends(require_write)],
-    openapi_extra=body(IngestRequest, _FORM_DOC),
+    openapi_extra=body(
+        IngestRequest,
+        _FORM_DOC,
+        {"items": [{"text": "a dog on the beach", "client_id": "cap-1", "metadata": {}}]},
+    ),
     responses=PROBLEM_RESPONSES,
 )
 async def ingest_items(request: Request, rt: RuntimeDep) -> Response:
@@ -79,7 +90,7 @@ async def ingest_items(request: Request, rt: RuntimeDep) -> Response:
     "/items/{item_id}",
     response_model=Item,
     dependencies=[Depends(require_read)],
-    responses=PROBLEM_RESPONSES,
+    responses=ITEM_PROBLEM_RESPONSES,
 )
 async def get_item(item_id: ItemId, rt: RuntimeDep) -> Item:
     """Return one stored item."""
@@ -100,7 +111,8 @@ async def get_item(item_id: ItemId, rt: RuntimeDep) -> Item:
     dependencies=[Depends(require_read)],
     responses={
         200: {"content": {thumbnails.MEDIA_TYPE: {}}, "description": "A small JPEG"},
-        **PROBLEM_RESPONSES,
+        304: {"description": "Not modified: If-None-Match holds the current ETag"},
+        **ITEM_PROBLEM_RESPONSES,
     },
 )
 async def get_thumbnail(item_id: ItemId, request: Request, rt: RuntimeDep) -> Response:
@@ -118,7 +130,7 @@ async def get_thumbnail(item_id: ItemId, request: Request, rt: RuntimeDep) -> Re
     "/items/{item_id}",
     status_code=204,
     dependencies=[Depends(require_write)],
-    responses=PROBLEM_RESPONSES,
+    responses=ITEM_PROBLEM_RESPONSES,
 )
 async def delete_item(item_id: ItemId, rt: RuntimeDep) -> Response:
     """Delete one item."""
@@ -126,7 +138,12 @@ async def delete_item(item_id: ItemId, rt: RuntimeDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/stats", response_model=Stats, dependencies=[Depends(require_read)])
+@router.get(
+    "/stats",
+    response_model=Stats,
+    dependencies=[Depends(require_read)],
+    responses=problems(401, 403, 503),
+)
 async def stats(rt: RuntimeDep) -> Stats:
     """Item counts per modality and what the loaded bundle is."""
     raw: dict[str, Any] = await rt.run(rt.collection.stats)

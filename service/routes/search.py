@@ -40,7 +40,7 @@ _FORM_DOC = {
         "restrict with `modalities`. Results are nearest first by Hamming distance."
     ),
     dependencies=[Depends(require_read)],
-    openapi_extra=body(SearchRequest, _FORM_DOC),
+    openapi_extra=body(SearchRequest, _FORM_DOC, {"text": "dog on the beach", "k": 5}),
     responses=PROBLEM_RESPONSES,
 )
 async def search(request: Request, rt: RuntimeDep) -> SearchResponse:
