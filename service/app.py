@@ -14,7 +14,7 @@ from service.encoders import Bundle
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics
-from service.routes import encode, health, items, page, search
+from service.routes import docs, encode, health, items, page, search
 from service.runtime import open_runtime
 from service.schemas import EncodeRequest, IngestRequest, SearchRequest
 from service.settings import Settings
@@ -64,6 +64,9 @@ def create_app(settings: Settings, *, bundle: Bundle | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION.format(bits="16-128"),
         lifespan=lifespan,
+        # /docs is service.routes.docs; ReDoc, CDN-only like it, is left out.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -71,7 +74,7 @@ def create_app(settings: Settings, *, bundle: Bundle | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
-    for module in (items, search, encode, health):
+    for module in (items, search, encode, health, docs):
         app.include_router(module.router)
     page.install(app)
     openapi.install(app, [IngestRequest, SearchRequest, EncodeRequest])

@@ -62,7 +62,12 @@ def test_health_ready_docs(api) -> None:
     for path in ("/healthz", "/readyz"):
         head = api.head(path)
         assert head.status_code == 200 and head.content == b"", path
-    assert api.get("/docs").status_code == 200
+    docs = api.get("/docs")
+    assert docs.status_code == 200
+    # Its scripts come from a CDN: without internet the page was blank; now it says why.
+    assert "cannot reach" in docs.text and 'href="/openapi.json"' in docs.text
+    assert docs.text.index("cannot reach") > docs.text.index('<div id="swagger-ui">')
+    assert "swagger-ui-bundle.js" in docs.text and "url: '/openapi.json'" in docs.text
     spec = api.get("/openapi.json").json()
     body = spec["paths"]["/v1/items"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
