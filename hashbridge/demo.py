@@ -277,7 +277,7 @@ def run_demo(options: DemoOptions) -> Iterator[tuple[DemoReport, Server]]:
     sock = reserve_port(options.host, options.port)
     server: Server | None = None
     try:
-        options.workdir.mkdir(parents=True, exist_ok=True)
+        State.claim(options.workdir)
         stages = Stages(State(options.workdir))
         built = build(options, stages)
         collection_dir = options.workdir / "collection"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hashbridge.demo_service import DemoError
 from hashbridge.digests import file_sha256
 from index.fileio import atomic_write
 
@@ -33,6 +34,24 @@ class State:
                 self.records = json.loads(self.path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 log.warning("%s is unreadable; rebuilding every stage", self.path)
+
+    @staticmethod
+    def claim(workdir: Path) -> None:
+        """Make workdir the demo's, or refuse a folder of someone else's files.
+
+        The demo deletes and rebuilds its data, run, bundle and collection folders; in a
+        folder it did not make, those could be the user's own.
+        """
+        if (workdir / STATE_FILE).exists():
+            return
+        if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+            raise DemoError(
+                f"--workdir {workdir} is not empty and was not made by the demo, which "
+                "replaces its data, run, bundle and collection folders; give a new or empty "
+                "folder"
+            )
+        workdir.mkdir(parents=True, exist_ok=True)
+        atomic_write(workdir / STATE_FILE, [b"{}"])
 
     def done(self, stage: str, fingerprint: str) -> dict[str, Any] | None:
         """The stage's record when it finished with these inputs, else None."""

@@ -228,3 +228,22 @@ def test_cli_refuses_zero_sizes_and_bad_ports(
     assert cli_main(["demo", "--workdir", str(tmp_path / "demo"), "--check", *flags]) == 2
     assert capsys.readouterr().err.strip() == f"hashbridge demo: error: {message}"
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_work_folder_of_someone_elses_files_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The demo replaces its data, run, bundle and collection folders: --workdir ~ wiped ~/data.
+    precious = tmp_path / "data" / "my-thesis.txt"
+    precious.parent.mkdir()
+    precious.write_text("years of work")
+    argv = ["demo", "--workdir", str(tmp_path), "--check", "--port", "0", "--items", "20"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"hashbridge demo: error: --workdir {tmp_path} is not empty and was not made by the "
+        "demo, which replaces its data, run, bundle and collection folders; give a new or "
+        "empty folder"
+    )
+    assert precious.read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
