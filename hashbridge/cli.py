@@ -53,12 +53,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.device:
         overrides.append(f"train.device={json.dumps(args.device)}")
     if args.resume:
-        if args.config or overrides:
+        if args.config or overrides or args.force:
             # The checkpoint's own config is what makes a resumed run equal an uninterrupted one.
             raise UsageError(
-                "--resume continues with the run's saved config: drop --config/--set/--device"
+                "--resume continues with the run's saved config: drop "
+                "--config/--set/--device/--force"
             )
-        result = train(load_config(None), args.out, resume=True, data=args.data)
+        run = functools.partial(train, load_config(None), args.out, resume=True, data=args.data)
     else:
         if args.data is not None:
             raise UsageError(
@@ -69,7 +70,12 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError("--config FILE is required unless --resume is given")
         config = load_config(args.config, overrides)
         _writable_folder(args.out, "--out")
-        result = train(config, args.out)
+        _replace_run(args.out, args.force)
+        run = functools.partial(train, config, args.out)
+    try:
+        result = run()
+    except KeyboardInterrupt:
+        return _interrupted(args.out)
     final = result.history[-1].get("map", {}) if result.history else {}
     print(
         json.dumps(
@@ -78,6 +84,38 @@ def _train(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _replace_run(out: Path, force: bool) -> None:
+    """Refuse to train over an earlier run unless forced; forced, drop its checkpoint.
+
+    Its eval reports and bundles stay where they are (they are the user's), but would no
+    longer describe the run in that folder: hence the refusal by default.
+    """
+    from model.checkpoint import CHECKPOINT
+
+    if not (out / CHECKPOINT).exists():
+        return
+    if not force:
+        raise UsageError(
+            f"--out {out} holds a run already; continue it with --resume, replace it with "
+            "--force, or choose a new folder"
+        )
+    for name in (CHECKPOINT, "metrics.json"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _interrupted(out: Path) -> int:
+    """Ctrl-C ends a training run with one line on what was kept, not a traceback."""
+    from model.checkpoint import CHECKPOINT
+
+    kept = (
+        f"the last finished epoch is kept: continue with hashbridge train --resume --out {out}"
+        if (out / CHECKPOINT).exists()
+        else "no epoch had finished, so nothing was kept"
+    )
+    print(f"hashbridge train: interrupted; {kept}", file=sys.stderr)
+    return 130
 
 
 def _writable_folder(path: Path, flag: str) -> None:
@@ -259,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda (mixed precision on cuda)")
     p.add_argument(
         "--data", type=Path, help="with --resume: where the run's data is now, if it moved"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the run already in --out (its checkpoint and metrics)",
     )
     p.set_defaults(func=_train)
 

@@ -255,6 +255,11 @@ def _encoder_device(name: str) -> torch.device:
 def _read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.is_file():
+        if (root / "checkpoint.pt").is_file():  # hashbridge.cli cannot be named: no model/ here
+            raise BundleError(
+                f"{root} is a training run, not a bundle: export it first "
+                f"(hashbridge export --run {root} --out BUNDLE) and serve BUNDLE"
+            )
         raise BundleError(f"bundle {root} has no {MANIFEST}; point bundle_dir at an export folder")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -352,6 +354,46 @@ def test_train_then_eval_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path
     code, _, err = run_cli(capsys, "train", "--config", config, "--out", run, "--data", moved)
     assert code == 2
     assert_one_error_line(err, "train", "--data is for --resume")
+
+    # Training into a finished run again replaced it silently, its eval.json left beside it.
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    retrain = ["train", "--config", config, "--set", f"data.path={json.dumps(str(moved))}"]
+    code, _, err = run_cli(capsys, *retrain, "--out", run)
+    assert code == 2
+    assert_one_error_line(err, "train", f"--out {run} holds a run already", "--force")
+    code, _, err = run_cli(capsys, "train", "--resume", "--force", "--out", run)
+    assert code == 2 and (run / "checkpoint.pt").read_bytes() == checkpoint
+    code, _, _ = run_cli(capsys, *retrain, "--set", "seed=5", "--out", run, "--force")
+    assert code == 0 and (run / "checkpoint.pt").read_bytes() != checkpoint
+
+
+def test_ctrl_c_during_training_is_one_line(tmp_path: Path) -> None:
+    write_synthetic_images(tmp_path / "data", 40, seed=2, query_fraction=0.25)
+    config = write_config(tmp_path, manifest="data/manifest.csv")
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hashbridge.cli", "train", "--config", str(config)]
+        + ["--set", "train.epochs=100000", "--set", "train.eval_every=0", "--out", str(run)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(1200):  # the first epoch's checkpoint, then ^C
+            if (run / "checkpoint.pt").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "hashbridge train: interrupted; the last finished epoch is kept: continue with "
+        f"hashbridge train --resume --out {run}"
+    )
 
 
 def test_resume_refuses_a_new_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

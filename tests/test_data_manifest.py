@@ -225,6 +225,9 @@ def test_unsupported_suffix_and_missing_file(folder: Path) -> None:
         load_manifest(write_csv(folder, "id,text,labels", "a,t,x", name="m.tsv"))
     with pytest.raises(DataError, match="manifest file not found"):
         load_manifest(folder / "absent.csv")
+    # The data folder given instead of the file in it was "manifest file not found" too.
+    with pytest.raises(DataError, match="is a folder; give the manifest file"):
+        load_manifest(folder)
 
 
 def test_unknown_column_is_reported(folder: Path, caplog: pytest.LogCaptureFixture) -> None:

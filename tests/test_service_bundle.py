@@ -154,6 +154,13 @@ def test_refuses_broken_bundles(fresh: Path, breakage, message: str) -> None:
         load_bundle(fresh)
 
 
+def test_a_training_run_given_as_the_bundle_says_to_export_it(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(BundleError, match=r"is a training run, not a bundle: export it first"):
+        load_bundle(tmp_path / "run")
+
+
 def test_refuses_encoder_whose_width_disagrees(tmp_path: Path) -> None:
     root = build_bundle(tmp_path / "b", bits=32, encoder_bits=16)
     with pytest.raises(

@@ -47,6 +47,8 @@ def load_manifest(
 ) -> PairedData:
     """Parse and validate a manifest; `label_names` pins the label set (e.g. a trained model's)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError("is a folder; give the manifest file (CSV or JSONL) in it", path=path)
     if not path.is_file():
         raise DataError("manifest file not found", path=path)
     suffix = path.suffix.lower()
