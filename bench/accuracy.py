@@ -14,20 +14,21 @@ import json
 import sys
 from pathlib import Path
 
-from bench.common import train_or_reuse
+from bench.common import code_bits, command, emit, environment, train_or_reuse
 from model.evaluate import evaluate_run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--bits", type=code_bits, nargs="+", default=[16, 32, 64])
     parser.add_argument("--split-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"))
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
+    env = environment(threads=0)  # training sets its own: train.threads (0: torch's default)
     rows = []
     for seed in args.split_seeds:
         for bits in args.bits:
@@ -52,11 +53,7 @@ def main() -> int:
                 }
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    command = "python " + " ".join(sys.argv)
-    table = json.dumps({"command": command, "results": rows}, indent=2)
-    print(table)
-    if args.out:
-        args.out.write_text(table)
+    emit({"command": command("bench.accuracy"), "results": rows, "environment": env}, args.out)
     return 0
 
 

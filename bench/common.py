@@ -21,11 +21,34 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from index.codes import check_bits
+from index.errors import CodeError
 from index.fileio import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 FAISS_DISTS = ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a size, a count, a thread number)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def code_bits(text: str) -> int:
+    """An argparse type: a code width the index takes (a multiple of 8, 8 to 128)."""
+    try:
+        return check_bits(int(text))
+    except CodeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -35,7 +58,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="intra-op threads for FAISS and torch (default 1: the CPU is shared)",
     )
@@ -216,17 +239,49 @@ def train_or_reuse(
     """Train `run` from a config unless it already holds a finished run (metrics.json).
 
     Returns the training wall time in seconds, or None when the run was reused. `retrain`
-    deletes the run first.
+    deletes the run first. A finished run trained with other settings is not reused: that
+    would report its figures as this command's, so it exits with what differs.
     """
-    from model.config import load_config  # torch only for the benchmarks that train
+    from model.checkpoint import load_checkpoint  # torch only for the benchmarks that train
+    from model.config import ConfigError, config_from_dict, load_config
     from model.train import train
 
+    try:
+        config = load_config(config_path, list(overrides))
+    except ConfigError as exc:  # a mistake in --config or --set: one line, as hashbridge says it
+        raise SystemExit(f"error: {exc}") from None
     if retrain and run.exists():
         shutil.rmtree(run)
     if (run / "metrics.json").exists():
+        trained = config_from_dict(load_checkpoint(run)["config"]).to_dict()
+        differ = _settings_that_differ(trained, config.to_dict())
+        if differ:
+            raise SystemExit(
+                f"{run} was trained with other settings ({', '.join(differ)}): pass --retrain "
+                "to train it again, or --runs DIR to keep both"
+            )
         return None
-    config = load_config(config_path, list(overrides))
     log(f"training {run}")
     started = time.perf_counter()
     train(config, run)
     return round(time.perf_counter() - started, 1)
+
+
+# Where to cache features and how many threads or processes to use: a run trained with other
+# values of these still answers the same question, so it is reused.
+REUSABLE_SETTINGS = frozenset(
+    {"train.threads", "image.cache_dir", "text.cache_dir", "video.cache_dir", "video.workers"}
+)
+
+
+def _settings_that_differ(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted config keys whose values differ between two config dicts (bar REUSABLE_SETTINGS)."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        name = prefix + key
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _settings_that_differ(x, y, name + ".")
+        elif x != y and name not in REUSABLE_SETTINGS:
+            out.append(f"{name}: {x!r} there, {y!r} now")
+    return out

@@ -23,11 +23,13 @@ import torch
 
 from bench.common import (
     base_parser,
+    code_bits,
     command,
     emit,
     environment,
     log,
     ms,
+    positive_int,
     ratio,
     set_threads,
     timed,
@@ -43,6 +45,7 @@ from bench.models import (
     vocabulary,
     write_untrained_run,
 )
+from model.config import ConfigError
 
 BATCH_SIZES = (1, 8, 32)
 
@@ -118,26 +121,32 @@ def compare(
 
 def main() -> int:
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--bits", type=int, default=64)
+    parser.add_argument("--bits", type=code_bits, default=64)
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE)
-    parser.add_argument("--vocab-size", type=int, default=VOCAB_SIZE)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
+    parser.add_argument("--vocab-size", type=positive_int, default=VOCAB_SIZE)
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device must be cpu or cuda (cuda:N), got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU; torch sees none")
-    device = torch.device(args.device)
     set_threads(args.threads)
     env = environment(args.threads)
     timing = QUICK if args.quick else NORMAL
     with tempfile.TemporaryDirectory(prefix="bench-encoders-") as tmp:
-        run_dir = write_untrained_run(
-            Path(tmp) / "run",
-            bits=args.bits,
-            image_size=args.image_size,
-            vocab_size=args.vocab_size,
-            seed=args.seed,
-        )
+        try:
+            run_dir = write_untrained_run(
+                Path(tmp) / "run",
+                bits=args.bits,
+                image_size=args.image_size,
+                vocab_size=args.vocab_size,
+                seed=args.seed,
+            )
+        except ConfigError as exc:  # e.g. an --image-size the image stream does not take
+            parser.error(str(exc))
         log("building eager encoders and exporting the bundle")
         eager = eager_encoders(run_dir)
         export_s, bundle = timed(lambda: export_untrained(run_dir, Path(tmp) / "bundle"))

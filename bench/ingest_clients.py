@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import sys
 import tempfile
 import time
@@ -26,7 +27,17 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.common import base_parser, command, emit, environment, log, ms, set_threads
+from bench.common import (
+    base_parser,
+    code_bits,
+    command,
+    emit,
+    environment,
+    log,
+    ms,
+    positive_int,
+    set_threads,
+)
 from bench.serving import DEFAULTS, bare_texts, make_bundle, post_texts, texts
 from service.encoders import Bundle, load_bundle
 from tests.service_bundle import ServerProcess
@@ -34,10 +45,11 @@ from tests.service_bundle import ServerProcess
 CLIENTS = (1, 2, 4)
 
 
-def client(url: str, batches: list[list[str]], start: Any, done: Any) -> None:
+def client(url: str, batches: list[list[str]], ready: Any, start: Any, done: Any) -> None:
     """One client process: connect, wait for the common start, post its batches in turn."""
     with httpx.Client(base_url=url, timeout=300) as http:
         http.get("/healthz")
+        ready.put(True)
         start.wait()
         for batch in batches:
             post_texts(http, batch)
@@ -63,24 +75,48 @@ def ingest_with(
 ) -> tuple[float, float | None]:
     """Post the batches from ``clients`` processes at once; (wall s, server CPU s)."""
     ctx = mp.get_context("spawn")  # no fork of a process that holds torch's threads
-    start, done = ctx.Barrier(clients + 1), ctx.Queue()
+    ready, start, done = ctx.Queue(), ctx.Event(), ctx.Queue()
     procs = [
-        ctx.Process(target=client, args=(url, batches[i::clients], start, done))
+        ctx.Process(target=client, args=(url, batches[i::clients], ready, start, done))
         for i in range(clients)
     ]
     for p in procs:
         p.start()
     cpu0 = process_cpu_seconds(pid)
-    start.wait()
-    t0 = time.perf_counter()
-    posted = sum(done.get(timeout=600) for _ in procs)
-    wall = time.perf_counter() - t0
+    try:
+        # A client that dies (a failed request, a failed import) never says it is ready or
+        # done: stop at once with its exit code instead of waiting out the timeouts.
+        for _ in procs:
+            _wait_for_clients(lambda: ready.get(timeout=1), procs)
+        start.set()
+        t0 = time.perf_counter()
+        posted = sum(_wait_for_clients(lambda: done.get(timeout=1), procs) for _ in procs)
+        wall = time.perf_counter() - t0
+    except BaseException:
+        for p in procs:
+            p.kill()  # the others would wait for the start for ever
+        raise
+    finally:
+        for p in procs:
+            p.join(30)
     cpu1 = process_cpu_seconds(pid)
-    for p in procs:
-        p.join(30)
     if posted != len(batches) or any(p.exitcode != 0 for p in procs):
         raise RuntimeError(f"clients posted {posted} of {len(batches)} batches")
     return wall, (cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None)
+
+
+def _wait_for_clients(step: Any, procs: list[Any], limit_s: float = 600) -> Any:
+    """Retry ``step`` (which times out after 1 s) until it returns; fail if a client died."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            return step()
+        except queue.Empty:
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed:
+                raise RuntimeError(f"a client process failed (exit code {failed[0]})") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"clients did not finish within {limit_s:.0f} s") from None
 
 
 def run_bundle(kind: str, root: Path, args: Any, n_batches: int, per: int) -> dict[str, Any]:
@@ -128,10 +164,10 @@ def main() -> int:
     parser.add_argument(
         "--bundles", nargs="+", choices=("lite0", "tiny"), default=["lite0", "tiny"]
     )
-    parser.add_argument("--bits", type=int, default=64)
-    parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
+    parser.add_argument("--bits", type=code_bits, default=64)
+    parser.add_argument("--clients", type=positive_int, nargs="+", default=list(CLIENTS))
     parser.add_argument(
-        "--text-batch", type=int, default=256, help="texts per request (default 256)"
+        "--text-batch", type=positive_int, default=256, help="texts per request (default 256)"
     )
     args = parser.parse_args()
     if not 1 <= args.text_batch <= DEFAULTS["max_batch_items"]:

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse
 
 from bench.common import (
     base_parser,
+    code_bits,
     command,
     emit,
     environment,
@@ -142,7 +143,7 @@ def measure(
 def main() -> int:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    parser.add_argument("--bits", type=int, default=64)
+    parser.add_argument("--bits", type=code_bits, default=64)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)

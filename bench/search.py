@@ -27,12 +27,14 @@ import numpy.typing as npt
 
 from bench.common import (
     base_parser,
+    code_bits,
     command,
     emit,
     environment,
     latency_summary,
     log,
     ms,
+    positive_int,
     ratio,
     repeat,
     set_threads,
@@ -360,17 +362,17 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> int:
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", help="item counts")
-    parser.add_argument("--bits", type=int, nargs="+", help="code widths")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", help="item counts")
+    parser.add_argument("--bits", type=code_bits, nargs="+", help="code widths")
     parser.add_argument(
         "--big-bits",
-        type=int,
+        type=code_bits,
         nargs="+",
         help="code widths run at sizes >= 10^6 (default: all of --bits; IVF k-means at 10^6 "
         "items takes 1-2 min per width on one thread)",
     )
-    parser.add_argument("--nprobe", type=int, nargs="+", help="IVF nprobe values")
-    parser.add_argument("--singles", type=int, help="single queries timed per method")
+    parser.add_argument("--nprobe", type=positive_int, nargs="+", help="IVF nprobe values")
+    parser.add_argument("--singles", type=positive_int, help="single queries timed per method")
     parser.add_argument("--noise", type=float, default=0.5, help="cluster noise scale")
     parser.add_argument(
         "--gpu", action="store_true", help="search on the GPU (faiss-gpu); no IVF rows"

@@ -33,12 +33,14 @@ import numpy as np
 
 from bench.common import (
     base_parser,
+    code_bits,
     command,
     emit,
     environment,
     latency_summary,
     log,
     ms,
+    positive_int,
     ratio,
     set_threads,
     timed,
@@ -409,17 +411,17 @@ def main() -> int:
     parser.add_argument(
         "--bundles", nargs="+", choices=("lite0", "lite0-minilm", "tiny"), default=None
     )
-    parser.add_argument("--bits", type=int, default=64)
+    parser.add_argument("--bits", type=code_bits, default=64)
     parser.add_argument(
         "--batch-window-ms",
         type=float,
         default=DEFAULTS["batch_window_ms"],
         help="the server's micro-batching window (default: the service's default)",
     )
-    parser.add_argument("--clients", type=int, nargs="+", help="concurrent search clients")
+    parser.add_argument("--clients", type=positive_int, nargs="+", help="concurrent search clients")
     parser.add_argument(
         "--text-batch",
-        type=int,
+        type=positive_int,
         help="texts per ingest request (default 64; the service takes up to 256): larger "
         "batches spread the per-request cost over more items",
     )

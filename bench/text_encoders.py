@@ -13,30 +13,35 @@ order; text->image ranks each held-out photo once). mAP is `hashbridge eval`'s, 
 stored pairs: for text->image a photo is in the retrieval set once per caption, so its five
 identical copies are ranked together and count as five relevant items.
 
-Runs go under runs/bench/flickr8k-<encoder>-<bits>b-s<seed>; a finished run is re-evaluated,
-not retrained (pass --retrain to start over).
+Runs go under runs/bench/flickr8k-<encoder>-<bits>b-s<seed> (with --quick, 5 epochs, a
+"-quick" suffix); a finished run is re-evaluated, not retrained (pass --retrain to start over).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench.common import base_parser, command, emit, environment, log, set_threads
+from bench.common import (
+    base_parser,
+    code_bits,
+    command,
+    emit,
+    environment,
+    set_threads,
+    train_or_reuse,
+)
 from model import metrics
 from model.checkpoint import load_checkpoint
-from model.config import config_from_dict, load_config
+from model.config import config_from_dict
 from model.evaluate import embed, evaluate_run
 from model.hashing import signs
 from model.methods import build_method
 from model.prepare import prepare
-from model.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "flickr8k.toml"
 ENCODERS = ("bag_of_words", "minilm")
@@ -73,9 +78,9 @@ def recall_at(run: Path, ks: tuple[int, ...] = RECALL_AT) -> dict[str, dict[str,
 
 def run_one(encoder: str, split_seed: int, args: Any) -> dict[str, Any]:
     """Train (unless finished) and evaluate one text encoder on one split."""
-    run = args.runs / f"flickr8k-{encoder}-{args.bits}b-s{split_seed}"
-    if args.retrain and run.exists():
-        shutil.rmtree(run)
+    # Quick runs (5 epochs) get their own folders, so a full run never reuses one.
+    quick = "-quick" if args.quick else ""
+    run = args.runs / f"flickr8k-{encoder}-{args.bits}b-s{split_seed}{quick}"
     overrides = [
         f"bits={args.bits}",
         f"split_seed={split_seed}",
@@ -86,13 +91,7 @@ def run_one(encoder: str, split_seed: int, args: Any) -> dict[str, Any]:
     ]
     if args.quick:
         overrides.append("train.epochs=5")
-    seconds = None
-    if not (run / "metrics.json").exists():
-        config = load_config(args.config, overrides)
-        log(f"training {run}")
-        started = time.perf_counter()
-        train(config, run)
-        seconds = round(time.perf_counter() - started, 1)
+    seconds = train_or_reuse(args.config, overrides, run, retrain=args.retrain)
     report = evaluate_run(run, run / "eval.json")
     return {
         "text_encoder": encoder,
@@ -113,7 +112,7 @@ def run_one(encoder: str, split_seed: int, args: Any) -> dict[str, Any]:
 def main() -> int:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=CONFIG)
-    parser.add_argument("--bits", type=int, default=32)
+    parser.add_argument("--bits", type=code_bits, default=32)
     parser.add_argument(
         "--split-seeds",
         type=int,
@@ -138,6 +137,7 @@ def main() -> int:
     emit(
         {
             "command": command("bench.text_encoders"),
+            "mode": "quick (5 epochs)" if args.quick else "full",
             "config": str(args.config),
             "bits": args.bits,
             "split_seeds": args.split_seeds,

@@ -28,7 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import command, emit, environment, log, ratio, set_threads, train_or_reuse
+from bench.common import (
+    code_bits,
+    command,
+    emit,
+    environment,
+    log,
+    positive_int,
+    ratio,
+    set_threads,
+    train_or_reuse,
+)
 
 RUNS = Path("runs/bench/video")
 ENCODE_BATCHES = (1, 8)
@@ -38,24 +48,25 @@ POOL_PASSES = 3
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    common.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     common.add_argument("--out", type=Path, help="also write the JSON here")
     sub = parser.add_subparsers(dest="what", required=True)
     acc = sub.add_parser("accuracy", parents=[common], help="train and evaluate temporal models")
     acc.add_argument("--config", type=Path, required=True)
     acc.add_argument("--temporal", nargs="+", default=["conv3d", "mean"])
-    acc.add_argument("--bits", type=int, default=32)
+    acc.add_argument("--bits", type=code_bits, default=32)
     acc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     acc.add_argument("--runs", type=Path, default=RUNS)
     acc.add_argument("--retrain", action="store_true")
     speed = sub.add_parser("speed", parents=[common], help="decode and encode clips/s")
     speed.add_argument("--run", type=Path, required=True, help="a trained video run")
-    speed.add_argument("--workers", type=int, default=2, help="decoding processes")
+    speed.add_argument("--workers", type=positive_int, default=2, help="decoding processes")
     args = parser.parse_args()
     set_threads(args.threads)
+    env = environment(args.threads)  # before the work: it records the load at the start
     result: dict[str, Any] = {"command": command("bench.video")}
     result.update(accuracy(args) if args.what == "accuracy" else clip_speed(args))
-    result["environment"] = environment(args.threads)
+    result["environment"] = env
     emit(result, args.out)
     return 0
 

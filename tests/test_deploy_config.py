@@ -848,7 +848,7 @@ DRIFTS = {
     "not the console script": (_edit(CPU, "CMD", '"hashbridge"', '"hb"'), "runs 'hb'"),
     "unknown train flag": (_service(TRAIN, _script("--config", "--cfg")), "does not parse"),
     "variable the script lacks": (
-        _service(TRAIN, _script('--force $TRAIN_ARGS', '--force $ARGS')),
+        _service(TRAIN, _script("--force $TRAIN_ARGS", "--force $ARGS")),
         "$ARGS",
     ),
     # image hygiene
