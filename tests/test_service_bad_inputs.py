@@ -373,7 +373,7 @@ CASES: dict[str, tuple[Request, int, str]] = {
     "wrong-method-on-an-item": (
         lambda c: c.put("/v1/items/1", headers=AUTH),
         405,
-        "Method Not Allowed: /v1/items/1 does not take PUT; use GET, DELETE",
+        "Method Not Allowed: /v1/items/1 does not take PUT; use GET, HEAD, DELETE",
     ),
 }
 
@@ -425,8 +425,8 @@ def test_good_request_after_refusals_still_writes(client: TestClient) -> None:
 def test_wrong_method_allow_header_lists_every_method_of_the_path(client: TestClient) -> None:
     # One route per method: routing alone named only the first (GET, hiding DELETE).
     for path, allowed in [
-        ("/v1/items/1", "GET, DELETE"),
-        ("/v1/items/1/thumbnail", "GET"),
+        ("/v1/items/1", "GET, HEAD, DELETE"),
+        ("/v1/items/1/thumbnail", "GET, HEAD"),
         ("/healthz", "GET, HEAD"),
         ("/v1/search", "POST"),
     ]:

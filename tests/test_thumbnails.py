@@ -134,6 +134,19 @@ def test_an_unchanged_thumbnail_revalidates_with_304(api: TestClient) -> None:
     assert again.status_code == 304 and again.content == b""
 
 
+def test_head_asks_for_an_item_or_thumbnail_without_fetching_it(api: TestClient) -> None:
+    # Was 405: caches and link checkers probe with HEAD.
+    (image,) = ingest_files(api, [("a.png", png(6))])
+    (text,) = ingest_texts(api, ["a red circle"])
+    thumb = api.head(f"/v1/items/{image['id']}/thumbnail")
+    assert thumb.status_code == 200 and thumb.content == b""
+    assert thumb.headers["content-type"] == "image/jpeg" and thumb.headers["etag"]
+    item = api.head(f"/v1/items/{text['id']}")
+    assert item.status_code == 200 and item.content == b""
+    assert api.head(f"/v1/items/{text['id']}/thumbnail").status_code == 404
+    assert api.head("/v1/items/999999").status_code == 404
+
+
 def test_thumbnails_can_be_turned_off(
     svc_bundle_dir: Path, svc_bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

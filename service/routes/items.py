@@ -126,6 +126,18 @@ async def get_thumbnail(item_id: ItemId, request: Request, rt: RuntimeDep) -> Re
     return Response(data, media_type=thumbnails.MEDIA_TYPE, headers=headers)
 
 
+# HEAD too, left out of the API docs: caches and link checkers ask whether an item or its
+# thumbnail is there (and its ETag) without fetching it.
+for _path, _read in (("/items/{item_id}", get_item), ("/items/{item_id}/thumbnail", get_thumbnail)):
+    router.add_api_route(
+        _path,
+        _read,
+        methods=["HEAD"],
+        dependencies=[Depends(require_read)],
+        include_in_schema=False,
+    )
+
+
 @router.delete(
     "/items/{item_id}",
     status_code=204,
