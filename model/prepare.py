@@ -61,9 +61,20 @@ def _split_sizes(n_items: int) -> Iterator[None]:
         ) from None
 
 
+#: Data kinds whose data.path is a dataset folder (the rest read a manifest file).
+_FOLDER_KINDS = ("mirflickr", "wikipedia", "flickr8k", "kinetics")
+
+
 def load_dataset(config: RunConfig) -> tuple[PairedData, Split]:
     """Load the configured dataset and its query/database/train split."""
     kind, path = config.data.kind, Path(config.data.path)
+    if kind in _FOLDER_KINDS and not path.is_dir():
+        # Named by the folder, not by the first file a loader happens to open in it.
+        problem = "is a file" if path.exists() else "not found"
+        raise DataError(
+            f"dataset folder {problem}: data.kind {kind!r} reads a folder; set data.path to it",
+            path=path,
+        )
     if kind == "mirflickr":
         data = load_mirflickr(path)
         with _split_sizes(len(data)):

@@ -402,3 +402,25 @@ def test_resume_refuses_a_new_config(capsys: pytest.CaptureFixture[str], tmp_pat
     )
     assert code == 2
     assert_one_error_line(err, "train", "--resume", "saved config")
+
+
+@pytest.mark.parametrize(
+    "config", ["mirflickr25k.toml", "wikipedia.toml", "flickr8k.toml", "kinetics-tiny.toml"]
+)
+def test_a_missing_dataset_folder_is_named_as_the_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, config: str
+) -> None:
+    # It was named by the first file a loader opened in it ("/x/concepts.txt: file not found").
+    missing = tmp_path / "nowhere"
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--config",
+        REPO / "configs" / config,
+        "--set",
+        f"data.path={json.dumps(str(missing))}",
+        "--out",
+        tmp_path / "run",
+    )
+    assert code == 2
+    assert_one_error_line(err, "train", f"{missing}: dataset folder not found", "data.path")
