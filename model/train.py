@@ -88,7 +88,12 @@ def train(
     state = load_checkpoint(run_dir, require=RESUME_KEYS) if resume else None
     if state is not None:
         config = run_config(state, run_dir, data)
-        log.info("resuming %s from epoch %d", run_dir, state["epoch"])
+        if state["epoch"] >= config.train.epochs:
+            log.info(
+                "%s finished all its %d epochs; nothing is left to resume", run_dir, state["epoch"]
+            )
+        else:
+            log.info("resuming %s from epoch %d", run_dir, state["epoch"])
     # Before any data is prepared: a wrong device should not cost a feature extraction.
     device = _device(config, run_dir if resume else None)
     if config.train.threads:

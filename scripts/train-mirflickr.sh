@@ -5,7 +5,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 if [ ! -d ../shared/datasets/mirflickr25k ]; then
-  echo "MIRFlickr-25K not found at ../shared/datasets/mirflickr25k (see ../shared/datasets/README.md)" >&2
+  echo "MIRFlickr-25K not found at ../shared/datasets/mirflickr25k; with it elsewhere, run" \
+    "hashbridge train --config configs/mirflickr25k.toml --set 'data.path=\"/your/mirflickr25k\"' --out runs/NAME" >&2
   exit 2
 fi
 bash scripts/setup.sh

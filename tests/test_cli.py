@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -274,7 +275,9 @@ def test_serve_that_cannot_start_prints_one_line(tmp_path: Path) -> None:
     ]
 
 
-def test_train_then_eval_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_train_then_eval_end_to_end(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     write_synthetic_images(tmp_path / "data", 40, seed=2, query_fraction=0.25)
     config = write_config(tmp_path, manifest="data/manifest.csv")
     run = tmp_path / "runs" / "r1"
@@ -330,9 +333,11 @@ def test_train_then_eval_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path
     assert {Path(p).parent.name for p in json.loads(out)["plots"]} == {"again-plots"}
     assert (run / "checkpoint.pt").read_bytes() == checkpoint
 
-    # Resuming a finished run trains nothing more and keeps its history.
+    # Resuming a finished run trains nothing more, says so, and keeps its history.
+    caplog.set_level(logging.INFO, logger="model.train")
     code, out, _ = run_cli(capsys, "train", "--resume", "--out", run)
     assert code == 0
+    assert f"{run} finished all its 2 epochs; nothing is left to resume" in caplog.messages
     again = json.loads((run / "metrics.json").read_text())
     assert again["history"] == metrics["history"]
 
