@@ -51,7 +51,9 @@ class Counter(_Metric):
 
     def __init__(self, name: str, doc: str, labels: Sequence[str] = ()) -> None:
         super().__init__(name, doc, labels)
-        self._values: dict[LabelValues, float] = {}
+        # Unlabelled, it starts at 0 (as prometheus-client's do): a series that appears only at
+        # its first increment hides that increment from increase() and rate().
+        self._values: dict[LabelValues, float] = {} if self.labels else {(): 0.0}
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         """Add ``amount``."""

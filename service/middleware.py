@@ -10,6 +10,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import PayloadTooLarge
 from service.metrics import Metrics
 
+#: No endpoint reads a body of these: the only receive() there is a file response's
+#: disconnect listener, and refusing that one broke off the page mid-response.
+BODILESS_METHODS = frozenset({"GET", "HEAD"})
+
 
 class BodyLimit:
     """Refuse bodies over ``limit`` bytes: by Content-Length before any is read, else as read."""
@@ -19,7 +23,7 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in BODILESS_METHODS:
             await self.app(scope, receive, send)
             return
         detail = (
