@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,13 @@ def corrupt(path: Path, detail: str) -> DataError:
     )
 
 
+def finite_weights(module: torch.nn.Module) -> bool:
+    """Whether every floating-point weight and buffer is finite (a diverged run's are not)."""
+    return all(
+        bool(w.isfinite().all()) for w in module.state_dict().values() if w.is_floating_point()
+    )
+
+
 def checkpoint_config(state: dict[str, Any], run_dir: Path) -> RunConfig:
     """The run's saved config, or a ConfigError that says it came from the checkpoint.
 
@@ -113,8 +123,29 @@ def run_config(state: dict[str, Any], run_dir: Path, data: Path | None = None) -
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path) -> Path:
-    """Write the checkpoint to a temp file, fsync, then rename over the old one."""
-    return atomic_write(Path(run_dir) / CHECKPOINT, lambda handle: torch.save(state, handle))
+    """Write the checkpoint to a temp file, fsync, then rename over the old one.
+
+    Ctrl-C meanwhile takes effect once the new checkpoint is in place: torch.save stopped
+    midway raised its own error over the KeyboardInterrupt (a traceback, not the CLI's line).
+    """
+    with _interrupts_held():
+        return atomic_write(Path(run_dir) / CHECKPOINT, lambda handle: torch.save(state, handle))
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold SIGINT for the block (main thread only), then raise KeyboardInterrupt if one came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 def load_checkpoint(run_dir: Path, require: Iterable[str] = ()) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def evaluate_run(
 
     ``data``: where the run's data is now, when it has moved since training.
     """
-    from model.checkpoint import CHECKPOINT, corrupt, load_checkpoint, run_config
+    from model.checkpoint import CHECKPOINT, corrupt, finite_weights, load_checkpoint, run_config
     from model.data.records import DataError
     from model.methods import build_method
     from model.prepare import data_fingerprint, prepare
@@ -137,6 +137,12 @@ def evaluate_run(
         raise corrupt(
             Path(run_dir) / CHECKPOINT, f"its weights do not fit its config: {detail}"
         ) from None
+    if not finite_weights(method):
+        # Every item would get the same code: a report of it would look like a real result.
+        raise DataError(
+            f"cannot evaluate {run_dir}: its weights hold nan or infinite values (its training "
+            "diverged); train a new run with a lower train.lr"
+        )
     report = evaluate(method, prepared, config, torch.device("cpu"))
     report["run"], report["epoch"] = str(run_dir), state["epoch"]
     out = Path(out)

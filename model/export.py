@@ -32,7 +32,7 @@ from hashbridge.digests import file_sha256
 from model.backbones.efficientnet import TrunkFront, load_pretrained
 from model.backbones.minilm import MODEL_NAME, Tokens, load_minilm, tokenizer_path
 from model.backbones.video import FrameMaps
-from model.checkpoint import load_checkpoint
+from model.checkpoint import finite_weights, load_checkpoint
 from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.images import load_image
 from model.data.records import DataError, PairedData
@@ -183,6 +183,12 @@ def load_run(run_dir: Path | str) -> RunState:
         state["multi_label"],
     )
     method.load_state_dict(state["model"])
+    if not finite_weights(method):
+        # Its encoders would give every input the same code, and still pass verification.
+        raise ExportError(
+            f"the weights in {run_dir} hold nan or infinite values (its training diverged); "
+            "train a new run with a lower train.lr"
+        )
     return RunState(run_dir=run_dir, config=config, state=state, method=method.eval())
 
 

@@ -7,10 +7,12 @@ checkpoint of epoch e continues exactly as an uninterrupted run would.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,7 @@ def train(
         first_epoch = state["epoch"]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     n = len(split.train)
+    bounds = batch_bounds(n, config.train.batch_size, has_batch_norm(method))
     bar = tqdm(range(first_epoch, config.train.epochs), desc="training", unit="epoch")
     for epoch in bar:
         method.train()
@@ -151,23 +154,48 @@ def train(
             n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         )
         sums: dict[str, float] = {}
-        steps = range(0, n, config.train.batch_size)
-        for start in steps:
-            positions = order[start : start + config.train.batch_size].to(device)
+        for start, stop in pairwise(bounds):
+            positions = order[start:stop].to(device)
             rows = train_rows[positions]
-            with amp:
-                terms = method.training_loss(
-                    {m: x[rows] for m, x in inputs.items()}, positions, labels[rows], train_labels
-                )
+            try:
+                with amp:
+                    terms = method.training_loss(
+                        {m: x[rows] for m, x in inputs.items()},
+                        positions,
+                        labels[rows],
+                        train_labels,
+                    )
+            except ValueError as exc:
+                if "more than 1 value per channel" not in str(exc):
+                    raise
+                raise ConfigError(
+                    f"batches of one item (train.batch_size {config.train.batch_size}, {n} "
+                    "training item(s)) cannot train the batch norm layers of "
+                    "image.finetune_blocks or the video network at this input size; use "
+                    "train.batch_size 2 or more, on 2 or more training items"
+                ) from None
+            # Checked before the step: one nan loss would turn every weight into nan.
+            total = float(terms["total"].detach())
+            if not math.isfinite(total):
+                raise diverged(config, epoch, f"its loss became {total}")
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as exc:
+                # Adam's step of lr / bias correction does not fit a float32 (lr ~1e38).
+                if "overflow" not in str(exc):
+                    raise
+                raise diverged(config, epoch, "its step overflowed float32") from None
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
+        if not all(bool(p.isfinite().all()) for p in method.parameters()):
+            # A finite loss with overflowing gradients: never checkpoint such weights.
+            raise diverged(config, epoch, "its weights became nan or infinite")
         scheduler.step()
         record: dict[str, Any] = {
             "epoch": epoch + 1,
-            "loss": {k: v / len(steps) for k, v in sums.items()},
+            "loss": {k: v / (len(bounds) - 1) for k, v in sums.items()},
         }
         last = epoch + 1 == config.train.epochs
         if config.train.eval_every and ((epoch + 1) % config.train.eval_every == 0 or last):
@@ -191,6 +219,33 @@ def train(
     )
     return TrainResult(
         run_dir=run_dir, epochs=config.train.epochs, history=history, seconds=seconds
+    )
+
+
+def has_batch_norm(method: torch.nn.Module) -> bool:
+    """Whether `method` holds batch norm layers (fine-tuned image blocks, the video network)."""
+    kinds = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    return any(isinstance(module, kinds) for module in method.modules())
+
+
+def batch_bounds(n: int, batch_size: int, batch_norm: bool) -> list[int]:
+    """Start of every batch over `n` items, then `n`.
+
+    With batch norm a last batch of one item joins the batch before it: batch norm cannot
+    train on one item whose maps are 1x1, and n % batch_size == 1 is no user mistake.
+    """
+    bounds = [*range(0, n, batch_size), n]
+    if batch_norm and len(bounds) > 2 and n - bounds[-2] == 1:
+        del bounds[-2]
+    return bounds
+
+
+def diverged(config: RunConfig, epoch: int, what: str) -> ConfigError:
+    """The error for a run whose training blew up; the last finished epoch stays saved."""
+    return ConfigError(
+        f"training diverged in epoch {epoch + 1}: {what} (train.lr = {config.train.lr:g}); "
+        f"train a new run with a lower learning rate, e.g. --set train.lr="
+        f"{min(config.train.lr / 10, 1e-3):g}"
     )
 
 

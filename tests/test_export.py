@@ -434,6 +434,18 @@ def test_a_manifest_edit_outside_the_entries_still_loads(copy_of_bundle: Path) -
 # ---------------------------------------------------------------- export's own refusals
 
 
+def test_export_refuses_a_diverged_run(run_dir: Path, tmp_path: Path) -> None:
+    # Its encoders gave every input one code, and passed the bit-identical check.
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    torch.save(state, run / "checkpoint.pt")
+    with pytest.raises(ExportError, match="hold nan or infinite values"):
+        export_bundle(run, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_export_refuses_codes_that_differ_from_eager(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
+import signal
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import model.features
 import model.train
 from model import metrics
 from model.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from model.config import RunConfig, config_from_dict
+from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.records import DataError
 from model.data.synthetic import write_synthetic_images
 from model.evaluate import distinct_codes, evaluate, evaluate_run, quick_map
@@ -216,6 +218,53 @@ def test_resume_and_eval_refuse_data_changed_since_the_run_began(
     assert not (tmp_path / "eval.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("lr", "what"),
+    [(1e30, "became nan"), (1e38, "its step overflowed float32")],
+    ids=["nan-loss", "overflowing-step"],
+)
+def test_training_stops_with_a_clear_error_when_it_diverges(
+    tmp_path: Path, lr: float, what: str
+) -> None:
+    manifest = write_synthetic_images(tmp_path / "data", 20, seed=1, size=32, query_fraction=0.2)
+    config = tiny_config(manifest, tmp_path / "features", epochs=2, eval_every=1, lr=lr)
+    # Was: a nan loss trained on, checkpointed nan weights and wrote NaN into metrics.json
+    # (an overflowing step was a RuntimeError traceback).
+    with pytest.raises(ConfigError, match="training diverged in epoch 1") as caught:
+        train(config, tmp_path / "run")
+    assert what in str(caught.value) and "--set train.lr=0.001" in str(caught.value)
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_batch_norm_layers_never_train_on_a_batch_of_one_item(tmp_path: Path) -> None:
+    # 1 query and 3 training items; at image.size 32 the fine-tuned block's maps are 1x1.
+    manifest = write_synthetic_images(tmp_path / "data", 4, seed=1, size=32, query_fraction=0.25)
+    config = tiny_config(manifest, tmp_path / "features", epochs=1, eval_every=0, batch_size=2)
+    config.image.size, config.image.finetune_blocks = 32, 1
+    # Was: a ValueError traceback from batch norm on the last batch, of one item.
+    result = train(config, tmp_path / "run")
+    assert math.isfinite(result.history[-1]["loss"]["total"])
+    # Batches of one item by choice: a clear error instead of the same traceback.
+    config.train.batch_size = 1
+    with pytest.raises(ConfigError, match="use train.batch_size 2 or more"):
+        train(config, tmp_path / "run-1")
+    assert model.train.batch_bounds(7, 3, batch_norm=False) == [0, 3, 6, 7]
+    assert model.train.batch_bounds(7, 3, batch_norm=True) == [0, 3, 7]
+    assert model.train.batch_bounds(1, 3, batch_norm=True) == [0, 1]
+
+
+def test_eval_refuses_a_checkpoint_with_nan_weights(trained: TrainResult, tmp_path: Path) -> None:
+    state = dict(load_checkpoint(trained.run_dir))
+    state["model"] = {k: v.clone() for k, v in state["model"].items()}
+    first_weight = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][first_weight][0] = float("nan")
+    save_checkpoint(state, tmp_path / "run")
+    # Was: every item got the same code and the report showed a plausible-looking mAP.
+    with pytest.raises(DataError, match="weights hold nan or infinite values"):
+        evaluate_run(tmp_path / "run", tmp_path / "eval.json")
+    assert not (tmp_path / "eval.json").exists()
+
+
 def _assert_same(a: Any, b: Any, where: str = "") -> None:
     """Nested equality where tensors must match bit for bit."""
     if isinstance(a, torch.Tensor):
@@ -264,6 +313,24 @@ def test_checkpoint_round_trip_is_atomic(tmp_path: Path) -> None:
         save_checkpoint({"epoch": 5, "bad": lambda: None}, tmp_path / "run")
     assert load_checkpoint(tmp_path / "run")["epoch"] == 4
     assert [p.name for p in (tmp_path / "run").iterdir()] == [CHECKPOINT]
+
+
+class _CtrlCWhilePickled:
+    """Sends this process SIGINT while torch.save pickles it: a Ctrl-C mid-save."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        os.kill(os.getpid(), signal.SIGINT)
+        return (int, (7,))
+
+
+def test_ctrl_c_during_a_save_interrupts_once_the_checkpoint_is_whole(tmp_path: Path) -> None:
+    # torch.save stopped midway raised its own RuntimeError over the KeyboardInterrupt, so
+    # Ctrl-C at that moment ended training with a traceback.
+    big = torch.zeros(1 << 18)  # written after the SIGINT: the interrupt would cut it off
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"epoch": 2, "signal": _CtrlCWhilePickled(), "big": big}, tmp_path)
+    saved = load_checkpoint(tmp_path)
+    assert saved["epoch"] == 2 and saved["signal"] == 7 and torch.equal(saved["big"], big)
 
 
 def test_missing_checkpoint_says_how_to_make_one(tmp_path: Path) -> None:
