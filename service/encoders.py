@@ -11,10 +11,11 @@ import hashlib
 import json
 import logging
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +35,7 @@ INPUTS = {"image": "pixels", "text": "bag_of_words", "video": "clip"}
 TEXT_INPUTS = ("bag_of_words", "sentence")
 #: Inputs run through each encoder at load (a check and the bundle's fingerprint).
 PROBES = 4
+UnicodeForm = Literal["NFC", "NFD", "NFKC", "NFKD"]
 MiB = 1 << 20
 #: Largest input one item may need (uint8 pixels): 100x a 16-frame 224 px clip.
 MAX_INPUT_BYTES = 256 * MiB
@@ -96,6 +98,7 @@ class TextVectorizer:
     mode: str = "word"
     ngram: int = 2
     pattern: str = r"[^\W_]+"
+    normalize: UnicodeForm | None = None  # as the vocabulary was built (None: older bundles)
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
     _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
@@ -105,6 +108,8 @@ class TextVectorizer:
 
     def tokenize(self, text: str) -> list[str]:
         """Split text into vocabulary tokens (words or character n-grams), lower-cased."""
+        if self.normalize:
+            text = unicodedata.normalize(self.normalize, text)
         words = self._regex.findall(text.lower())
         if self.mode == "word":
             return list(words)
@@ -375,7 +380,12 @@ def _vectorizer(root: Path, spec: Mapping[str, Any]) -> TextVectorizer:
         re.compile(pattern)
     except (re.error, TypeError) as exc:
         raise BundleError(f"{where}.pattern is not a valid regular expression: {exc}") from None
-    return TextVectorizer(tokens=tuple(tokens), mode=mode, ngram=ngram, pattern=pattern)
+    normalize = vocab.get("normalize")
+    if normalize is not None and normalize not in get_args(UnicodeForm):
+        raise BundleError(f"{where}.normalize is {normalize!r}; expected a Unicode form or null")
+    return TextVectorizer(
+        tokens=tuple(tokens), mode=mode, ngram=ngram, pattern=pattern, normalize=normalize
+    )
 
 
 def _load_module(

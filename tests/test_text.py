@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 
 import numpy as np
 import pytest
 
 from model.text import WORD_PATTERN, Vocabulary, tokenize
+from service.encoders import TextVectorizer
 
 
 @pytest.mark.parametrize(
@@ -106,3 +108,34 @@ def test_json_round_trip() -> None:
     assert again.index == vocab.index
     probe = ["cats and birds", "dogs?", "nothing known here"]
     np.testing.assert_array_equal(again.encode(probe), vocab.encode(probe))
+
+
+PASTED = ["Café naïve", "ÉCOLE élève", "mañana über", "plain words"]
+
+
+@pytest.mark.parametrize("mode", ["word", "char"])
+def test_decomposed_text_is_the_same_words_as_composed(mode: str) -> None:
+    # Text pasted decomposed (NFD: macOS, PDFs) split "café" into "cafe" + a lone accent and
+    # matched no word of a vocabulary built from composed text.
+    vocab = Vocabulary.build(PASTED, mode=mode)
+    assert vocab.normalize == "NFC"
+    decomposed = [unicodedata.normalize("NFD", t) for t in PASTED]
+    assert decomposed != PASTED
+    np.testing.assert_array_equal(vocab.encode(decomposed), vocab.encode(PASTED))
+    # The service's vectorizer, rebuilt from the manifest, does the same.
+    spec = vocab.to_json()
+    service_side = TextVectorizer(
+        tokens=tuple(spec["tokens"]), mode=mode, pattern=spec["pattern"], normalize="NFC"
+    )
+    bags, known = service_side.vectorize(decomposed)
+    np.testing.assert_array_equal(bags, vocab.encode(PASTED))
+    assert all(k > 0 for k in known)
+
+
+def test_a_vocabulary_saved_before_normalization_tokenizes_as_it_did() -> None:
+    old = {"tokens": ["café", "cafe"], "mode": "word", "ngram": 2, "pattern": WORD_PATTERN}
+    vocab = Vocabulary.from_json(old)
+    assert vocab.normalize is None
+    decomposed = unicodedata.normalize("NFD", "café")
+    np.testing.assert_array_equal(vocab.encode([decomposed]), [[0, 1]])
+    assert TextVectorizer(tokens=("café", "cafe")).vectorize([decomposed])[1] == [1]
