@@ -207,7 +207,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
     try:
         with run_demo(options) as (report, server):
-            print(format_report(report), flush=True)
+            print(format_report(report, serving=not args.check), flush=True)
             problems = report.problems()
             for problem in problems:
                 print(f"hashbridge demo: poor results: {problem}", file=sys.stderr)
@@ -283,8 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model into a run directory")
-    p.add_argument("--config", type=Path, help="TOML config (see configs/)")
+    p = sub.add_parser(
+        "train",
+        help="train a model into a run directory",
+        description="Train DSMHN on a config's data into a run folder (checkpoint.pt after "
+        "every epoch, metrics.json). --config is required unless --resume continues the run "
+        "in --out.",
+    )
+    p.add_argument("--config", type=Path, help="TOML config (see configs/); not with --resume")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. bits=64"
     )
@@ -305,7 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("eval", help="evaluate a run on its query/database split")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run on its query/database split",
+        description="Evaluate a run on its own query/database split: mAP@all, mAP@R, P@K and "
+        "precision-recall for every direction, binary codes and continuous embeddings side by "
+        "side; a JSON report and PNG plots.",
+    )
     p.add_argument("--run", type=Path, required=True, help="run directory written by train")
     p.add_argument("--out", type=Path, required=True, help="JSON report path (plots go beside it)")
     p.add_argument(
@@ -315,7 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("export", help="export a trained run as a bundle the service loads")
+    p = sub.add_parser(
+        "export",
+        help="export a trained run as a bundle the service loads",
+        description="Export a run as a bundle: one TorchScript encoder per modality and "
+        "manifest.json. It refuses to finish unless the encoders reproduce the eager model's "
+        "codes bit for bit.",
+    )
     p.add_argument("--run", type=Path, required=True, help="run directory written by train")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing bundle in --out")

@@ -334,8 +334,8 @@ def run_demo(options: DemoOptions) -> Iterator[tuple[DemoReport, Server]]:
 SHOWN_DIRECTIONS = ("text->image", "image->text", "text->video", "video->text")
 
 
-def format_report(report: DemoReport) -> str:
-    """The report as the demo prints it."""
+def format_report(report: DemoReport, *, serving: bool = True) -> str:
+    """The report as the demo prints it; how to reach the service only while it serves."""
     maps = report.map
     lines = [
         f"hashbridge demo: built {', '.join(report.built) or 'nothing'}"
@@ -356,6 +356,8 @@ def format_report(report: DemoReport) -> str:
             mark = "+" if q.relevant(h) else " "
             shown = f"{h.text!r}" if h.text else " ".join(h.labels)
             lines.append(f"    {mark} {h.distance:3d}  {h.item:10s} {shown}")
+    if not serving:  # --check stops the service once the queries are answered
+        return "\n".join(lines)
     lines += [
         "",
         f"search page: {report.url}",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hashbridge.cli import main
 from model.config import ConfigError, load_config
 from model.data.synthetic import write_synthetic_images
 from tests.cli_checks import assert_one_error_line, run_cli
@@ -431,3 +432,20 @@ def test_a_missing_dataset_folder_is_named_as_the_folder(
     )
     assert code == 2
     assert_one_error_line(err, "train", f"{missing}: dataset folder not found", "data.path")
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        ("train", "--config is required unless --resume"),
+        ("eval", "its own query/database split"),
+        ("export", "bit for bit"),
+    ],
+)
+def test_each_model_command_describes_itself_in_its_help(
+    capsys: pytest.CaptureFixture[str], command: str, says: str
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert says in " ".join(capsys.readouterr().out.split())
