@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hmac
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import BadCredentials, MissingCredentials, NotReady
+from service.errors import BadCredentials, MissingCredentials, NotReady, ServiceError
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -35,6 +36,39 @@ async def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
+class CrossSiteWrite(ServiceError):
+    """A browser sent a write for another site's page."""
+
+    status = 403
+    title = "Forbidden"
+    slug = "cross-site-write"
+
+
+#: Sec-Fetch-Site values of a request that another site's page made the browser send.
+FOREIGN_FETCH_SITES = frozenset({"cross-site", "same-site"})
+
+
+def _refuse_cross_site(request: Request) -> None:
+    """Refuse a write that a browser sent on behalf of another site's page.
+
+    A multipart POST is a CORS "simple" request: any web page could make a visitor's browser
+    send one to a keyless service on 127.0.0.1 and plant or replace items (it cannot read the
+    answer, so no legitimate page does this). Sec-Fetch-Site is set by the browser, not the
+    page; older browsers are judged by Origin against Host.
+    """
+    fetch_site = request.headers.get("sec-fetch-site", "").lower()
+    origin = request.headers.get("origin")
+    if fetch_site:
+        foreign = fetch_site in FOREIGN_FETCH_SITES
+    else:
+        foreign = origin is not None and urlsplit(origin).netloc != request.headers.get("host")
+    if foreign:
+        raise CrossSiteWrite(
+            f"writes from another site's page are refused (Origin: {origin or 'unknown'}); "
+            "send them from this service's own origin or from a non-browser client"
+        )
+
+
 def _check_key(settings: Settings, header: str | None, bearer: str | None) -> None:
     if settings.api_key is None:
         return
@@ -54,7 +88,8 @@ async def require_write(
     header: Annotated[str | None, Security(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> None:
-    """Guard a write endpoint with the API key (when one is configured)."""
+    """Guard a write endpoint from other sites' pages and with the API key (when one is set)."""
+    _refuse_cross_site(request)
     _check_key(get_settings(request), header, bearer.credentials if bearer else None)
 
 
