@@ -19,12 +19,15 @@ __all__ = [
     "check_bits",
     "codes_from_hex",
     "codes_to_hex",
+    "hamming",
     "pack_signs",
     "unpack_codes",
     "validate_codes",
 ]
 
 _HEX = re.compile(r"[0-9a-fA-F]*")
+#: Number of set bits of every byte value; Hamming distance is the popcount of a xor.
+POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 MIN_BITS = 8
 MAX_BITS = 128
@@ -101,3 +104,8 @@ def codes_to_hex(codes: npt.ArrayLike) -> list[str]:
             f"codes must be a 2-D uint8 array, got dtype {arr.dtype} and shape {arr.shape}"
         )
     return [row.tobytes().hex() for row in arr]
+
+
+def hamming(codes: npt.NDArray[np.uint8], query: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+    """Hamming distance of each packed code (n, bytes) to one packed query (bytes,)."""
+    return POPCOUNT[codes ^ query].sum(axis=-1, dtype=np.int64)

@@ -22,7 +22,7 @@ from index.codes import check_bits, validate_codes
 from index.errors import BitsMismatchError, IndexFileError
 from index.factory import IndexConfig, load_index, make_index
 from index.fileio import read_header
-from index.reference import POPCOUNT
+from index.reference import NumpyHammingIndex
 from index.rwlock import RWLock
 from index.store import CodeStore, NewItem, StoredItem
 
@@ -232,17 +232,16 @@ class Collection:
         of the modality's matching codes, ranked here by (distance, write order) as the
         indexes rank, costs less. Neither check holds the collection lock.
         """
+        rounds = {}
         with self._lock.read():
             names = list(modalities) if modalities is not None else sorted(self._indexes)
-        found: dict[str, list[list[Hit]]] = {m: [[] for _ in queries] for m in names}
-        short: dict[str, list[int]] = {}
-        with self._lock.read():
-            rounds = {}
             for modality in names:
                 index = self._indexes.get(modality)
                 if index is not None and len(index):
                     fetch = min(len(index), max(2 * k, _MIN_CANDIDATES))
                     rounds[modality] = (fetch, len(index), index.search(queries, fetch, nprobe))
+        found: dict[str, list[list[Hit]]] = {m: [[] for _ in queries] for m in names}
+        short: dict[str, list[int]] = {}
         for modality, (fetch, n, res) in rounds.items():
             keep = self.store.ids_matching(res.ids[res.ids >= 0].tolist(), modality, where)
             for q in range(queries.shape[0]):
@@ -256,11 +255,16 @@ class Collection:
                     short.setdefault(modality, []).append(q)
         for modality, rows in short.items():
             ids, seqs, codes = self.store.matching_codes(modality, where)
-            for q in rows:
-                distances = POPCOUNT[codes ^ queries[q]].sum(axis=1, dtype=np.int64)
-                top = np.lexsort((seqs, distances))[:k]
+            # Added in write order, the reference ranks ties as the indexes do.
+            matched = NumpyHammingIndex(self.bits)
+            order = np.argsort(seqs, kind="stable")
+            matched.add(ids[order], codes[order])
+            res = matched.search(queries[rows], k)
+            for q, row_ids, row_distances in zip(rows, res.ids, res.distances, strict=True):
                 found[modality][q] = [
-                    Hit(int(ids[i]), int(distances[i]), modality) for i in top.tolist()
+                    Hit(int(i), int(d), modality)
+                    for i, d in zip(row_ids, row_distances, strict=True)
+                    if i >= 0
                 ]
         merged = []
         for q in range(queries.shape[0]):

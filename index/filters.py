@@ -29,8 +29,8 @@ def matches(metadata: Mapping[str, Any] | None, where: Mapping[str, Any] | None)
     )
 
 
-def sql_prefilter(where: Mapping[str, Any], column: str = "metadata") -> tuple[str, list[Any]]:
-    """(condition, parameters) met by every row whose JSON ``column`` matches where."""
+def sql_prefilter(where: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """(condition, parameters) met by every row whose JSON ``metadata`` matches where."""
     clauses: list[str] = []
     params: list[Any] = []
     for key, value in where.items():
@@ -49,7 +49,7 @@ def sql_prefilter(where: Mapping[str, Any], column: str = "metadata") -> tuple[s
         else:
             types = ("object",)
         marks = ",".join("?" * len(types))
-        clause = f"SELECT 1 FROM json_each({column}) AS e WHERE e.key = ? AND e.type IN ({marks})"
+        clause = f"SELECT 1 FROM json_each(metadata) AS e WHERE e.key = ? AND e.type IN ({marks})"
         params += [key, *types]
         if atom is not None:
             clause += " AND e.atom = ?"

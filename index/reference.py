@@ -10,12 +10,9 @@ import numpy as np
 import numpy.typing as npt
 
 from index.base import PathLike, SearchResult, check_ids, check_k, empty_result
-from index.codes import check_bits, validate_codes
+from index.codes import POPCOUNT, check_bits, validate_codes
 from index.errors import IndexFileError
 from index.fileio import check_header, read_container, write_container
-
-#: Number of set bits of every byte value; Hamming distance is the popcount of a xor.
-POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 # Bound the (queries x items x bytes) xor tensor so memory stays flat for big indexes.
 _CHUNK_ELEMS = 1 << 23

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,21 +240,12 @@ class CodeStore:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
         """(ids, seqs, codes) of every item of the modality whose metadata matches where.
 
-        One pass over the modality, a range of ids at a time with the lock let go between
-        ranges; SQLite's JSON functions drop non-matching rows before Python sees them.
+        One pass over the modality, a range of ids at a time.
         """
-        condition, params = sql_prefilter(where)
         with self._lock:
             (top,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()
-        rows: list[tuple[int, int, bytes]] = []
-        for start in range(0, int(top), chunk):
-            with self._lock:
-                found = self._db.execute(
-                    "SELECT id, seq, code, metadata FROM items WHERE id > ? AND id <= ? "
-                    f"AND modality = ? AND {condition}",
-                    (start, start + chunk, modality, *params),
-                ).fetchall()
-            rows += [(i, q, c) for i, q, c, text in found if matches(json.loads(text), where)]
+        ranges = (("id > ? AND id <= ?", (s, s + chunk)) for s in range(0, int(top), chunk))
+        rows = list(self._rows_matching("id, seq, code", modality, where, ranges))
         width = self.bits // 8
         return (
             np.array([r[0] for r in rows], dtype=np.int64),
@@ -265,23 +256,37 @@ class CodeStore:
     def ids_matching(
         self, ids: Sequence[int], modality: str, where: Mapping[str, Any], chunk: int = 4096
     ) -> set[int]:
-        """The ids among ids of items that are of this modality and whose metadata matches.
+        """The ids among ids of items that are of this modality and whose metadata matches."""
+        unique = list(dict.fromkeys(int(i) for i in ids))
+        lists = (
+            ("id IN (SELECT value FROM json_each(?))", (json.dumps(unique[s : s + chunk]),))
+            for s in range(0, len(unique), chunk)
+        )
+        return {row[0] for row in self._rows_matching("id", modality, where, lists)}
+
+    def _rows_matching(
+        self,
+        columns: str,
+        modality: str,
+        where: Mapping[str, Any],
+        scopes: Iterable[tuple[str, tuple[Any, ...]]],
+    ) -> Iterator[tuple[Any, ...]]:
+        """``columns`` of the matching items of the modality within each scope (SQL, args).
 
         SQLite's JSON functions drop most non-matching rows before Python parses any; the
-        lock is let go between chunks, so a long check does not hold writers back.
+        lock is let go between scopes, so a long check does not hold writers back.
         """
         condition, params = sql_prefilter(where)
-        unique = list(dict.fromkeys(int(i) for i in ids))
-        out: set[int] = set()
-        for s in range(0, len(unique), chunk):
+        for scope, args in scopes:
             with self._lock:
-                rows = self._db.execute(
-                    "SELECT id, metadata FROM items WHERE id IN (SELECT value FROM json_each(?)) "
+                found = self._db.execute(
+                    f"SELECT {columns}, metadata FROM items WHERE {scope} "
                     f"AND modality = ? AND {condition}",
-                    (json.dumps(unique[s : s + chunk]), modality, *params),
+                    (*args, modality, *params),
                 ).fetchall()
-            out.update(i for i, text in rows if matches(json.loads(text), where))
-        return out
+            for *values, text in found:
+                if matches(json.loads(text), where):
+                    yield tuple(values)
 
     def stats(self) -> dict[str, Any]:
         """Return item counts per modality, bits, seq and the database path."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from index.codes import codes_from_hex
+from index.codes import codes_from_hex, hamming
 from index.errors import CodeError
 from index.filters import matches as metadata_matches
 from index.store import NewItem, StoredItem
@@ -269,7 +269,7 @@ def _search(
         return []
     width = len(pairs[0][1].code)
     found = np.frombuffer(b"".join(item.code for _, item in pairs), np.uint8).reshape(-1, width)
-    distances = np.unpackbits(found ^ codes[0], axis=1).sum(axis=1)
+    distances = hamming(found, codes[0])
     return [
         Found(h.id, item.client_id, h.modality, h.distance, item.metadata)
         for (h, item), distance in zip(pairs, distances.tolist(), strict=True)
