@@ -224,36 +224,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Settings fields the serve flags set: (argument name, flag).
-_SERVE_FLAGS = {
-    "bundle_dir": ("bundle", "--bundle"),
-    "data_dir": ("data", "--data"),
-    "host": ("host", "--host"),
-    "port": ("port", "--port"),
-    "api_key": ("api_key", "--api-key"),
-}
-
-
 def serve_settings(args: argparse.Namespace) -> Settings:
     """Service settings from the serve flags over HASHBRIDGE_* env vars (never imports model/)."""
     from pydantic import ValidationError
 
-    from service.settings import Settings, describe_invalid
+    from service.settings import SERVE_FLAGS, Settings, describe_invalid
 
     if args.api_key == "":
         # Given on purpose, an empty flag would silently replace HASHBRIDGE_API_KEY.
         raise UsageError(
             "--api-key is empty; leave it out to take HASHBRIDGE_API_KEY (or serve without a key)"
         )
-    values = {
-        field: getattr(args, attr)
-        for field, (attr, _) in _SERVE_FLAGS.items()
-        if getattr(args, attr) is not None
-    }
+    flags = {**SERVE_FLAGS, "api_key": "--api-key"}
+    given = {field: getattr(args, flag[2:].replace("-", "_")) for field, flag in flags.items()}
     try:
-        return Settings(**values)
+        return Settings(**{field: value for field, value in given.items() if value is not None})
     except ValidationError as exc:
-        flags = {field: flag for field, (_, flag) in _SERVE_FLAGS.items()}
         raise UsageError(describe_invalid(exc, flags)) from None
 
 

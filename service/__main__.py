@@ -26,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**overrides)
         serve(settings)
     except ValidationError as exc:
-        flags = {"bundle_dir": "--bundle", "data_dir": "--data", "host": "--host", "port": "--port"}
-        sys.stderr.write(f"hashbridge: {describe_invalid(exc, flags)}\n")
+        sys.stderr.write(f"hashbridge: {describe_invalid(exc)}\n")
         return 2
     except (BundleError, DataDirError) as exc:
         sys.stderr.write(f"hashbridge: cannot start: {exc}\n")

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import BadCredentials, MissingCredentials, NotReady, ServiceError
+from service.errors import BadCredentials, CrossSiteWrite, MissingCredentials, NotReady
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -34,14 +34,6 @@ async def get_runtime(request: Request) -> Runtime:
     if runtime is None:
         raise NotReady("the service is starting or stopping; retry shortly")
     return runtime
-
-
-class CrossSiteWrite(ServiceError):
-    """A browser sent a write for another site's page."""
-
-    status = 403
-    title = "Forbidden"
-    slug = "cross-site-write"
 
 
 #: Sec-Fetch-Site values of a request that another site's page made the browser send.

@@ -89,6 +89,14 @@ class BadCredentials(ServiceError):
     slug = "bad-api-key"
 
 
+class CrossSiteWrite(ServiceError):
+    """A browser sent a write for another site's page."""
+
+    status = 403
+    title = "Forbidden"
+    slug = "cross-site-write"
+
+
 class NotReady(ServiceError):
     status = 503
     title = "Service unavailable"

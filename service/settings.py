@@ -127,7 +127,11 @@ class Settings(BaseSettings):
         return self
 
 
-def describe_invalid(exc: ValidationError, flags: Mapping[str, str]) -> str:
+#: Settings that `python -m service` and `hashbridge serve` also take as flags.
+SERVE_FLAGS = {"bundle_dir": "--bundle", "data_dir": "--data", "host": "--host", "port": "--port"}
+
+
+def describe_invalid(exc: ValidationError, flags: Mapping[str, str] = SERVE_FLAGS) -> str:
     """One line naming each bad setting and where it is set (flags: field -> its flag)."""
     problems = []
     for error in exc.errors():

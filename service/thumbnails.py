@@ -21,9 +21,9 @@ from service.media import IMAGE_FORMATS, Upload, clip_limits, decode_clip
 from service.runtime import Runtime
 from service.settings import Settings
 
-JPEG_QUALITY = 80
 log = logging.getLogger(__name__)
 
+JPEG_QUALITY = 80
 MEDIA_TYPE = "image/jpeg"
 
 
