@@ -8,13 +8,16 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.records import DataError
 from model.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from model.methods.dsmhn import DSMHN
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,33 @@ def finite_weights(module: torch.nn.Module) -> bool:
     return all(
         bool(w.isfinite().all()) for w in module.state_dict().values() if w.is_floating_point()
     )
+
+
+def trained_method(state: dict[str, Any], config: RunConfig, run_dir: Path) -> DSMHN:
+    """The run's method rebuilt from its checkpoint, in eval mode on the CPU.
+
+    Weights that do not fit the config, or that are not finite (a diverged run: every item
+    would get one code, and a report or bundle of it would look like a real result), are a
+    DataError naming the run.
+    """
+    from model.methods import build_method  # the networks, only for callers that run them
+
+    method = build_method(
+        config, state["input_dims"], state["kinds"], len(state["label_names"]), state["multi_label"]
+    )
+    try:
+        method.load_state_dict(state["model"])
+    except RuntimeError as exc:  # weights of another model than the config describes
+        detail = " ".join(str(exc).split())[:200]
+        raise corrupt(
+            Path(run_dir) / CHECKPOINT, f"its weights do not fit its config: {detail}"
+        ) from None
+    if not finite_weights(method):
+        raise DataError(
+            f"{run_dir}: its weights hold nan or infinite values (its training diverged); "
+            "train a new run with a lower train.lr"
+        )
+    return method.eval()
 
 
 def checkpoint_config(state: dict[str, Any], run_dir: Path) -> RunConfig:

@@ -109,9 +109,8 @@ def evaluate_run(
 
     ``data``: where the run's data is now, when it has moved since training.
     """
-    from model.checkpoint import CHECKPOINT, corrupt, finite_weights, load_checkpoint, run_config
+    from model.checkpoint import load_checkpoint, run_config, trained_method
     from model.data.records import DataError
-    from model.methods import build_method
     from model.prepare import data_fingerprint, prepare
     from model.text import Vocabulary
 
@@ -127,22 +126,7 @@ def evaluate_run(
             "so its query/database split is no longer the one it held out; restore that data, "
             "or train a new run on it"
         )
-    method = build_method(
-        config, state["input_dims"], state["kinds"], len(state["label_names"]), state["multi_label"]
-    )
-    try:
-        method.load_state_dict(state["model"])
-    except RuntimeError as exc:  # weights of another model than the config describes
-        detail = " ".join(str(exc).split())[:200]
-        raise corrupt(
-            Path(run_dir) / CHECKPOINT, f"its weights do not fit its config: {detail}"
-        ) from None
-    if not finite_weights(method):
-        # Every item would get the same code: a report of it would look like a real result.
-        raise DataError(
-            f"cannot evaluate {run_dir}: its weights hold nan or infinite values (its training "
-            "diverged); train a new run with a lower train.lr"
-        )
+    method = trained_method(state, config, run_dir)
     report = evaluate(method, prepared, config, torch.device("cpu"))
     report["run"], report["epoch"] = str(run_dir), state["epoch"]
     out = Path(out)

@@ -32,12 +32,11 @@ from hashbridge.digests import file_sha256
 from model.backbones.efficientnet import TrunkFront, load_pretrained
 from model.backbones.minilm import MODEL_NAME, Tokens, load_minilm, tokenizer_path
 from model.backbones.video import FrameMaps
-from model.checkpoint import finite_weights, load_checkpoint
+from model.checkpoint import load_checkpoint, trained_method
 from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.images import load_image
 from model.data.records import DataError, PairedData
 from model.hashing import PixelNormalize, pack_bits
-from model.methods import build_method
 from model.methods.dsmhn import DSMHN
 from model.prepare import load_dataset
 from model.text import Vocabulary
@@ -175,21 +174,11 @@ def load_run(run_dir: Path | str) -> RunState:
     for modality, kind in state["kinds"].items():
         if kind not in KINDS:
             raise ExportError(f"{modality} input kind {kind!r} cannot be exported")
-    method = build_method(
-        config,
-        state["input_dims"],
-        state["kinds"],
-        len(state["label_names"]),
-        state["multi_label"],
-    )
-    method.load_state_dict(state["model"])
-    if not finite_weights(method):
-        # Its encoders would give every input the same code, and still pass verification.
-        raise ExportError(
-            f"the weights in {run_dir} hold nan or infinite values (its training diverged); "
-            "train a new run with a lower train.lr"
-        )
-    return RunState(run_dir=run_dir, config=config, state=state, method=method.eval())
+    try:
+        method = trained_method(state, config, run_dir)
+    except DataError as exc:  # its encoders would give every input one code, and pass checks
+        raise ExportError(str(exc)) from None
+    return RunState(run_dir=run_dir, config=config, state=state, method=method)
 
 
 def build_encoders(run: RunState) -> dict[str, ModalityExport]:

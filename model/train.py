@@ -24,6 +24,7 @@ from model.checkpoint import (
     CHECKPOINT,
     RESUME_KEYS,
     corrupt,
+    finite_weights,
     load_checkpoint,
     run_config,
     save_checkpoint,
@@ -103,8 +104,9 @@ def train(
     seed_everything(config.seed)
     started = time.perf_counter()
     prepared = prepare(config)
+    fingerprint = data_fingerprint(prepared)
     if state is not None:
-        _check_same_data(state, prepared, run_dir, config)
+        _check_same_data(state, prepared, fingerprint, run_dir, config)
     # Re-seed: building the backbone on a feature-cache miss draws random numbers.
     seed_everything(config.seed)
     data, split = prepared.data, prepared.split
@@ -189,7 +191,7 @@ def train(
                 raise diverged(config, epoch, "its step overflowed float32") from None
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
-        if not all(bool(p.isfinite().all()) for p in method.parameters()):
+        if not finite_weights(method):
             # A finite loss with overflowing gradients: never checkpoint such weights.
             raise diverged(config, epoch, "its weights became nan or infinite")
         scheduler.step()
@@ -204,7 +206,9 @@ def train(
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']['total']:.4f}")
         save_checkpoint(
-            checkpoint_state(config, method, prepared, optimizer, scheduler, epoch + 1, history),
+            checkpoint_state(
+                config, method, prepared, fingerprint, optimizer, scheduler, epoch + 1, history
+            ),
             run_dir,
         )
     seconds = time.perf_counter() - started
@@ -250,7 +254,7 @@ def diverged(config: RunConfig, epoch: int, what: str) -> ConfigError:
 
 
 def _check_same_data(
-    state: dict[str, Any], prepared: Prepared, run_dir: Path, config: RunConfig
+    state: dict[str, Any], prepared: Prepared, fingerprint: str, run_dir: Path, config: RunConfig
 ) -> None:
     """Refuse to resume on other data than the run began on: its weights and banks fit only that."""
     data, n_train = prepared.data, len(prepared.split.train)
@@ -264,7 +268,7 @@ def _check_same_data(
         )
     elif then_train != n_train:
         changed = f"it trained on {then_train} items, the data now has {n_train} to train on"
-    elif state.get("data_fingerprint") not in (None, data_fingerprint(prepared)):
+    elif state.get("data_fingerprint") not in (None, fingerprint):
         # Checkpoints written before the fingerprint existed are checked by the two above only.
         changed = "its items, labels, texts or split are not the same"
     if changed:
@@ -279,6 +283,7 @@ def checkpoint_state(
     config: RunConfig,
     method: torch.nn.Module,
     prepared: Prepared,
+    fingerprint: str,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     epoch: int,
@@ -299,5 +304,5 @@ def checkpoint_state(
         "vocabulary": prepared.vocabulary.to_json() if prepared.vocabulary else None,
         "label_names": prepared.data.label_names,
         "multi_label": prepared.data.multi_label,
-        "data_fingerprint": data_fingerprint(prepared),
+        "data_fingerprint": fingerprint,  # see model.prepare.data_fingerprint
     }

@@ -242,15 +242,19 @@ def test_resume_without_a_checkpoint(capsys: pytest.CaptureFixture[str], tmp_pat
     assert_one_error_line(err, "train", "no checkpoint at")
 
 
-def test_module_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "hashbridge.cli", "eval", "--run", str(tmp_path / "nope")]
-        + ["--out", str(tmp_path / "e.json")],
+def cli_in_fresh_process(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    """`hashbridge ARGV` in a new interpreter: nothing imported or logged beforehand."""
+    return subprocess.run(
+        [sys.executable, "-m", "hashbridge.cli", *map(str, argv)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_module_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:
+    proc = cli_in_fresh_process("eval", "--run", tmp_path / "nope", "--out", tmp_path / "e.json")
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
@@ -261,14 +265,7 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:
 
 def test_serve_that_cannot_start_prints_one_line(tmp_path: Path) -> None:
     # FAISS logged nine INFO lines (one import error per CPU-specific build) before it.
-    proc = subprocess.run(
-        [sys.executable, "-m", "hashbridge.cli", "serve", "--bundle", str(tmp_path / "nope")]
-        + ["--data", str(tmp_path / "data")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = cli_in_fresh_process("serve", "--bundle", tmp_path / "nope", "--data", tmp_path / "data")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"hashbridge serve: error: cannot load the bundle: bundle {tmp_path / 'nope'} has no "
