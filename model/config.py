@@ -278,7 +278,7 @@ def _rules() -> dict[str, _Rule]:
     from model.losses import SIMILARITY_LOSSES
     from model.methods import METHODS
 
-    at_least_0 = _Rule(lambda v: v >= 0, "at least 0")
+    at_least_0 = _at_least(0)
     rules = {
         "method": _one_of(METHODS),
         "bits": _Rule(
@@ -306,7 +306,7 @@ def _rules() -> dict[str, _Rule]:
         "video.clips": _at_least(1),
         "video.temporal": _Rule(lambda v: v in ("conv3d", "mean"), "'conv3d' or 'mean'"),
         "video.width": _at_least(1),
-        "video.blocks": _at_least(0),
+        "video.blocks": at_least_0,
         "video.time_bins": _at_least(1),
         "video.workers": _at_least(1),
         "loss.similarity": _one_of(SIMILARITY_LOSSES),
