@@ -172,7 +172,7 @@ def main() -> int:
         "environment": env,
         "settings": {"bits": args.bits, "seed": args.seed, "bundle": kind},
         "notes": {
-            "baseline": "bare: the bundle's TextVectorizer + TorchScript text encoder in this "
+            "baseline": "bare: the bundle's vocabulary + TorchScript text encoder in this "
             "process, one thread (bench.serving's bare text path)",
             "http_floor": "a FastAPI route on uvicorn (own process, loopback) that json-parses "
             "the body and answers an id and a fixed code per text; one httpx client, one "

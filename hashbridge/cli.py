@@ -172,6 +172,7 @@ def _is_eval_report(path: Path) -> bool:
 
 @_model_command
 def _export(args: argparse.Namespace) -> int:
+    from bundle.manifest import Manifest
     from model.export import ExportError, export_bundle
 
     # The bundle is built beside --out and renamed into place: say so before the tracing.
@@ -180,12 +181,9 @@ def _export(args: argparse.Namespace) -> int:
         bundle = export_bundle(args.run, args.out, overwrite=args.force)
     except ExportError as exc:
         raise UsageError(str(exc)) from None
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    summary = {
-        "bundle": str(bundle),
-        "bits": manifest["bits"],
-        "modalities": sorted(manifest["modalities"]),
-    }
+    manifest = Manifest.read(bundle)
+    modalities = sorted(manifest.modalities)
+    summary = {"bundle": str(bundle), "bits": manifest.bits, "modalities": modalities}
     print(json.dumps(summary, indent=2))
     return 0
 

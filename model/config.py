@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-# Code widths: only what the Hamming index (and so the service) takes.
-from index.codes import MAX_BITS, MIN_BITS
-from model.text import TOKENIZER_MODES
+from bundle.text import TOKENIZER_MODES
+from bundle.widths import MAX_BITS, MIN_BITS  # code widths: what the index and service take
 
 
 class ConfigError(ValueError):

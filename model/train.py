@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bundle.fileio import write_json
 from model.checkpoint import (
     CHECKPOINT,
     RESUME_KEYS,
@@ -32,7 +33,6 @@ from model.checkpoint import (
 from model.config import ConfigError, RunConfig
 from model.data.records import DataError
 from model.evaluate import quick_map
-from model.fileio import write_json
 from model.methods import build_method, standardize_inputs
 from model.prepare import Prepared, data_fingerprint, prepare
 

@@ -2,7 +2,7 @@
 
 Image preprocessing mirrors the model side exactly (EXIF transpose, RGB, shorter side
 resized bilinearly to ``size``, centre crop) because codes are only comparable if the
-pixels are. Video clips are decoded by ``hashbridge.clips``, the very code that sampled
+pixels are. Video clips are decoded by ``bundle.clips``, the very code that sampled
 the training clips, so frame times, orientation and resizing match by construction.
 """
 
@@ -16,9 +16,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from hashbridge.clips import ClipError, ClipLimits
-from hashbridge.clips import decode_clip as clip_pixels
-from hashbridge.pixels import prepare_image, resized_dims
+from bundle.clips import ClipError, ClipLimits
+from bundle.clips import decode_clip as clip_pixels
+from bundle.pixels import prepare_image, resized_dims
 from service.errors import (
     MediaError,
     PayloadTooLarge,

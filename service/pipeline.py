@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bundle.inputs import Clip, InputKind, Pixels
 from index.codes import codes_from_hex, hamming
 from index.errors import CodeError
 from index.filters import matches as metadata_matches
@@ -144,9 +145,9 @@ async def _prepare(
     """Decode the uploads and vectorise the texts: (per-item arrays, text bags, known tokens)."""
     prepared: list[Any] = list(sources)
     uploads = [i for i, s in enumerate(sources) if isinstance(s, Upload)]
-    specs = rt.bundle.inputs
+    kinds = rt.bundle.inputs
     decoded = await asyncio.gather(
-        *(rt.run(_decode, specs[modalities[i]], rt.settings, sources[i]) for i in uploads),
+        *(rt.run(_decode, kinds[modalities[i]], rt.settings, sources[i]) for i in uploads),
         return_exceptions=True,
     )
     problems: list[tuple[int, ServiceError | None]] = []
@@ -311,11 +312,14 @@ def _modality_of(bundle: Bundle, source: Source) -> str:
     return modality
 
 
-def _decode(spec: Mapping[str, Any], settings: Settings, upload: Upload) -> npt.NDArray[np.uint8]:
-    if "frames" in spec:
-        limits = clip_limits(settings)
-        return decode_clip(upload, spec["frames"], spec["size"], spec["clips"], limits)
-    return decode_image(upload, spec["size"], settings.max_image_pixels)
+def _decode(kind: InputKind, settings: Settings, upload: Upload) -> npt.NDArray[np.uint8]:
+    """An upload as the encoder's input: decoded, within the service's limits, and prepared."""
+    if isinstance(kind, Clip):
+        return decode_clip(upload, kind.frames, kind.size, kind.clips, clip_limits(settings))
+    if isinstance(kind, Pixels):
+        return decode_image(upload, kind.size, settings.max_image_pixels)
+    # load_bundle refuses kinds that take no upload; one that takes another is a bug here.
+    raise TypeError(f"no upload decoder for input kind {kind.name!r} ({kind.media} media)")
 
 
 def _check_item(item: ItemInput) -> ServiceError | None:

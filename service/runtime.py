@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import torch
 
+from bundle.fileio import write_bytes
 from index.collection import STORE_FILE, Collection
 from index.errors import BitsMismatchError
 from index.factory import IndexConfig
 from index.faiss_index import set_num_threads
-from index.fileio import atomic_write
 from index.store import CodeStore
 from service.batcher import MicroBatcher
 from service.encoders import Bundle, load_bundle
@@ -210,4 +210,4 @@ def check_bundle_record(data_dir: Path, bundle: Bundle) -> None:
                 "models are not comparable: use a new data dir and re-ingest"
             )
         return
-    atomic_write(path, [json.dumps(record, indent=2).encode()])
+    write_bytes(path, json.dumps(record, indent=2).encode())

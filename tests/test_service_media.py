@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashbridge.clips import ClipLimits
+from bundle.clips import ClipLimits
 from service.errors import MediaError, PayloadTooLarge
 from service.media import Upload, check_upload_size, decode_clip, decode_image, sniff_kind
 from tests.service_bundle import grid_image, image_bytes, reference_pixels
