@@ -107,16 +107,14 @@ def load_bundle(path: Path | str, device: str = "cpu") -> Bundle:
         raise BundleError(str(exc)) from None
     bits = manifest.bits
     encoders: dict[str, Encoder] = {}
-    inputs: dict[str, InputKind] = {}
     fingerprint = hashlib.sha256(str(bits).encode())
-    for modality, entry in manifest.modalities.items():
-        kind = entry.kind
+    for modality, entry in manifest.modalities.items():  # sorted, as the fingerprint needs
         encoder = TorchScriptEncoder(modality, bits, modules[modality])
-        probe = _probe(encoder, kind.probe(), root / entry.file)
+        probe = _probe(encoder, entry.kind.probe(), root / entry.file)
         fingerprint.update(modality.encode() + probe.tobytes())
         encoder.to(target)
         encoders[modality] = encoder
-        inputs[modality] = kind
+    inputs = {modality: entry.kind for modality, entry in manifest.modalities.items()}
     log.info(
         "loaded %s bundle %s: %d bits, %s on %s",
         manifest.method,
