@@ -1,11 +1,13 @@
 """Export a trained run as a bundle: one TorchScript encoder per modality plus manifest.json.
 
-The bundle is the whole contract with `service/` (see `service/encoders.py`, which loads it
-without importing `model/`): encoders take prepared inputs (uint8 pixels, a float32 bag of
-words, int64 token ids and attention mask, or float32 feature vectors) and return packed
-uint8 codes, MSB-first; files an input needs (a tokenizer) are copied in beside them. The bundle is
-written into a temporary folder and renamed into place only after every traced encoder has
-been reloaded from disk and shown to give the eager model's codes bit for bit.
+The bundle is the whole contract with `service/` (its format lives in `bundle/`, which both
+sides import; the service never imports `model/`): encoders take prepared inputs (uint8
+pixels, a float32 bag of words, int64 token ids and attention mask, or float32 feature
+vectors) and return packed uint8 codes, MSB-first; files an input needs (a tokenizer) are
+copied in beside them. Each input kind (`bundle.inputs`) has one builder here: its eager
+encoder and sample inputs. `bundle.writer.BundleWriter` writes the bundle into a temporary
+folder, renamed into place only after every traced encoder has been reloaded from disk and
+shown to give the eager model's codes bit for bit.
 """
 
 from __future__ import annotations
@@ -381,11 +383,7 @@ def _export(
     source: _Source, encoder: nn.Module, kind: InputKind, real: list[np.ndarray]
 ) -> ModalityExport:
     """The encoder checked on the run's own items (when readable) and on the kind's probes."""
-    samples = (
-        np.concatenate([np.stack(real), kind.probe(RANDOM_SAMPLES)])
-        if real
-        else kind.probe(RANDOM_SAMPLES)
-    )
+    samples = np.concatenate([*([np.stack(real)] if real else []), kind.probe(RANDOM_SAMPLES)])
     return ModalityExport(source.modality, encoder.eval(), kind, torch.from_numpy(samples))
 
 
