@@ -118,13 +118,13 @@ def bare_images(
 
     Files are decoded in a pool as large as the service's, as the service decodes them.
     """
-    size = int(bundle.inputs["image"].size)
+    image = bundle.inputs["image"]
     limit = DEFAULTS["max_image_pixels"]
     decode_s, pixels = timed(
         lambda: list(
             pool.map(
                 lambda item: decode_image(
-                    Upload(f"{item[0]}.jpg", "image/jpeg", item[1]), size, limit
+                    Upload(f"{item[0]}.jpg", "image/jpeg", item[1]), image, limit
                 ),
                 enumerate(files),
             )

@@ -17,8 +17,8 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from bundle.clips import ClipError, ClipLimits
-from bundle.clips import decode_clip as clip_pixels
-from bundle.pixels import prepare_image, resized_dims
+from bundle.inputs import Clip, Pixels
+from bundle.pixels import resized_dims
 from service.errors import (
     MediaError,
     PayloadTooLarge,
@@ -85,9 +85,9 @@ def sniff_kind(upload: Upload) -> MediaKind:
     return "video" if ctype.startswith(("video/", "audio/")) else "image"
 
 
-def decode_image(upload: Upload, size: int, max_pixels: int) -> npt.NDArray[np.uint8]:
-    """Decode an uploaded image into encoder pixels, refusing bombs and unreadable bytes."""
-    name = upload.filename
+def decode_image(upload: Upload, kind: Pixels, max_pixels: int) -> npt.NDArray[np.uint8]:
+    """Decode an uploaded image into `kind`'s pixels, refusing bombs and unreadable bytes."""
+    name, size = upload.filename, kind.size
     try:
         with Image.open(io.BytesIO(upload.data), formats=IMAGE_FORMATS) as image:
             w, h = image.size
@@ -101,7 +101,7 @@ def decode_image(upload: Upload, size: int, max_pixels: int) -> npt.NDArray[np.u
                     "(HASHBRIDGE_MAX_IMAGE_PIXELS); crop it to a less elongated shape"
                 )
             image.load()
-            return prepare_image(image, size)
+            return kind.prepare(image)
     except Image.DecompressionBombError as exc:
         # Pillow's own hard limit (twice Image.MAX_IMAGE_PIXELS) tripped before ours.
         raise PayloadTooLarge(f"image {name!r} is too large to decode safely: {exc}") from None
@@ -123,14 +123,10 @@ def clip_limits(settings: Settings) -> ClipLimits:
     )
 
 
-def decode_clip(
-    upload: Upload, frames: int, size: int, clips: int, limits: ClipLimits
-) -> npt.NDArray[np.uint8]:
-    """Decode a video clip into (clips, frames, 3, size, size) uint8 pixels, as the model did."""
+def decode_clip(upload: Upload, kind: Clip, limits: ClipLimits) -> npt.NDArray[np.uint8]:
+    """Decode a video clip into `kind`'s (clips, frames, 3, size, size) uint8 pixels."""
     try:
-        return clip_pixels(
-            upload.data, frames=frames, size=size, clips=clips, limits=limits, name=upload.filename
-        )
+        return kind.prepare(upload.data, limits, upload.filename)
     except ClipError as exc:
         status, setting = _CLIP_ERRORS.get(exc.reason, (MediaError, None))
         hint = f" (service setting {setting})" if setting else ""

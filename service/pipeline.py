@@ -313,11 +313,12 @@ def _modality_of(bundle: Bundle, source: Source) -> str:
 
 
 def _decode(kind: InputKind, settings: Settings, upload: Upload) -> npt.NDArray[np.uint8]:
-    """An upload as the encoder's input: decoded, within the service's limits, and prepared."""
+    """An upload as the encoder's input: decoded within the service's limits, then prepared
+    by its input kind (decode_clip and decode_image call the kind's own `prepare`)."""
     if isinstance(kind, Clip):
-        return decode_clip(upload, kind.frames, kind.size, kind.clips, clip_limits(settings))
+        return decode_clip(upload, kind, clip_limits(settings))
     if isinstance(kind, Pixels):
-        return decode_image(upload, kind.size, settings.max_image_pixels)
+        return decode_image(upload, kind, settings.max_image_pixels)
     # load_bundle refuses kinds that take no upload; one that takes another is a bug here.
     raise TypeError(f"no upload decoder for input kind {kind.name!r} ({kind.media} media)")
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageOps
 
+from bundle.inputs import Clip
 from service.errors import MediaError, NotFound, PayloadTooLarge, ServiceError
 from service.media import IMAGE_FORMATS, Upload, clip_limits, decode_clip
 from service.runtime import Runtime
@@ -50,7 +51,8 @@ def image_thumbnail(upload: Upload, max_side: int, max_pixels: int) -> bytes:
 def clip_poster(upload: Upload, settings: Settings) -> bytes:
     """JPEG of the frame in the middle of a clip, a centre-cropped square of thumbnail_size."""
     # One clip of one frame, the middle one: (1, 1, 3, s, s).
-    pixels = decode_clip(upload, 1, settings.thumbnail_size, 1, clip_limits(settings))
+    poster = Clip(frames=1, size=settings.thumbnail_size)
+    pixels = decode_clip(upload, poster, clip_limits(settings))
     return _jpeg(Image.fromarray(pixels[0, 0].transpose(1, 2, 0)))
 
 

@@ -341,9 +341,9 @@ from service.media import Upload, decode_image
 
 req = json.loads(sys.argv[1])
 bundle = load_bundle(req["bundle"])
-size = bundle.inputs["image"].size
+image = bundle.inputs["image"]
 pixels = np.stack([
-    decode_image(Upload(Path(p).name, "image/png", Path(p).read_bytes()), size, 10**8)
+    decode_image(Upload(Path(p).name, "image/png", Path(p).read_bytes()), image, 10**8)
     for p in req["images"]
 ])
 bags, known = bundle.vectorizer.vectorize(req["texts"])

@@ -31,8 +31,8 @@ class BagOfWords(InputKind):
         if isinstance(dim, int) and dim != len(vocabulary):
             raise BundleFormatError(
                 f"{where}.vocabulary.tokens lists {len(vocabulary)} tokens but the text encoder "
-                f"takes {dim} inputs ({where.rsplit(': ', 1)[-1]}.dim); the manifest was "
-                "edited or mixed with another export"
+                f"takes {dim} inputs (its dim); the manifest was edited or mixed with another "
+                "export"
             )
         return cls(vocabulary)
 

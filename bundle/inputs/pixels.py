@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from bundle.inputs.base import (
     PROBES,
@@ -19,6 +20,7 @@ from bundle.inputs.base import (
     positive_int,
     probe_rng,
 )
+from bundle.pixels import prepare_image
 
 
 @dataclass(frozen=True)
@@ -68,3 +70,7 @@ class Pixels(InputKind):
     def probe(self, n: int = PROBES) -> npt.NDArray[np.uint8]:
         shape = (n, 3, self.size, self.size)
         return probe_rng().integers(0, 256, size=shape, dtype=np.uint8)
+
+    def prepare(self, image: Image.Image) -> npt.NDArray[np.uint8]:
+        """A decoded picture -> this encoder's (3, size, size) uint8 input."""
+        return prepare_image(image, self.size)
