@@ -38,7 +38,7 @@ from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.images import load_image
 from model.data.records import DataError, PairedData
 from model.hashing import PixelNormalize, pack_bits
-from model.methods.dsmhn import DSMHN
+from model.methods.base import Method
 from model.prepare import load_dataset
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class RunState:
     run_dir: Path
     config: RunConfig
     state: dict[str, Any]
-    method: DSMHN
+    method: Method
 
 
 @dataclass
@@ -155,7 +155,7 @@ class _Source:
 
     @property
     def stream(self) -> nn.Module:
-        return self.run.method.streams[self.modality]
+        return self.run.method.stream(self.modality)
 
     @property
     def dim(self) -> int:

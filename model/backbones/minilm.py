@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from model.config import ConfigError
+from model.checks import ConfigError
 
 MODEL_NAME = "all-minilm-l6-v2"
 EMBEDDING_DIM = 384
