@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +51,7 @@ from bench.common import (
     set_threads,
     timed,
 )
+from bench.ingest_floor import start_floor_server
 from bench.search import make_data
 from bench.serving import load_test, make_bundle, texts
 from index.codes import codes_from_hex, pack_signs
@@ -61,7 +60,7 @@ from index.factory import IndexConfig
 from index.faiss_index import FaissHammingIndex
 from index.store import NewItem
 from service.encoders import load_bundle
-from tests.service_bundle import ServerProcess, free_port
+from tests.service_bundle import ServerProcess
 
 BITS = 64
 K = 10
@@ -92,22 +91,6 @@ def floor_app() -> FastAPI:
         return Response(body, media_type="application/json")
 
     return app
-
-
-def start_floor() -> tuple[subprocess.Popen[bytes], str]:
-    """The floor app in a child process, once it answers."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.http_search", "--serve", str(port)])
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the floor server did not start within 60 s")
 
 
 def fill(data_dir: Path, n: int, seed: int) -> np.ndarray:
@@ -254,7 +237,7 @@ def main() -> int:
     args.clients = args.clients or ([1, 4] if args.quick else [1, 4, 16])
     env = environment(args.threads)
     result: dict[str, Any] = {"benchmark": "http_search", "command": command("bench.http_search")}
-    floor, args.floor_url = start_floor()
+    floor, args.floor_url = start_floor_server("bench.http_search")
     try:
         with tempfile.TemporaryDirectory(prefix="bench-http-search-") as tmp:
             root = Path(tmp)
