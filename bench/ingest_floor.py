@@ -78,10 +78,10 @@ def serve(port: int) -> None:
     uvicorn.run(floor_app(), host="127.0.0.1", port=port, log_level="warning")
 
 
-def start_floor_server() -> tuple[subprocess.Popen[bytes], str]:
-    """Start the floor app in a child process and wait until it answers."""
+def start_floor_server(module: str = "bench.ingest_floor") -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``python -m module --serve PORT`` (a floor app) and wait until it answers."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.ingest_floor", "--serve", str(port)])
+    proc = subprocess.Popen([sys.executable, "-m", module, "--serve", str(port)])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

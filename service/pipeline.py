@@ -35,12 +35,14 @@ from service.media import (
     check_upload_size,
     clip_limits,
     decode_clip,
-    decode_image,
+    decoded_pixels,
+    encoder_pixels,
+    open_image,
     sniff_kind,
 )
 from service.runtime import Runtime
 from service.settings import Settings
-from service.thumbnails import thumbnails_for
+from service.thumbnails import posters_for, thumbnail_of
 
 #: Metadata keys the service fills in itself so results can show what an item was.
 RESERVED_KEYS = ("text", "filename")
@@ -66,6 +68,8 @@ class Encoded:
     code: npt.NDArray[np.uint8]
     known_tokens: int | None = None
     filename: str | None = None
+    #: JPEG thumbnail of an image, made from the decode its code came from (when asked for).
+    thumbnail: bytes | None = None
 
     @property
     def hex(self) -> str:
@@ -104,11 +108,18 @@ def check_count(settings: Settings, n: int) -> None:
         )
 
 
-async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded]:
-    """Validate, decode and encode texts and files; any problem refuses the whole batch."""
+async def encode_sources(
+    rt: Runtime, sources: Sequence[Source], *, thumbnails: bool = False
+) -> list[Encoded]:
+    """Validate, decode and encode texts and files; any problem refuses the whole batch.
+
+    With ``thumbnails``, each image's thumbnail is made from its decode too.
+    """
     checked = [_precheck(rt, s) for s in sources]
     _raise_all([(i, c) for i, c in enumerate(checked) if isinstance(c, ServiceError)], len(sources))
     modalities = [str(c) for c in checked]
+    cover = rt.settings.thumbnail_size if thumbnails else 0
+    await rt.run(_check_request_pixels, rt, sources, modalities, cover)
     groups: dict[str, list[int]] = {}
     for i, modality in enumerate(modalities):
         groups.setdefault(modality, []).append(i)
@@ -116,7 +127,7 @@ async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded
         # Tell each encoder's batcher these items are coming, so it waits for them while
         # they decode instead of encoding other requests' items alone.
         submit = [announced.enter_context(rt.batchers[m].expect()) for m in groups]
-        arrays, bags, known = await _prepare(rt, sources, modalities)
+        arrays, thumbs, bags, known = await _prepare(rt, sources, modalities, cover)
         # The text group is exactly the texts, in order: their bags are already one batch.
         batches = {
             m: bags if m == "text" and bags is not None else np.stack([arrays[i] for i in members])
@@ -134,20 +145,25 @@ async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded
             codes[i],
             known_tokens=known.get(i),
             filename=s.filename if isinstance(s, Upload) else None,
+            thumbnail=thumbs.get(i),
         )
         for i, s in enumerate(sources)
     ]
 
 
 async def _prepare(
-    rt: Runtime, sources: Sequence[Source], modalities: Sequence[str]
-) -> tuple[list[Any], npt.NDArray[Any] | None, dict[int, int]]:
-    """Decode the uploads and vectorise the texts: (per-item arrays, text bags, known tokens)."""
+    rt: Runtime, sources: Sequence[Source], modalities: Sequence[str], cover: int
+) -> tuple[list[Any], dict[int, bytes], npt.NDArray[Any] | None, dict[int, int]]:
+    """Decode uploads, vectorise texts: (per-item arrays, thumbnails, text bags, known tokens)."""
     prepared: list[Any] = list(sources)
+    thumbs: dict[int, bytes] = {}
     uploads = [i for i, s in enumerate(sources) if isinstance(s, Upload)]
     kinds = rt.bundle.inputs
     decoded = await asyncio.gather(
-        *(rt.run(_decode, kinds[modalities[i]], rt.settings, sources[i]) for i in uploads),
+        *(
+            rt.run_media(_decode, kinds[modalities[i]], rt.settings, sources[i], cover)
+            for i in uploads
+        ),
         return_exceptions=True,
     )
     problems: list[tuple[int, ServiceError | None]] = []
@@ -157,14 +173,40 @@ async def _prepare(
         elif isinstance(result, BaseException):
             raise result
         else:
-            prepared[i] = result
+            prepared[i], thumbnail = result
+            if thumbnail is not None:
+                thumbs[i] = thumbnail
     _raise_all(problems, len(sources))
     texts = [i for i, s in enumerate(sources) if isinstance(s, str)]
     if not texts:
-        return prepared, None, {}
+        return prepared, thumbs, None, {}
     assert rt.bundle.vectorizer is not None  # _precheck refused text without an encoder
     bags, counts = await rt.run(rt.bundle.vectorizer.vectorize, [sources[i] for i in texts])
-    return prepared, bags, dict(zip(texts, counts, strict=True))
+    return prepared, thumbs, bags, dict(zip(texts, counts, strict=True))
+
+
+def _check_request_pixels(
+    rt: Runtime, sources: Sequence[Source], modalities: Sequence[str], cover: int
+) -> None:
+    """Refuse a request whose images would decode to more than ``max_request_pixels`` in all.
+
+    Each image is bounded by max_image_pixels, but forty just under it kept both cores busy
+    for 27 s; the sum, read from the headers, bounds one request's decode work.
+    """
+    limit = rt.settings.max_request_pixels
+    total = 0
+    for source, modality in zip(sources, modalities, strict=True):
+        if isinstance(source, Upload) and modality == "image":
+            kind = rt.bundle.inputs[modality]
+            assert isinstance(kind, Pixels)  # load_bundle gives images the pixels kind
+            total += decoded_pixels(
+                source, kind.size, cover, reduce=rt.settings.reduced_jpeg_decode
+            )
+    if total > limit:
+        raise PayloadTooLarge(
+            f"the request's images decode to {total} pixels in all; the limit is {limit} "
+            "per request (HASHBRIDGE_MAX_REQUEST_PIXELS): send fewer or smaller images per call"
+        )
 
 
 async def ingest(rt: Runtime, items: Sequence[ItemInput]) -> list[Written]:
@@ -181,11 +223,11 @@ async def ingest(rt: Runtime, items: Sequence[ItemInput]) -> list[Written]:
         if item.client_id is not None:
             seen[item.client_id] = i
     sources = [item.source for item in items]
-    encoded = await encode_sources(rt, sources)
-    thumbs = await thumbnails_for(rt, sources, [e.modality for e in encoded])
+    encoded = await encode_sources(rt, sources, thumbnails=rt.settings.thumbnails)
+    posters = await posters_for(rt, sources, [e.modality for e in encoded])
     new = [
-        NewItem(e.modality, e.code, item.client_id, _stored_metadata(item), thumbnail)
-        for item, e, thumbnail in zip(items, encoded, thumbs, strict=True)
+        NewItem(e.modality, e.code, item.client_id, _stored_metadata(item), e.thumbnail or poster)
+        for item, e, poster in zip(items, encoded, posters, strict=True)
     ]
     ids = await rt.run(rt.collection.upsert, new)
     for modality, count in Counter(e.modality for e in encoded).items():
@@ -312,13 +354,18 @@ def _modality_of(bundle: Bundle, source: Source) -> str:
     return modality
 
 
-def _decode(kind: InputKind, settings: Settings, upload: Upload) -> npt.NDArray[np.uint8]:
-    """An upload as the encoder's input: decoded within the service's limits, then prepared
-    by its input kind (decode_clip and decode_image call the kind's own `prepare`)."""
+def _decode(
+    kind: InputKind, settings: Settings, upload: Upload, cover: int
+) -> tuple[npt.NDArray[np.uint8], bytes | None]:
+    """Encoder input of one upload, decoded within the service's limits and prepared by its
+    input kind, and an image's thumbnail from the same decode when ``cover`` (its side) is set."""
     if isinstance(kind, Clip):
-        return decode_clip(upload, kind, clip_limits(settings))
+        return decode_clip(upload, kind, clip_limits(settings)), None
     if isinstance(kind, Pixels):
-        return decode_image(upload, kind, settings.max_image_pixels)
+        reduce = settings.reduced_jpeg_decode
+        image = open_image(upload, kind.size, settings.max_image_pixels, cover, reduce=reduce)
+        pixels = encoder_pixels(image, kind)
+        return pixels, thumbnail_of(image, cover) if cover else None
     # load_bundle refuses kinds that take no upload; one that takes another is a bug here.
     raise TypeError(f"no upload decoder for input kind {kind.name!r} ({kind.media} media)")
 

@@ -62,7 +62,26 @@ class Settings(BaseSettings):
     encoder_device: Literal["cpu", "cuda"] = Field(
         "cpu", description="Where the encoders run; cuda needs a GPU that torch sees"
     )
-    workers: int = Field(2, gt=0, description="Threads for decode, encode and search")
+    workers: int = Field(2, gt=0, description="Threads for searches, texts, reads and writes")
+    media_workers: int = Field(
+        2, gt=0, description="Threads decoding and encoding images and clips (a pool of their own)"
+    )
+    media_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness added to the media threads': heavy uploads yield the CPU to searches",
+    )
+    reduced_jpeg_decode: bool = Field(
+        True,
+        description="Decode JPEGs at 1/2..1/8 scale when the encoder's input size allows "
+        "(codes then differ from a full decode in a few bits)",
+    )
+    max_request_pixels: int = Field(
+        400_000_000,
+        gt=0,
+        description="Most pixels one request may decode, summed over its images (413 past it)",
+    )
     worker_threads: int = Field(
         0,
         ge=0,

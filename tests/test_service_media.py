@@ -11,8 +11,16 @@ from PIL import Image
 from bundle.clips import ClipLimits
 from bundle.inputs import Clip, Pixels
 from service.errors import MediaError, PayloadTooLarge
-from service.media import Upload, check_upload_size, decode_clip, decode_image, sniff_kind
-from tests.service_bundle import grid_image, image_bytes, reference_pixels
+from service.media import (
+    Upload,
+    check_upload_size,
+    decode_clip,
+    decode_image,
+    decoded_pixels,
+    open_image,
+    sniff_kind,
+)
+from tests.service_bundle import grid_image, image_bytes, png, reference_pixels
 
 BIG = 10_000_000
 
@@ -146,3 +154,20 @@ def test_sniff_kind() -> None:
 def test_unreadable_clip_is_a_media_error() -> None:
     with pytest.raises(MediaError, match="clip 'c.mp4' is not a readable video file"):
         decode_clip(upload(b"\0\0\0\x18ftypisom", "c.mp4"), Clip(frames=8, size=112), ClipLimits())
+
+
+def test_a_big_jpeg_decodes_at_the_smallest_scale_that_covers_the_input() -> None:
+    data = image_bytes(grid_image(7, (800, 600), cells=8), "JPEG", quality=95)
+    # 64 px on the shorter side: 1/8 (100x75) still covers it; a 160 px thumbnail needs 1/4.
+    assert decoded_pixels(upload(data, "big.jpg"), 64) == 100 * 75
+    assert decoded_pixels(upload(data, "big.jpg"), 64, cover=160) == 200 * 150
+    assert decoded_pixels(upload(data, "big.jpg"), 64, reduce=False) == 800 * 600
+    assert open_image(upload(data, "big.jpg"), 64, BIG).size == (100, 75)
+    # PNGs have no reduced decode: their full size is what decoding costs.
+    assert decoded_pixels(upload(png(1, (300, 200))), 32) == 300 * 200
+    reduced = decode_image(upload(data, "big.jpg"), Pixels(size=64), BIG).astype(int)
+    full = decode_image(upload(data, "big.jpg"), Pixels(size=64), BIG, reduce=False)
+    np.testing.assert_array_equal(full, reference_pixels(Image.open(io.BytesIO(data)), 64))
+    # Close to the full decode (a few levels on smooth cells, more at the cell edges), not equal.
+    difference = np.abs(reduced - full)
+    assert 0 < difference.mean() < 6, difference.mean()

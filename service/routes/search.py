@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from service import forms, pipeline
 from service.deps import RuntimeDep, require_read
@@ -43,7 +43,7 @@ _FORM_DOC = {
     openapi_extra=body(SearchRequest, _FORM_DOC, {"text": "dog on the beach", "k": 5}),
     responses=PROBLEM_RESPONSES,
 )
-async def search(request: Request, rt: RuntimeDep) -> SearchResponse:
+async def search(request: Request, rt: RuntimeDep) -> Response:
     """Search the collection."""
     upload: Upload | None = None
     if forms.body_kind(request) == "json":
@@ -59,7 +59,7 @@ async def search(request: Request, rt: RuntimeDep) -> SearchResponse:
     found = await pipeline.search(
         rt, query, req.k, modalities=req.modalities, where=req.where, nprobe=req.nprobe
     )
-    return SearchResponse(
+    answer = SearchResponse(
         query=QueryInfo(
             modality=query.modality,
             code=query.hex,
@@ -77,6 +77,10 @@ async def search(request: Request, rt: RuntimeDep) -> SearchResponse:
             for f in found
         ],
     )
+    # Built and validated above: FastAPI's response_model pass would dump, validate and
+    # encode it again (~0.1 ms, a tenth of a by-code search's server time); the model still
+    # documents the response.
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 async def _query(rt: Runtime, req: SearchRequest, upload: Upload | None) -> Encoded:
