@@ -11,10 +11,12 @@ from pydantic import BaseModel
 
 from service.errors import PROBLEM_TYPE, problem_types
 from service.schemas import Problem
+from service.settings import Settings
 
 _REF = "#/components/schemas/{model}"
 
 _PROBLEM_DESCRIPTIONS = {
+    400: "Body not parseable (not JSON, broken multipart), or a Host this service does not serve",
     401: "API key missing",
     403: "API key wrong",
     404: "No item with that id (or no thumbnail for it)",
@@ -37,9 +39,9 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 #: What an endpoint that reads a JSON or multipart body can answer besides 200.
-PROBLEM_RESPONSES = problems(401, 403, 413, 415, 422, 503)
+PROBLEM_RESPONSES = problems(400, 401, 403, 413, 415, 422, 503)
 #: What an endpoint on one item (by id in the path) can answer besides 200.
-ITEM_PROBLEM_RESPONSES = problems(401, 403, 404, 422, 503)
+ITEM_PROBLEM_RESPONSES = problems(400, 401, 403, 404, 422, 503)
 
 
 def body(
@@ -64,6 +66,21 @@ def body(
     }
 
 
+def json_body(json_model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a request body that is ``json_model`` only."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": _REF.format(model=json_model.__name__)},
+                    "example": example,
+                }
+            },
+        }
+    }
+
+
 def files_field(description: str) -> dict[str, Any]:
     """A multipart field carrying one or more files."""
     return {
@@ -78,8 +95,12 @@ def text_field(description: str) -> dict[str, Any]:
     return {"type": "string", "description": description}
 
 
-def install(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
-    """Make the app's OpenAPI schema include ``models``, which hand-read bodies refer to."""
+def install(app: FastAPI, models: Sequence[type[BaseModel]], settings: Settings) -> None:
+    """Make the app's OpenAPI schema include ``models``, which hand-read bodies refer to.
+
+    Limits that are settings are written in as this server's values, so a client generated
+    from the schema never sends what this server refuses.
+    """
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -100,7 +121,23 @@ def install(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
                 "What went wrong, one of: "
                 + "; ".join(f"`{urn}` ({when})" for urn, when in problem_types().items())
             )
+            _state_limits(components, settings)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+
+def _state_limits(components: dict[str, Any], settings: Settings) -> None:
+    components["SearchRequest"]["properties"]["k"]["maximum"] = settings.max_k
+    metadata = components["TextItem"]["properties"]["metadata"]
+    metadata["maxProperties"] = settings.max_metadata_keys
+    text = components["TextItem"]["properties"]["text"]
+    text["maxLength"] = settings.max_text_chars
+    components["SearchRequest"]["properties"]["text"]["maxLength"] = settings.max_text_chars
+    components["EncodeRequest"]["properties"]["texts"]["items"]["maxLength"] = (
+        settings.max_text_chars
+    )
+    for model in ("IngestRequest", "EncodeRequest"):
+        field = "items" if model == "IngestRequest" else "texts"
+        components[model]["properties"][field]["maxItems"] = settings.max_batch_items

@@ -22,10 +22,10 @@ _FORM_DOC = {
     "file": {"type": "string", "format": "binary", "description": "The query image (or clip)"},
     "text": text_field("A query text (instead of a file)"),
     "code": text_field("A query code as hex (instead of a file)"),
-    "k": {"type": "integer", "default": 10},
+    "k": {"type": "integer", "default": 10, "minimum": 1},
     "modalities": text_field("Comma-separated modalities to return, e.g. 'image,video'"),
     "where": text_field('JSON object of exact metadata matches, e.g. {"tag": "cat"}'),
-    "nprobe": {"type": "integer"},
+    "nprobe": {"type": "integer", "minimum": 1},
 }
 
 
@@ -101,7 +101,9 @@ def _form_values(form: Any) -> dict[str, Any]:
     for name in ("text", "code", "k", "nprobe"):
         value = forms.form_text(form, name)
         if value is not None:
-            values[name] = value
+            # Form fields are text; numbers are read as digits only (as JSON's strict ints).
+            digits = name in ("k", "nprobe") and value.isascii() and value.isdigit()
+            values[name] = int(value) if digits else value
     modalities = forms.form_text(form, "modalities")
     if modalities is not None:
         values["modalities"] = [m.strip() for m in modalities.split(",") if m.strip()]
