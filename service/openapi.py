@@ -45,13 +45,24 @@ ITEM_PROBLEM_RESPONSES = problems(400, 401, 403, 404, 422, 503)
 
 
 def body(
-    json_model: type[BaseModel], form_fields: dict[str, dict[str, Any]], example: dict[str, Any]
+    json_model: type[BaseModel],
+    form_fields: dict[str, dict[str, Any]],
+    example: dict[str, Any],
+    *,
+    form_rule: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``openapi_extra`` for a request body that is either ``json_model`` or a multipart form.
 
     ``example`` is what the docs page's "Try it out" sends: without one it fills every field
     with a placeholder, which the endpoints' cross-field rules (one query only) refuse.
+    ``form_rule`` is such a rule for the form (e.g. ``oneOf`` of required fields).
     """
+    form_schema = {
+        "type": "object",
+        "properties": form_fields,
+        "additionalProperties": False,
+        **(form_rule or {}),
+    }
     return {
         "requestBody": {
             "required": True,
@@ -60,7 +71,7 @@ def body(
                     "schema": {"$ref": _REF.format(model=json_model.__name__)},
                     "example": example,
                 },
-                "multipart/form-data": {"schema": {"type": "object", "properties": form_fields}},
+                "multipart/form-data": {"schema": form_schema},
             },
         }
     }
@@ -85,14 +96,20 @@ def files_field(description: str) -> dict[str, Any]:
     """A multipart field carrying one or more files."""
     return {
         "type": "array",
+        "minItems": 1,
         "items": {"type": "string", "format": "binary"},
         "description": description,
     }
 
 
-def text_field(description: str) -> dict[str, Any]:
+def text_field(description: str, **constraints: Any) -> dict[str, Any]:
     """A multipart text field."""
-    return {"type": "string", "description": description}
+    return {"type": "string", "description": description, **constraints}
+
+
+def one_of_required(*names: str) -> dict[str, Any]:
+    """A schema rule: exactly one of these fields is given."""
+    return {"oneOf": [{"required": [name]} for name in names]}
 
 
 def install(app: FastAPI, models: Sequence[type[BaseModel]], settings: Settings) -> None:
@@ -103,7 +120,10 @@ def install(app: FastAPI, models: Sequence[type[BaseModel]], settings: Settings)
     """
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
+        runtime = getattr(app.state, "runtime", None)
+        # Built again once the bundle is loaded: its code width and modalities go in then.
+        stale = app.openapi_schema is not None and "x-bundle" not in app.openapi_schema
+        if app.openapi_schema is None or (stale and runtime is not None):
             schema = get_openapi(
                 title=app.title,
                 version=app.version,
@@ -121,15 +141,39 @@ def install(app: FastAPI, models: Sequence[type[BaseModel]], settings: Settings)
                 "What went wrong, one of: "
                 + "; ".join(f"`{urn}` ({when})" for urn, when in problem_types().items())
             )
-            _state_limits(components, settings)
+            _state_limits(schema, settings)
+            if runtime is not None:
+                _state_bundle(schema, runtime.bundle.bits, runtime.bundle.modalities)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
-def _state_limits(components: dict[str, Any], settings: Settings) -> None:
+def _form(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    properties: dict[str, Any] = schema["paths"][path]["post"]["requestBody"]["content"][
+        "multipart/form-data"
+    ]["schema"]["properties"]
+    return properties
+
+
+def _state_bundle(schema: dict[str, Any], bits: int, modalities: list[str]) -> None:
+    """What the loaded bundle takes: codes of its width, its modalities."""
+    code = f"^[0-9a-fA-F]{{{bits // 4}}}$"
+    components = schema["components"]["schemas"]
+    search = components["SearchRequest"]["properties"]
+    search["code"]["pattern"] = code
+    search["modalities"]["anyOf"][0]["items"]["enum"] = list(modalities)
+    _form(schema, "/v1/search")["code"]["pattern"] = code
+    schema["x-bundle"] = {"bits": bits, "modalities": list(modalities)}
+
+
+def _state_limits(schema: dict[str, Any], settings: Settings) -> None:
+    components = schema["components"]["schemas"]
     components["SearchRequest"]["properties"]["k"]["maximum"] = settings.max_k
+    _form(schema, "/v1/search")["k"]["maximum"] = settings.max_k
+    for path in ("/v1/items", "/v1/encode"):
+        _form(schema, path)["files"]["maxItems"] = settings.max_batch_items
     metadata = components["TextItem"]["properties"]["metadata"]
     metadata["maxProperties"] = settings.max_metadata_keys
     text = components["TextItem"]["properties"]["text"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 CODE_DOC = "Packed code as lowercase hex, MSB-first (np.packbits order), bits/4 characters"
 #: Metadata keys the service fills in itself so results can show what an item was.
@@ -16,6 +16,19 @@ MAX_LOOKUP_IDS = 4096
 #: pattern is a search, so this says "holds a non-space"). Stated in the schema only: the
 #: pipeline's own check says what to fix in words ("text is empty").
 NonBlank = Annotated[str, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})]
+
+
+def _json_integer(value: object) -> object:
+    # JSON Schema's integer is any number without a fraction (2.0 too), never true or "2".
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a whole number, e.g. 10 (not a string, a fraction or true)")
+    return value
+
+
+#: An integer as JSON Schema means it.
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class Strict(BaseModel):
@@ -80,10 +93,7 @@ class SearchRequest(Strict):
     code: str | None = Field(
         None, json_schema_extra={"pattern": "^[0-9a-fA-F]+$"}, description=CODE_DOC
     )
-    # strict: true is not 1, nor 2.0 two.
-    k: int = Field(
-        10, ge=1, strict=True, description="Number of results (at most max_k, 1000 by default)"
-    )
+    k: JsonInt = Field(10, ge=1, description="Number of results (at most max_k, 1000 by default)")
     modalities: list[str] | None = Field(
         None,
         json_schema_extra={"minItems": 1},
@@ -92,8 +102,8 @@ class SearchRequest(Strict):
     where: dict[str, Any] | None = Field(
         None, description="Keep only items whose metadata has exactly these key/value pairs"
     )
-    nprobe: int | None = Field(
-        None, ge=1, strict=True, description="IVF lists to probe (exactness vs speed)"
+    nprobe: JsonInt | None = Field(
+        None, ge=1, description="IVF lists to probe (exactness vs speed)"
     )
 
 

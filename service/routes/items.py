@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
 from service import forms, pipeline, thumbnails
 from service.deps import RuntimeDep, require_read, require_write
@@ -46,10 +46,13 @@ def _digits_only(value: object) -> object:
 
 
 #: Ids are SQLite integers: a larger number cannot name an item, so it is refused up front.
+# The bounds as a Field after Path: given to Path next to a validator, FastAPI wrote them
+# into the schema as "ge"/"le", which no client reads.
 ItemId = Annotated[
     int,
+    Path(description="The item's id (decimal digits)"),
+    Field(ge=0, le=2**63 - 1),
     BeforeValidator(_digits_only),
-    Path(ge=0, le=2**63 - 1, description="The item's id (decimal digits)"),
 ]
 
 FORM_FIELDS = ("files", "client_ids", "metadata", "items")
@@ -80,6 +83,7 @@ _FORM_DOC = {
         IngestRequest,
         _FORM_DOC,
         {"items": [{"text": "a dog on the beach", "client_id": "cap-1", "metadata": {}}]},
+        form_rule={"anyOf": [{"required": ["files"]}, {"required": ["items"]}]},
     ),
     responses=PROBLEM_RESPONSES,
 )
