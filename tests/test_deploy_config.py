@@ -46,7 +46,7 @@ IMAGE_EXTRAS = {"minilm"}
 SHELL_BUILTINS = {"set", "test"}
 PREFIX = str(Settings.model_config.get("env_prefix", "")).upper()
 SETTING_ENV_NAMES = {f"{PREFIX}{name}".upper() for name in Settings.model_fields}
-BUILD_CONTEXT_EXCLUDES = (".git", ".venv", ".cache", "runs", "data")
+BUILD_CONTEXT_EXCLUDES = (".git", ".venv", ".cache", "runs", "data", "dataset", "media")
 
 
 # ---- parsing -----------------------------------------------------------------------------
