@@ -28,7 +28,17 @@ from typing import Any
 
 import httpx
 
-from bench.common import base_parser, code_bits, command, emit, environment, log, set_threads, timed
+from bench.common import (
+    base_parser,
+    code_bits,
+    command,
+    emit,
+    environment,
+    log,
+    positive_int,
+    set_threads,
+    timed,
+)
 from bench.serving import jpegs, make_bundle, post_images
 from hashbridge.ingest import IngestOptions, ingest
 from hashbridge.ingest_sources import collect
@@ -109,8 +119,10 @@ def main() -> int:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--bundles", nargs="+", choices=("lite0", "tiny"), default=None)
     parser.add_argument("--bits", type=code_bits, default=64)
-    parser.add_argument("--images", type=int, help="images per round (default 320; quick 48)")
-    parser.add_argument("--rounds", type=int, help="rounds (default 3; quick 1)")
+    parser.add_argument(
+        "--images", type=positive_int, help="images per round (default 320; quick 48)"
+    )
+    parser.add_argument("--rounds", type=positive_int, help="rounds (default 3; quick 1)")
     args = parser.parse_args()
     set_threads(args.threads)
     env = environment(args.threads)

@@ -63,18 +63,9 @@ def body(
         "additionalProperties": False,
         **(form_rule or {}),
     }
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {"$ref": _REF.format(model=json_model.__name__)},
-                    "example": example,
-                },
-                "multipart/form-data": {"schema": form_schema},
-            },
-        }
-    }
+    extra = json_body(json_model, example)
+    extra["requestBody"]["content"]["multipart/form-data"] = {"schema": form_schema}
+    return extra
 
 
 def json_body(json_model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
