@@ -7,9 +7,9 @@ One real server (``python -m service``) per bundle. The same JPEGs (bench.servin
 random blocks) are sent in rounds, in alternating order, by
 
 * ``bare_http``: bench.serving's ingest path, one client posting batches of 16 back to back;
-* ``cli``: the ``hashbridge ingest FOLDER`` command in a fresh process (interpreter start,
+* ``cli_cN``: the ``hashbridge ingest FOLDER`` command in a fresh process (interpreter start,
   folder scan, the stored-id lookup, reading the files, its progress and summary included),
-  with its default 4 requests in flight and with ``--concurrency 1``;
+  with N requests in flight (``--concurrency``; 1, 2 (the command's default) and 4 here);
 * ``library``: the same ingest as a library call with one request in flight, so that
   the command's own per-item cost is seen without the interpreter's start.
 
@@ -80,19 +80,17 @@ def run_bundle(kind: str, root: Path, n_images: int, rounds: int, args: Any) -> 
     folder.mkdir()
     for i, data in enumerate(files):
         (folder / f"{i:04d}.jpg").write_bytes(data)
-    seconds: dict[str, list[float]] = {"bare_http": [], "cli": [], "cli_c1": [], "library": []}
     with ServerProcess(bundle_dir, root / f"{kind}-data", root / f"{kind}-server.log") as server:
         server.wait_ready(180)
         url = server.url
         with httpx.Client(base_url=url, timeout=300) as client:
             bare_http(client, files[:BATCH])  # warm-up of both ends
             library(url, folder, "warm/")
-            paths = {
-                "bare_http": lambda r: bare_http(client, files),
-                "cli": lambda r: cli(url, folder, f"cli{r}/", 4),
-                "cli_c1": lambda r: cli(url, folder, f"c1-{r}/", 1),
-                "library": lambda r: library(url, folder, f"lib{r}/"),
-            }
+            paths: dict[str, Any] = {"bare_http": lambda r: bare_http(client, files)}
+            for n in args.concurrency:
+                paths[f"cli_c{n}"] = lambda r, n=n: cli(url, folder, f"c{n}-{r}/", n)
+            paths["library"] = lambda r: library(url, folder, f"lib{r}/")
+            seconds: dict[str, list[float]] = {name: [] for name in paths}
             for r in range(rounds):
                 order = list(paths) if r % 2 == 0 else list(reversed(paths))
                 for name in order:
@@ -123,6 +121,13 @@ def main() -> int:
         "--images", type=positive_int, help="images per round (default 320; quick 48)"
     )
     parser.add_argument("--rounds", type=positive_int, help="rounds (default 3; quick 1)")
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        nargs="+",
+        default=[1, 2, 4],
+        help="requests in flight of each command run (default 1 2 4; the command's own is 2)",
+    )
     args = parser.parse_args()
     set_threads(args.threads)
     env = environment(args.threads)
@@ -139,10 +144,9 @@ def main() -> int:
             "environment": env,
             "settings": {"bits": args.bits, "seed": args.seed, "batch": BATCH},
             "notes": {
-                "paths": "bare_http: bench.serving's one-client loop; cli: `hashbridge ingest "
-                "FOLDER` in a fresh process, 4 requests in flight (its default); cli_c1: the "
-                "same with --concurrency 1; library: hashbridge.ingest.ingest in this process, "
-                "one request in flight",
+                "paths": "bare_http: bench.serving's one-client loop; cli_cN: `hashbridge "
+                "ingest FOLDER --concurrency N` in a fresh process; library: "
+                "hashbridge.ingest.ingest in this process, one request in flight",
                 "ratio": "throughput_vs_bare_http = items/s of the path / items/s of bare_http",
             },
             "results": rows,

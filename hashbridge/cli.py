@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="the service's key (default: HASHBRIDGE_API_KEY)")
     p.add_argument("--batch", type=int, default=32, help="items per request (default 32)")
     p.add_argument(
-        "--concurrency", type=int, default=4, help="requests in flight at once (default 4)"
+        "--concurrency", type=int, default=2, help="requests in flight at once (default 2)"
     )
     p.add_argument(
         "--retries",

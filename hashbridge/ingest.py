@@ -47,7 +47,7 @@ class IngestOptions:
     api_key: str | None = None
     batch_items: int = 32
     batch_bytes: int = 32 * MiB
-    concurrency: int = 4
+    concurrency: int = 2
     retries: int = 8
     backoff_s: float = 0.5
     max_backoff_s: float = 10.0
