@@ -259,18 +259,16 @@ class _Sender:
             files = [e for e in part if e.path is not None]
             texts = [e for e in part if e.path is None]
             ordered = files + texts  # the order the service numbers items in
-            try:
-                body = _form(files, texts)
-            except OSError as exc:
+            contents, unreadable = _read_files(files)
+            if unreadable:
                 # A file that went away or became unreadable since the scan.
-                unreadable = [e for e in files if not e.path or not e.path.is_file()]
-                outcome.refused += [Refusal(e.name, f"cannot read it: {exc}") for e in unreadable]
-                rest = [e for e in ordered if e not in unreadable]
-                if rest and unreadable:
+                outcome.refused += unreadable
+                gone = {r.name for r in unreadable}
+                rest = [e for e in ordered if e.name not in gone]
+                if rest:
                     work.append(rest)
-                elif rest:
-                    outcome.refused += [Refusal(e.name, f"cannot read it: {exc}") for e in rest]
                 continue
+            body = _form(files, contents, texts)
             try:
                 r = self._request("POST", "/v1/items", name=ordered[0].name, **body)
             except _GaveUp as exc:
@@ -327,12 +325,24 @@ class _Sender:
             )
 
 
-def _form(files: list[Entry], texts: list[Entry]) -> dict[str, Any]:
-    """The multipart body of POST /v1/items for these files and texts."""
-    parts = []
+def _read_files(files: list[Entry]) -> tuple[list[bytes], list[Refusal]]:
+    """Each file's bytes, or why it cannot be read."""
+    contents, unreadable = [], []
     for entry in files:
         assert entry.path is not None
-        parts.append(("files", (entry.path.name, entry.path.read_bytes())))
+        try:
+            contents.append(entry.path.read_bytes())
+        except OSError as exc:
+            unreadable.append(Refusal(entry.name, f"cannot read it: {exc.strerror or exc}"))
+    return contents, unreadable
+
+
+def _form(files: list[Entry], contents: list[bytes], texts: list[Entry]) -> dict[str, Any]:
+    """The multipart body of POST /v1/items for these files (read) and texts."""
+    parts = []
+    for entry, data in zip(files, contents, strict=True):
+        assert entry.path is not None
+        parts.append(("files", (entry.path.name, data)))
     data: dict[str, str] = {}
     if files:
         data["client_ids"] = json.dumps([e.client_id for e in files])

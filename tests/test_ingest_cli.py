@@ -16,6 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
+from hashbridge.ingest import IngestOptions, ingest
+from hashbridge.ingest_sources import Entry
 from model.data.synthetic_video import write_clip
 from tests.service_bundle import API_KEY, AUTH, REPO, ServerProcess, build_bundle, png
 
@@ -250,3 +252,24 @@ def test_user_mistakes_are_one_line_and_exit_2(server: ServerProcess, tmp_path: 
     )
     assert nobody.returncode == 2
     assert "cannot reach the service at http://127.0.0.1:9" in nobody.stderr
+
+
+def test_what_cannot_be_sent_is_refused_here_and_the_rest_is_stored(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    (tmp_path / "ok.png").write_bytes(png(5))
+    entries = [
+        Entry("ok.png", path=tmp_path / "ok.png"),
+        Entry("gone.png", path=tmp_path / "gone.png"),  # removed since the scan
+        Entry("long.txt", text="cat " * 3000),  # over HASHBRIDGE_MAX_TEXT_CHARS (10,000)
+        Entry("blank.txt", text="  \n"),
+        Entry("fine.txt", text="a dog"),
+    ]
+    report = ingest(entries, IngestOptions(url=server.url, api_key=API_KEY, progress=False))
+    assert (report.total, report.ingested, report.skipped) == (5, 2, 0)
+    reasons = {r.name: r.reason for r in report.refused}
+    assert sorted(reasons) == ["blank.txt", "gone.png", "long.txt"]
+    assert reasons["gone.png"].startswith("cannot read")
+    assert "HASHBRIDGE_MAX_TEXT_CHARS" in reasons["long.txt"]
+    assert not report.ok
+    assert sorted(stored_ids(server.url)["client_ids"]) == ["fine.txt", "ok.png"]
