@@ -26,6 +26,7 @@ from service.encoders import Bundle
 from service.errors import (
     InvalidInput,
     NotFound,
+    OutOfRange,
     PayloadTooLarge,
     ServiceError,
     UnsupportedModality,
@@ -41,12 +42,9 @@ from service.media import (
     sniff_kind,
 )
 from service.runtime import Runtime
+from service.schemas import MAX_CLIENT_ID_CHARS, RESERVED_KEYS
 from service.settings import Settings
 from service.thumbnails import posters_for, thumbnail_of
-
-#: Metadata keys the service fills in itself so results can show what an item was.
-RESERVED_KEYS = ("text", "filename")
-MAX_CLIENT_ID_CHARS = 256
 
 Source = str | Upload
 
@@ -212,7 +210,8 @@ def _check_request_pixels(
 async def ingest(rt: Runtime, items: Sequence[ItemInput]) -> list[Written]:
     """Encode and upsert a batch in one write; re-sent client ids replace their items."""
     check_count(rt.settings, len(items))
-    _raise_all([(i, _check_item(item)) for i, item in enumerate(items)], len(items))
+    checks = [(i, _check_item(rt.settings, item)) for i, item in enumerate(items)]
+    _raise_all(checks, len(items))
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
         if item.client_id is not None and item.client_id in seen:
@@ -262,7 +261,7 @@ async def search(
 ) -> list[Found]:
     """Return up to k stored items nearest to the query code, with their metadata."""
     if not 1 <= k <= rt.settings.max_k:
-        raise InvalidInput(f"k must be between 1 and {rt.settings.max_k}, got {k}")
+        raise OutOfRange(f"k must be between 1 and {rt.settings.max_k} (HASHBRIDGE_MAX_K), got {k}")
     if modalities is not None:
         if not modalities:
             raise InvalidInput("modalities is empty; omit it to search every modality")
@@ -288,10 +287,18 @@ async def get_item(rt: Runtime, item_id: int) -> StoredItem:
 
 async def delete_item(rt: Runtime, item_id: int) -> None:
     """Delete a stored item or raise NotFound."""
-    if not await rt.run(rt.collection.delete, [item_id]):
+    item = await rt.run(rt.collection.get, item_id)
+    # Another request may delete it between the two calls: only a delete that found it counts.
+    if item is None or not await rt.run(rt.collection.delete, [item_id]):
         raise NotFound(f"no item with id {item_id}")
-    rt.metrics.items_deleted.inc()
+    rt.metrics.items_deleted.inc(modality=item.modality)
     rt.wrote(1)
+
+
+async def lookup(rt: Runtime, client_ids: Sequence[str]) -> list[tuple[str, int, str]]:
+    """(client id, id, modality) of the given client ids that are stored, in request order."""
+    found = await rt.run(rt.collection.store.lookup_client_ids, list(dict.fromkeys(client_ids)))
+    return [(cid, *found[cid]) for cid in dict.fromkeys(client_ids) if cid in found]
 
 
 def _search(
@@ -370,7 +377,7 @@ def _decode(
     raise TypeError(f"no upload decoder for input kind {kind.name!r} ({kind.media} media)")
 
 
-def _check_item(item: ItemInput) -> ServiceError | None:
+def _check_item(settings: Settings, item: ItemInput) -> ServiceError | None:
     cid = item.client_id
     if cid is not None and not (0 < len(cid) <= MAX_CLIENT_ID_CHARS):
         return InvalidInput(f"client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters")
@@ -384,10 +391,22 @@ def _check_item(item: ItemInput) -> ServiceError | None:
             f"metadata key {taken[0]!r} is reserved (the service stores the item's "
             f"{' and '.join(RESERVED_KEYS)} there); rename it"
         )
+    if len(item.metadata) > settings.max_metadata_keys:
+        return PayloadTooLarge(
+            f"metadata has {len(item.metadata)} keys; the limit is {settings.max_metadata_keys} "
+            "per item (HASHBRIDGE_MAX_METADATA_KEYS)"
+        )
     try:
-        json.dumps(dict(item.metadata), allow_nan=False)
+        size = len(json.dumps(dict(item.metadata), allow_nan=False, ensure_ascii=False).encode())
     except (TypeError, ValueError) as exc:
         return InvalidInput(f"metadata is not plain JSON: {exc}")
+    if size > settings.max_metadata_bytes:
+        # Stored metadata comes back in every search that finds the item: unbounded, one
+        # item could make every answer megabytes long.
+        return PayloadTooLarge(
+            f"metadata is {size} bytes as JSON; the limit is {settings.max_metadata_bytes} "
+            "per item (HASHBRIDGE_MAX_METADATA_BYTES)"
+        )
     return None
 
 

@@ -179,6 +179,8 @@ def make_settings(bundle_dir: Path, data_dir: Path, **overrides: Any) -> Setting
         "api_key": API_KEY,
         "batch_window_ms": 1.0,
         "index_kind": "flat",
+        # TestClient's requests name the host "testserver".
+        "allowed_hosts": "testserver",
     }
     values.update(overrides)
     return Settings(**values)
@@ -222,9 +224,10 @@ class ServerProcess:
         log: Path,
         *,
         command: list[str] | None = None,
+        port: int | None = None,
         **env: str,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         environ = {k: v for k, v in os.environ.items() if not k.startswith("HASHBRIDGE_")}

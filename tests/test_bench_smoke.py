@@ -67,6 +67,7 @@ def test_search_quick_records_its_command_and_finite_ratios(tmp_path: Path) -> N
         (["bench.encoders", "--batch-sizes", "0"], "at least 1"),
         (["bench.encoders", "--device", "foo"], "--device must be cpu or cuda"),
         (["bench.serving", "--bundles", "tiny", "--clients", "0"], "at least 1"),
+        (["bench.ingest_cli", "--rounds", "0"], "at least 1"),
         (["bench.video", "accuracy", "--config", "x.toml", "--bits", "twelve"], "whole number"),
     ],
 )

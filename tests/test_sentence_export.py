@@ -235,7 +235,8 @@ bundle = load_bundle(req["bundle"])
 assert isinstance(bundle.vectorizer, SentenceTokenizer)
 batch, known = bundle.vectorizer.vectorize(req["texts"])
 codes = bundle.encoders["text"].encode(batch)
-settings = Settings(bundle_dir=req["bundle"], data_dir=req["out"] + ".data", batch_window_ms=1.0)
+settings = Settings(bundle_dir=req["bundle"], data_dir=req["out"] + ".data", batch_window_ms=1.0,
+                    allowed_hosts="testserver")
 with TestClient(create_app(settings)) as client:
     r = client.post("/v1/encode", json={"texts": req["texts"]})
     assert r.status_code == 200, r.text
