@@ -40,6 +40,7 @@ from bench.common import (
     set_threads,
     timed,
 )
+from index.base import SearchParams
 from index.codes import pack_signs
 from index.faiss_index import FaissHammingIndex, faiss_sees_a_gpu
 
@@ -263,8 +264,10 @@ def bench_ivf(
     rows = []
     for nprobe in nprobes:
         log(f"n={len(codes)} bits={bits}: IVF nprobe={nprobe}")
-        report = measure(lambda b, p=nprobe: index.search(b, K, nprobe=p), batch, singles, quick)
-        dist = index.search(everything, K, nprobe=nprobe).distances
+        report = measure(
+            lambda b, p=nprobe: index.search(b, K, SearchParams(nprobe=p)), batch, singles, quick
+        )
+        dist = index.search(everything, K, SearchParams(nprobe=nprobe)).distances
         hits = (dist >= 0) & (dist <= kth[:, None])
         rows.append({"nprobe": nprobe, **report, "recall_at_10": round(float(hits.mean()), 4)})
     return built, rows

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from index.base import SearchParams
 from index.codes import codes_from_hex, hamming
 from index.errors import CodeError
 from index.filters import matches as metadata_matches
@@ -259,8 +260,9 @@ def _search(
     where: Mapping[str, Any] | None,
     nprobe: int | None,
 ) -> list[Found]:
-    hits = rt.collection.search(codes, k, modalities=modalities, where=where, nprobe=nprobe)[0]
-    stored = rt.collection.store.get_many([h.id for h in hits])
+    params = SearchParams(nprobe=nprobe)
+    hits = rt.collection.search(codes, k, modalities=modalities, where=where, params=params)[0]
+    stored = rt.collection.get_many([h.id for h in hits])
     # Writers run again between the search and this lookup: an item deleted, or replaced by
     # one the search would not have found (another modality, code or metadata), is left out
     # rather than answered with a distance or metadata that contradict the query.
