@@ -19,3 +19,7 @@ class ItemError(ValueError):
 
 class BackendUnavailable(RuntimeError):
     """The index backend (a Milvus server) cannot be reached or did not answer in time."""
+
+
+class CollectionMismatch(ValueError):
+    """A shared collection was made by another program, or holds another model's codes."""

@@ -39,6 +39,7 @@ import json
 import logging
 import secrets
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ import numpy.typing as npt
 from index.backend import Hit, TieOrder
 from index.base import SearchParams, check_ids, check_k
 from index.codes import check_bits, validate_codes
-from index.errors import BackendUnavailable, BitsMismatchError, ItemError
+from index.errors import BackendUnavailable, BitsMismatchError, CollectionMismatch, ItemError
 from index.filters import canonical_values, milvus_expression
 from index.ranking import top_k_by_sequence
 from index.store import NewItem, StoredItem, encode_item
@@ -64,6 +65,8 @@ MAX_TOPK = 16_384
 #: Milvus's longest VARCHAR; a base64 thumbnail longer than this is not stored.
 THUMBNAIL_CHARS = 65_535
 MAX_CLIENT_ID_CHARS = 1024
+#: Longest a start-up may wait for Milvus to load the collection (at least timeout_s).
+LOAD_TIMEOUT_S = 120.0
 _ID_BITS = 53
 _STRONG = "Strong"
 _MARK = "hashbridge items"
@@ -87,6 +90,9 @@ class MilvusConfig:
     token: str = field(default="", repr=False)
     #: Modalities counted by stats() without a scan (the bundle's); others are found by one.
     modalities: tuple[str, ...] = ()
+    #: Names the model whose codes these are (the bundle's fingerprint); recorded when the
+    #: collection is created, and a collection of another model is refused.
+    model: str = ""
 
     def __post_init__(self) -> None:
         if self.index_kind not in MILVUS_INDEX_KINDS:
@@ -115,13 +121,20 @@ class MilvusCollection:
 
         where = f"Milvus at {config.uri}"
         with _unavailable(f"{where}: cannot connect"):
-            client = MilvusClient(uri=config.uri, token=config.token, timeout=config.timeout_s)
+            # pymilvus shares one connection per URI in a process unless given an alias, and
+            # closing any client on it would close it for all.
+            client = MilvusClient(
+                uri=config.uri,
+                token=config.token,
+                timeout=config.timeout_s,
+                alias=f"hashbridge-{uuid.uuid4().hex}",
+            )
         with _unavailable(f"{where}: cannot open collection {config.collection!r}"):
             created = False
             if not client.has_collection(config.collection, timeout=config.timeout_s):
                 created = _create(client, config, bits)
             _check_schema(client, config, bits)
-            client.load_collection(config.collection, timeout=config.timeout_s)
+            client.load_collection(config.collection, timeout=_load_timeout(config))
         collection = cls(client, config, bits, "")
         n = len(collection)
         verb = "created" if created else "opened"
@@ -409,7 +422,7 @@ def _create(client: Any, config: MilvusConfig, bits: int) -> bool:
     schema = MilvusClient.create_schema(
         auto_id=False,
         enable_dynamic_field=False,
-        description=json.dumps({"kind": _MARK, "bits": bits}),
+        description=json.dumps({"kind": _MARK, "bits": bits, "model": config.model}),
     )
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("code", DataType.BINARY_VECTOR, dim=bits)
@@ -429,7 +442,7 @@ def _create(client: Any, config: MilvusConfig, bits: int) -> bool:
             schema=schema,
             index_params=index,
             consistency_level=_STRONG,
-            timeout=config.timeout_s,
+            timeout=_load_timeout(config),
         )
     except MilvusException:
         if client.has_collection(config.collection, timeout=config.timeout_s):
@@ -441,6 +454,11 @@ def _create(client: Any, config: MilvusConfig, bits: int) -> bool:
     return True
 
 
+def _load_timeout(config: MilvusConfig) -> float:
+    # Loading a collection into the query nodes takes seconds even when it is small.
+    return max(config.timeout_s, LOAD_TIMEOUT_S)
+
+
 def _check_schema(client: Any, config: MilvusConfig, bits: int) -> None:
     info = client.describe_collection(config.collection, timeout=config.timeout_s)
     try:
@@ -448,7 +466,7 @@ def _check_schema(client: Any, config: MilvusConfig, bits: int) -> None:
     except ValueError:
         mark = {}
     if not isinstance(mark, dict) or mark.get("kind") != _MARK:
-        raise ItemError(
+        raise CollectionMismatch(
             f"Milvus collection {config.collection!r} at {config.uri} was not made by hashbridge; "
             "name another one (HASHBRIDGE_MILVUS_COLLECTION)"
         )
@@ -456,6 +474,12 @@ def _check_schema(client: Any, config: MilvusConfig, bits: int) -> None:
         raise BitsMismatchError(
             f"Milvus collection {config.collection!r} holds {mark.get('bits')}-bit codes but was "
             f"opened with bits={bits}; use a bundle of that width or another collection"
+        )
+    if config.model and mark.get("model") and mark["model"] != config.model:
+        raise CollectionMismatch(
+            f"Milvus collection {config.collection!r} holds codes of another model "
+            f"(fingerprint {str(mark['model'])[:12]}, not {config.model[:12]}); codes of "
+            "different models are not comparable: name another collection and re-ingest"
         )
 
 
