@@ -37,6 +37,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -126,12 +127,12 @@ class MilvusCollection:
             client = MilvusClient(
                 uri=config.uri,
                 token=config.token,
-                timeout=config.timeout_s,
+                timeout=_seconds(config),
                 alias=f"hashbridge-{uuid.uuid4().hex}",
             )
         with _unavailable(f"{where}: cannot open collection {config.collection!r}"):
             created = False
-            if not client.has_collection(config.collection, timeout=config.timeout_s):
+            if not client.has_collection(config.collection, timeout=_seconds(config)):
                 created = _create(client, config, bits)
             _check_schema(client, config, bits)
             client.load_collection(config.collection, timeout=_load_timeout(config))
@@ -198,7 +199,7 @@ class MilvusCollection:
             )
             self._seen.add(modality)
         with self._call("upsert"):
-            self._client.upsert(self.config.collection, rows, timeout=self.config.timeout_s)
+            self._client.upsert(self.config.collection, rows, timeout=_seconds(self.config))
         return ids
 
     def delete(self, ids: Sequence[int]) -> int:
@@ -208,7 +209,7 @@ class MilvusCollection:
         if existing:
             with self._call("delete"):
                 self._client.delete(
-                    self.config.collection, ids=existing, timeout=self.config.timeout_s
+                    self.config.collection, ids=existing, timeout=_seconds(self.config)
                 )
         return len(existing)
 
@@ -277,7 +278,7 @@ class MilvusCollection:
                     output_fields=["modality"],
                     search_params=search_params,
                     consistency_level=_STRONG,
-                    timeout=self.config.timeout_s,
+                    timeout=_seconds(self.config),
                 )
             dist = np.full((len(rows), kk), -1, dtype=np.int32)
             ids = np.full((len(rows), kk), -1, dtype=np.int64)
@@ -324,7 +325,7 @@ class MilvusCollection:
     def drop(self) -> None:
         """Delete the whole collection from Milvus (tests and benches)."""
         with self._call("drop"):
-            self._client.drop_collection(self.config.collection, timeout=self.config.timeout_s)
+            self._client.drop_collection(self.config.collection, timeout=_seconds(self.config))
 
     def _assign_ids(self, client_ids: list[str | None]) -> tuple[list[int], dict[int, float]]:
         """Ids for a batch, and created_at of those that already exist (kept on update)."""
@@ -370,7 +371,7 @@ class MilvusCollection:
                 batch_size=MAX_TOPK,
                 output_fields=["modality"],
                 consistency_level=_STRONG,
-                timeout=self.config.timeout_s,
+                timeout=_seconds(self.config),
             )
             try:
                 while batch := iterator.next():
@@ -388,7 +389,7 @@ class MilvusCollection:
                     filter=expression,
                     output_fields=fields,
                     consistency_level=_STRONG,
-                    timeout=self.config.timeout_s,
+                    timeout=_seconds(self.config),
                 )
             )
 
@@ -445,7 +446,7 @@ def _create(client: Any, config: MilvusConfig, bits: int) -> bool:
             timeout=_load_timeout(config),
         )
     except MilvusException:
-        if client.has_collection(config.collection, timeout=config.timeout_s):
+        if client.has_collection(config.collection, timeout=_seconds(config)):
             return False
         raise
     log.info(
@@ -454,13 +455,19 @@ def _create(client: Any, config: MilvusConfig, bits: int) -> bool:
     return True
 
 
-def _load_timeout(config: MilvusConfig) -> float:
+def _seconds(config: MilvusConfig) -> int:
+    # pymilvus bounds its retries by a timeout only if it is an int: a float is ignored, and
+    # it then retries a lost server 75 times with back-off up to 60 s (about an hour).
+    return max(1, math.ceil(config.timeout_s))
+
+
+def _load_timeout(config: MilvusConfig) -> int:
     # Loading a collection into the query nodes takes seconds even when it is small.
-    return max(config.timeout_s, LOAD_TIMEOUT_S)
+    return max(_seconds(config), int(LOAD_TIMEOUT_S))
 
 
 def _check_schema(client: Any, config: MilvusConfig, bits: int) -> None:
-    info = client.describe_collection(config.collection, timeout=config.timeout_s)
+    info = client.describe_collection(config.collection, timeout=_seconds(config))
     try:
         mark = json.loads(info.get("description") or "{}")
     except ValueError:
