@@ -24,7 +24,7 @@ def replica(
         HASHBRIDGE_INDEX_BACKEND="milvus",
         HASHBRIDGE_MILVUS_URI=uri,
         HASHBRIDGE_MILVUS_COLLECTION=collection,
-        HASHBRIDGE_MILVUS_TIMEOUT_S="5",
+        HASHBRIDGE_MILVUS_TIMEOUT_S="30",  # generous: the CPUs here are shared
     )
 
 

@@ -11,20 +11,31 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from index.reference import NumpyHammingIndex
 from service.encoders import Bundle
 from service.errors import IndexBackendError
 from tests import test_service_api as api_tests
 from tests import test_thumbnails as thumbnail_tests
 from tests.milvus_fixtures import TcpRelay
-from tests.service_bundle import AUTH, PROBLEM, ingest_texts, make_settings, open_client
+from tests.service_bundle import (
+    AUTH,
+    PROBLEM,
+    ingest_files,
+    ingest_texts,
+    make_settings,
+    open_client,
+    png,
+)
 
 pytest_plugins = ["tests.conftest_service", "tests.milvus_fixtures"]
 
+# test_ingest_texts_and_images_then_search_each_way ranks ties by write order, the FAISS
+# backend's; test_cross_modal_ranking_follows_the_tie_order checks it per backend.
 REPRESENTATIVE: list[Callable[..., None]] = [
-    api_tests.test_ingest_texts_and_images_then_search_each_way,
     api_tests.test_all_modalities_are_merged_by_distance,
     api_tests.test_client_ids_are_idempotent,
     api_tests.test_multipart_batch_with_client_ids_metadata_and_texts,
@@ -64,6 +75,24 @@ def test_api_with_each_backend(
         for name in inspect.signature(api_test).parameters
     }
     api_test(**args)
+
+
+def test_cross_modal_ranking_follows_the_tie_order(backend_api: TestClient) -> None:
+    images = ingest_files(backend_api, [(f"img{i}.png", png(i)) for i in range(8)])
+    ingest_texts(backend_api, ["a red car", "the sea"])
+    r = backend_api.post("/v1/search", json={"text": "a red car", "k": 8, "modalities": ["image"]})
+    res = r.json()
+    tie_order = backend_api.app.state.runtime.collection.tie_order
+    # The NumPy reference ranks ties in the order items are added to it.
+    ordered = images if tie_order == "write" else sorted(images, key=lambda i: i["id"])
+    ref = NumpyHammingIndex(32)
+    ref.add(
+        [i["id"] for i in ordered],
+        np.array([list(bytes.fromhex(i["code"])) for i in ordered], np.uint8),
+    )
+    want = ref.search(np.array([list(bytes.fromhex(res["query"]["code"]))], np.uint8), 8)
+    assert [h["id"] for h in res["results"]] == want.ids[0].tolist()
+    assert [h["distance"] for h in res["results"]] == want.distances[0].tolist()
 
 
 def test_milvus_mode_keeps_items_in_milvus_not_the_data_dir(
