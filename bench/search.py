@@ -40,6 +40,7 @@ from bench.common import (
     set_threads,
     timed,
 )
+from index.base import SearchParams
 from index.codes import pack_signs
 from index.faiss_index import FaissHammingIndex, faiss_sees_a_gpu
 
@@ -335,9 +336,9 @@ def bench_ivf(
     }
     rows = []
     for nprobe in nprobes:
-        search = partial(index.search, k=K, nprobe=nprobe)
+        search = partial(index.search, k=K, params=SearchParams(nprobe=nprobe))
         timer.add(f"ivf_nprobe_{nprobe}", search, batch, singles)
-        dist = index.search(everything, K, nprobe=nprobe).distances
+        dist = index.search(everything, K, SearchParams(nprobe=nprobe)).distances
         hits = (dist >= 0) & (dist <= kth[:, None])
         rows.append({"nprobe": nprobe, "recall_at_10": round(float(hits.mean()), 4)})
     return built, rows

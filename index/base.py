@@ -1,4 +1,4 @@
-"""The HammingIndex protocol, its SearchResult, and argument checks shared by backends."""
+"""The HammingIndex protocol, its SearchResult and SearchParams, and shared argument checks."""
 
 from __future__ import annotations
 
@@ -27,12 +27,34 @@ class SearchResult:
     distances: npt.NDArray[np.int32]
 
 
+@dataclass(frozen=True)
+class SearchParams:
+    """Per-query knobs that any backend reads the ones it has of; exact backends ignore them.
+
+    ``nprobe``: inverted lists an IVF index (FAISS's or Milvus's) visits; None takes the
+    backend's default. They travel with each call, never set on a shared index.
+    """
+
+    nprobe: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.nprobe is not None and (
+            isinstance(self.nprobe, bool) or not isinstance(self.nprobe, int) or self.nprobe < 1
+        ):
+            raise ValueError(f"nprobe must be a positive integer or None, got {self.nprobe!r}")
+
+
+#: No per-query knobs: every backend's defaults.
+DEFAULT_SEARCH = SearchParams()
+
+
 @runtime_checkable
 class HammingIndex(Protocol):
     """A mutable id -> binary code index searched by Hamming distance.
 
     Adding an id that is already present replaces its code (an update). Indexes
-    are safe for concurrent searches but writes must be serialised by the caller.
+    are safe for concurrent searches but writes must be serialised by the caller. How
+    an index persists is its owner's business (see ``SnapshotIndex``).
     """
 
     @property
@@ -48,11 +70,18 @@ class HammingIndex(Protocol):
         """Remove items by id; unknown ids are ignored. Return how many were removed."""
         ...
 
-    def search(self, codes: npt.ArrayLike, k: int, nprobe: int | None = None) -> SearchResult:
+    def search(
+        self, codes: npt.ArrayLike, k: int, params: SearchParams | None = None
+    ) -> SearchResult:
         """Return the k nearest items of each query code."""
         ...
 
     def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class SnapshotIndex(HammingIndex, Protocol):
+    """An in-process index that the local collection persists as snapshot files."""
 
     def save(self, path: PathLike, *, extra: Mapping[str, Any] | None = None) -> None:
         """Write the index atomically; ``extra`` is stored in the file header."""

@@ -1,29 +1,28 @@
-"""A collection: one Hamming index per modality kept in step with a durable CodeStore.
+"""The local collection backend: one in-process Hamming index per modality over a CodeStore.
 
 SQLite is the truth: every write commits there first and is then applied to the
-in-memory indexes. Snapshots record the store seq they reflect; on open a
-snapshot is used only if that seq is still current, otherwise the modality's
-index is rebuilt from SQLite.
+in-memory indexes (FAISS, or the NumPy reference). Their snapshot files and rebuilding
+live in ``index.snapshots``. Meets ``index.backend.CollectionBackend`` with ties in
+write order.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
 
-from index.base import HammingIndex, PathLike, check_ids, check_k
+from index.backend import Hit, TieOrder
+from index.base import PathLike, SearchParams, SnapshotIndex, check_ids, check_k
 from index.codes import check_bits, validate_codes
-from index.errors import BitsMismatchError, IndexFileError
-from index.factory import IndexConfig, load_index, make_index
-from index.fileio import read_header
+from index.factory import IndexConfig, make_index
 from index.reference import NumpyHammingIndex
 from index.rwlock import RWLock
+from index.snapshots import rebuild, remove_leftovers, restore, save_snapshots
 from index.store import CodeStore, NewItem, StoredItem
 
 log = logging.getLogger(__name__)
@@ -33,23 +32,19 @@ STORE_FILE = "store.sqlite3"
 _MIN_CANDIDATES = 256
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search hit."""
-
-    id: int
-    distance: int
-    modality: str
+__all__ = ["STORE_FILE", "Collection", "Hit"]
 
 
 class Collection:
     """Per-modality indexes over one CodeStore; searches run concurrently, writes exclusively."""
 
+    tie_order: TieOrder = "write"
+
     def __init__(
         self,
         data_dir: Path,
         store: CodeStore,
-        indexes: dict[str, HammingIndex],
+        indexes: dict[str, SnapshotIndex],
         config: IndexConfig,
         open_report: dict[str, str],
     ) -> None:
@@ -68,14 +63,11 @@ class Collection:
         root.mkdir(parents=True, exist_ok=True)
         config = config or IndexConfig()
         store = CodeStore(root / STORE_FILE, check_bits(bits))
-        # A snapshot write killed midway leaves its temp file (as big as the index) behind,
-        # and nothing else would ever remove it; this process now owns the data dir.
-        for leftover in root.glob(f".{_snapshot_path(root, '*').name}.*.tmp"):
-            leftover.unlink(missing_ok=True)
-        indexes: dict[str, HammingIndex] = {}
+        remove_leftovers(root)
+        indexes: dict[str, SnapshotIndex] = {}
         report: dict[str, str] = {}
         for modality in store.modalities():
-            indexes[modality], report[modality] = _restore(root, store, modality, config)
+            indexes[modality], report[modality] = restore(root, store, modality, config)
         return cls(root, store, indexes, config, report)
 
     @property
@@ -108,9 +100,7 @@ class Collection:
             except Exception:
                 # The store committed, so it stays the truth; resync the indexes from it.
                 log.exception("index update failed after commit; rebuilding indexes from store")
-                self._indexes = {
-                    m: _rebuild(self.store, m, self.config) for m in self._modalities()
-                }
+                self._indexes = {m: rebuild(self.store, m, self.config) for m in self._modalities()}
                 raise
             return ids
 
@@ -129,6 +119,18 @@ class Collection:
         """Return one stored item, or None."""
         return self.store.get(item_id)
 
+    def get_many(self, ids: Sequence[int]) -> dict[int, StoredItem]:
+        """The items that exist among ids, keyed by id."""
+        return self.store.get_many(ids)
+
+    def lookup_client_ids(self, client_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """(id, modality) of the stored items among client_ids, keyed by client id."""
+        return self.store.lookup_client_ids(client_ids)
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        """An item's thumbnail bytes, or None."""
+        return self.store.thumbnail(item_id)
+
     def search(
         self,
         codes: npt.ArrayLike,
@@ -136,7 +138,7 @@ class Collection:
         *,
         modalities: Sequence[str] | None = None,
         where: Mapping[str, Any] | None = None,
-        nprobe: int | None = None,
+        params: SearchParams | None = None,
     ) -> list[list[Hit]]:
         """Return up to k hits per query across modalities, nearest first.
 
@@ -157,7 +159,7 @@ class Collection:
             # A modality named twice would be searched twice and its hits returned twice.
             modalities = list(dict.fromkeys(modalities))
         if where is not None:
-            return self._search_filtered(queries, k, modalities, where, nprobe)
+            return self._search_filtered(queries, k, modalities, where, params)
         merged: list[list[Hit]] = [[] for _ in range(queries.shape[0])]
         with self._lock.read():
             for modality in modalities if modalities is not None else sorted(self._indexes):
@@ -165,7 +167,7 @@ class Collection:
                 if index is None or not len(index):
                     continue
                 # k can be far above the index size; FAISS allocates k results per query.
-                res = index.search(queries, min(k, len(index)), nprobe)
+                res = index.search(queries, min(k, len(index)), params)
                 for row, ids, distances in zip(merged, res.ids, res.distances, strict=True):
                     row.extend(
                         Hit(int(i), int(d), modality)
@@ -174,19 +176,12 @@ class Collection:
                     )
         return [sorted(row, key=lambda h: h.distance)[:k] for row in merged]
 
-    def snapshot(self) -> dict[str, Path]:
-        """Atomically save every index tagged with the store seq it reflects."""
-        paths: dict[str, Path] = {}
+    def snapshot(self) -> dict[str, Any]:
+        """Atomically save every index tagged with the store write it reflects."""
         # A read lock suffices: it excludes writers, so seq and index contents agree.
         with self._lock.read():
-            seq, write_id = self.store.last_write()
-            for modality, index in self._indexes.items():
-                path = _snapshot_path(self.data_dir, modality)
-                extra = {"store_seq": seq, "store_write_id": write_id, "modality": modality}
-                index.save(path, extra=extra)
-                paths[modality] = path
-        log.info("snapshot of %d indexes at store seq %d", len(paths), seq)
-        return paths
+            paths = save_snapshots(self.data_dir, self.store, self._indexes)
+        return {"snapshots": [str(p) for p in paths]}
 
     def stats(self) -> dict[str, Any]:
         """Return store statistics plus each index's size."""
@@ -223,7 +218,7 @@ class Collection:
         k: int,
         modalities: Sequence[str] | None,
         where: Mapping[str, Any],
-        nprobe: int | None,
+        params: SearchParams | None,
     ) -> list[list[Hit]]:
         """Post-filter the nearest items; where too few pass, pre-filter the modality.
 
@@ -239,7 +234,7 @@ class Collection:
                 index = self._indexes.get(modality)
                 if index is not None and len(index):
                     fetch = min(len(index), max(2 * k, _MIN_CANDIDATES))
-                    rounds[modality] = (fetch, len(index), index.search(queries, fetch, nprobe))
+                    rounds[modality] = (fetch, len(index), index.search(queries, fetch, params))
         found: dict[str, list[list[Hit]]] = {m: [[] for _ in queries] for m in names}
         short: dict[str, list[int]] = {}
         for modality, (fetch, n, res) in rounds.items():
@@ -273,53 +268,3 @@ class Collection:
             firsts = {h.id: h for h in reversed(row)}
             merged.append([h for h in row if firsts[h.id] is h][:k])
         return merged
-
-
-def _snapshot_path(root: Path, modality: str) -> Path:
-    return root / f"index-{modality}.hbix"
-
-
-def _rebuild(store: CodeStore, modality: str, config: IndexConfig) -> HammingIndex:
-    """Build a modality's index from the store in write order (same ties as live)."""
-    index = make_index(store.bits, config)
-    batches = list(store.iter_codes(modality))
-    if batches:
-        # One add, so an IVF index trains once on everything instead of per batch.
-        index.add(np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
-    return index
-
-
-def _restore(
-    root: Path, store: CodeStore, modality: str, config: IndexConfig
-) -> tuple[HammingIndex, str]:
-    path = _snapshot_path(root, modality)
-    seq, write_id = store.last_write()
-    reason = "missing"
-    if path.exists():
-        try:
-            header = read_header(path)
-            extra = header.get("extra") or {}
-            # The checksum covers the payload only: a damaged header can still parse.
-            if not isinstance(extra, dict):
-                raise IndexFileError(f"{path} has a corrupt header (extra is not an object)")
-            if extra.get("modality") != modality:
-                reason = f"of another modality ({extra.get('modality')!r})"
-            elif extra.get("store_seq") != seq:
-                reason = f"stale (snapshot seq {extra.get('store_seq')}, store seq {seq})"
-            elif "store_write_id" not in extra:
-                reason = "written by an older version (no store write id)"
-            elif extra.get("store_write_id") != write_id:
-                reason = f"from another history of the store (same seq {seq}, other writes)"
-            elif not config.matches(header):
-                reason = "built with a different index config"
-            else:
-                index = load_index(path, store.bits, config)
-                if len(index) != store.count(modality):
-                    reason = "item count disagrees with the store"
-                else:
-                    log.info("loaded %s index snapshot at seq %d", modality, seq)
-                    return index, "loaded"
-        except (IndexFileError, BitsMismatchError) as exc:
-            reason = f"corrupt ({exc})"
-    log.warning("%s index snapshot %s: rebuilding from the store", modality, reason)
-    return _rebuild(store, modality, config), reason

@@ -15,3 +15,11 @@ class IndexFileError(ValueError):
 
 class ItemError(ValueError):
     """An item handed to the store is invalid (modality, client_id, metadata)."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The index backend (a Milvus server) cannot be reached or did not answer in time."""
+
+
+class CollectionMismatch(ValueError):
+    """A shared collection was made by another program, or holds another model's codes."""

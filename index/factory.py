@@ -1,4 +1,4 @@
-"""Index configuration and construction/loading of the configured backend."""
+"""The local backend's index configuration: building, bulk-loading and reading its indexes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from index.base import HammingIndex, PathLike
+import numpy as np
+import numpy.typing as npt
+
+from index.base import PathLike, SnapshotIndex
 from index.faiss_index import FaissHammingIndex, Kind
 from index.reference import NumpyHammingIndex
 
@@ -15,7 +18,7 @@ Backend = Literal["faiss", "numpy"]
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """How a collection builds its per-modality indexes."""
+    """How the local collection builds its per-modality in-process indexes."""
 
     backend: Backend = "faiss"
     kind: Kind = "auto"
@@ -30,7 +33,7 @@ class IndexConfig:
         return self.backend == "numpy" or header.get("kind") == self.kind
 
 
-def make_index(bits: int, config: IndexConfig) -> HammingIndex:
+def make_index(bits: int, config: IndexConfig) -> SnapshotIndex:
     """Create an empty index of the configured backend."""
     if config.backend == "numpy":
         return NumpyHammingIndex(bits)
@@ -45,7 +48,18 @@ def make_index(bits: int, config: IndexConfig) -> HammingIndex:
     raise ValueError(f"unknown index backend {config.backend!r}")
 
 
-def load_index(path: PathLike, bits: int, config: IndexConfig) -> HammingIndex:
+def build_index(
+    bits: int, config: IndexConfig, ids: npt.NDArray[np.int64], codes: npt.NDArray[np.uint8]
+) -> SnapshotIndex:
+    """An index holding these items, added in this order (which ranks their ties)."""
+    index = make_index(bits, config)
+    if ids.size:
+        # One add, so an IVF index trains once on everything instead of per batch.
+        index.add(ids, codes)
+    return index
+
+
+def load_index(path: PathLike, bits: int, config: IndexConfig) -> SnapshotIndex:
     """Load an index file of the configured backend, applying the config's settings."""
     if config.backend == "numpy":
         return NumpyHammingIndex.load(path, bits=bits)

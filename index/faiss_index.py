@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from index.base import PAD, PathLike, SearchResult, check_ids, check_k, empty_result
+from index.base import PAD, PathLike, SearchParams, SearchResult, check_ids, check_k, empty_result
 from index.codes import check_bits, validate_codes
 from index.errors import IndexFileError
 from index.fileio import check_header, read_container, write_container
@@ -179,31 +179,34 @@ class FaissHammingIndex:
         self._gpu = None
         return int(slots.size)
 
-    def search(self, codes: npt.ArrayLike, k: int, nprobe: int | None = None) -> SearchResult:
-        """Return the k nearest items per query; nprobe applies to IVF only."""
+    def search(
+        self, codes: npt.ArrayLike, k: int, params: SearchParams | None = None
+    ) -> SearchResult:
+        """Return the k nearest items per query; params.nprobe applies to IVF only."""
+        nprobe = params.nprobe if params is not None else None
         queries = validate_codes(codes, self._bits)
         k = check_k(k)
         n = len(self)
         if n == 0:
             return empty_result(queries.shape[0], k)
-        params: Any = None
+        faiss_params: Any = None
         alive = self._alive
         if self.is_ivf:
-            params = faiss.SearchParametersIVF()
-            params.nprobe = max(1, min(nprobe or self.default_nprobe, self.nlist))
+            faiss_params = faiss.SearchParametersIVF()
+            faiss_params.nprobe = max(1, min(nprobe or self.default_nprobe, self.nlist))
         elif alive is not None:
-            params = faiss.SearchParameters()
-            params.sel = faiss.IDSelectorBitmap(alive.size, faiss.swig_ptr(alive))
+            faiss_params = faiss.SearchParameters()
+            faiss_params.sel = faiss.IDSelectorBitmap(alive.size, faiss.swig_ptr(alive))
 
         if not self.is_ivf and self._gpu_res is None:
-            return self._flat_search(queries, k, params)
+            return self._flat_search(queries, k, faiss_params)
 
         def candidates(
             rows: npt.NDArray[np.intp], kk: int
         ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
             if self._gpu_res is not None and not self.is_ivf and kk <= _GPU_MAX_K:
                 return self._gpu_search(queries[rows], kk)
-            dist, slots = self._index.search(queries[rows], kk, params=params)
+            dist, slots = self._index.search(queries[rows], kk, params=faiss_params)
             return dist, slots
 
         # Slots are insertion sequences, so they rank ties directly.

@@ -6,6 +6,11 @@ value, compared as canonical JSON, so 1, 1.0 and true are three different values
 The prefilter is a SQL condition on the stored JSON text that every matching row meets
 (it may keep a few more): SQLite's JSON functions drop the rest before any is parsed in
 Python, which a filter that matches little would otherwise do for every candidate.
+
+Milvus compares JSON numbers loosely (1 == 1.0) and cannot compare arrays or objects, so
+the Milvus backend stores beside the metadata each top-level value's canonical JSON text
+(``canonical_values``) and filters with string equality on those (``milvus_expression``):
+exactly the semantics of ``matches``, all of it evaluated inside Milvus.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ def matches(metadata: Mapping[str, Any] | None, where: Mapping[str, Any] | None)
     if metadata is None or where is None:
         return metadata is not None
     return all(
-        key in metadata and _canonical(metadata[key]) == _canonical(value)
+        key in metadata and canonical(metadata[key]) == canonical(value)
         for key, value in where.items()
     )
 
@@ -62,5 +67,27 @@ def sql_prefilter(where: Mapping[str, Any]) -> tuple[str, list[Any]]:
     return " AND ".join(clauses) or "1", params
 
 
-def _canonical(value: Any) -> str:
+def canonical(value: Any) -> str:
+    """The JSON text two values share exactly when a filter counts them equal."""
     return json.dumps(value, sort_keys=True)
+
+
+def canonical_values(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """Each top-level key's canonical JSON text: what ``milvus_expression`` compares."""
+    return {key: canonical(value) for key, value in metadata.items()}
+
+
+def milvus_expression(where: Mapping[str, Any], field: str) -> str:
+    """A Milvus filter true exactly where ``matches`` is, over ``canonical_values`` in field.
+
+    Keys and values are written as JSON string literals (ASCII, with quotes, backslashes
+    and control characters escaped), which Milvus's expression parser reads back as the
+    same text, so no client value can end a literal early.
+    """
+    return " and ".join(
+        f"{field}[{_literal(key)}] == {_literal(canonical(value))}" for key, value in where.items()
+    )
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text, ensure_ascii=True)

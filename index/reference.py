@@ -9,7 +9,7 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
-from index.base import PathLike, SearchResult, check_ids, check_k, empty_result
+from index.base import PathLike, SearchParams, SearchResult, check_ids, check_k, empty_result
 from index.codes import POPCOUNT, check_bits, validate_codes
 from index.errors import IndexFileError
 from index.fileio import check_header, read_container, write_container
@@ -56,8 +56,10 @@ class NumpyHammingIndex:
         self._codes = self._codes[~drop]
         return int(drop.sum())
 
-    def search(self, codes: npt.ArrayLike, k: int, nprobe: int | None = None) -> SearchResult:
-        """Return the exact k nearest items per query; nprobe is accepted and ignored."""
+    def search(
+        self, codes: npt.ArrayLike, k: int, params: SearchParams | None = None
+    ) -> SearchResult:
+        """Return the exact k nearest items per query; params (nprobe) are ignored."""
         queries = validate_codes(codes, self._bits)
         k = check_k(k)
         out = empty_result(queries.shape[0], k)

@@ -340,28 +340,7 @@ class CodeStore:
             raise ItemError(f"store {self.path} has unsupported schema {stored['schema_version']}")
 
     def _encode(self, index: int, item: NewItem) -> tuple[str | None, str, bytes, str]:
-        if not isinstance(item.modality, str) or not MODALITY_RE.match(item.modality):
-            raise ItemError(
-                f"item #{index}: modality must match {MODALITY_RE.pattern}, got {item.modality!r}"
-            )
-        if item.client_id is not None and (
-            not isinstance(item.client_id, str) or not item.client_id
-        ):
-            raise ItemError(f"item #{index}: client_id must be a non-empty string or None")
-        code = item.code.tobytes() if isinstance(item.code, np.ndarray) else item.code
-        if isinstance(item.code, np.ndarray) and item.code.dtype != np.uint8:
-            raise CodeError(f"item #{index}: code must be uint8, got {item.code.dtype}")
-        if not isinstance(code, bytes) or len(code) != self.bits // 8:
-            raise CodeError(
-                f"item #{index}: code must be {self.bits // 8} bytes for {self.bits} bits"
-            )
-        if not isinstance(item.metadata, Mapping):
-            raise ItemError(f"item #{index}: metadata must be a JSON object")
-        try:
-            metadata = _METADATA_JSON.encode(dict(item.metadata))
-        except (TypeError, ValueError) as exc:
-            raise ItemError(f"item #{index}: metadata is not JSON-serialisable: {exc}") from None
-        return item.client_id, item.modality, code, metadata
+        return encode_item(index, item, self.bits)
 
     def _put_thumbnails(self, ids: Sequence[int], items: Sequence[NewItem]) -> None:
         # Only an item with a client id can replace a stored one (the rest get fresh
@@ -403,3 +382,25 @@ class CodeStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+
+def encode_item(index: int, item: NewItem, bits: int) -> tuple[str | None, str, bytes, str]:
+    """Check item #index of a batch; (client_id, modality, code bytes, metadata JSON text)."""
+    if not isinstance(item.modality, str) or not MODALITY_RE.match(item.modality):
+        raise ItemError(
+            f"item #{index}: modality must match {MODALITY_RE.pattern}, got {item.modality!r}"
+        )
+    if item.client_id is not None and (not isinstance(item.client_id, str) or not item.client_id):
+        raise ItemError(f"item #{index}: client_id must be a non-empty string or None")
+    code = item.code.tobytes() if isinstance(item.code, np.ndarray) else item.code
+    if isinstance(item.code, np.ndarray) and item.code.dtype != np.uint8:
+        raise CodeError(f"item #{index}: code must be uint8, got {item.code.dtype}")
+    if not isinstance(code, bytes) or len(code) != bits // 8:
+        raise CodeError(f"item #{index}: code must be {bits // 8} bytes for {bits} bits")
+    if not isinstance(item.metadata, Mapping):
+        raise ItemError(f"item #{index}: metadata must be a JSON object")
+    try:
+        metadata = _METADATA_JSON.encode(dict(item.metadata))
+    except (TypeError, ValueError) as exc:
+        raise ItemError(f"item #{index}: metadata is not JSON-serialisable: {exc}") from None
+    return item.client_id, item.modality, code, metadata

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from index.errors import CodeError, ItemError
+from index.errors import BackendUnavailable, CodeError, ItemError
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +126,24 @@ class NotReady(ServiceError):
     slug = "not-ready"
 
 
+class IndexUnavailable(ServiceError):
+    """The index backend (Milvus) is down, unreachable or did not answer in time."""
+
+    status = 503
+    title = "Service unavailable"
+    slug = "index-unavailable"
+
+
 class BundleError(RuntimeError):
     """A model bundle is missing, inconsistent or incompatible; raised at start-up."""
 
 
 class DataDirError(RuntimeError):
     """The data dir cannot hold the collection (not a folder, a broken store); at start-up."""
+
+
+class IndexBackendError(DataDirError):
+    """The index backend (Milvus) cannot be reached at start-up."""
 
 
 PROBLEM_TYPE_PREFIX = "urn:hashbridge:problem:"
@@ -202,6 +214,13 @@ async def _index_error(request: Request, exc: Exception) -> JSONResponse:
 #: pydantic's error types for a number outside its bounds: answered as OutOfRange, the
 #: problem type the service's own range checks (k past max_k) use, so a client reads one.
 RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+async def _backend_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    detail = f"{exc}; the index backend is unavailable, retry once it is back"
+    response = await _service_error(request, IndexUnavailable(detail))
+    response.headers["Retry-After"] = "5"
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -289,6 +308,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(CodeError, _index_error)
     app.add_exception_handler(ItemError, _index_error)
+    app.add_exception_handler(BackendUnavailable, _backend_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_disconnected)

@@ -29,7 +29,7 @@ def serve(settings: Settings) -> None:
     # at INFO: noise before the service's own start-up lines.
     logging.getLogger("faiss.loader").setLevel(max(logging.WARNING, logging.root.level))
     bundle = load_bundle(settings.bundle_dir, settings.encoder_device)
-    check_data_dir(settings.data_dir, bundle)
+    check_data_dir(settings.data_dir, bundle, settings.index_backend)
     app = create_app(settings, bundle=bundle)
     uvicorn.run(
         app,

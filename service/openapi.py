@@ -23,7 +23,7 @@ _PROBLEM_DESCRIPTIONS = {
     413: "Body, file, batch or image too large",
     415: "Body is neither JSON nor multipart",
     422: "Invalid input; 'detail' says what to fix",
-    503: "The service is starting or stopping; retry shortly",
+    503: "The service is starting or stopping, or its Milvus index is unreachable; retry shortly",
 }
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bundle.inputs import Clip, InputKind, Pixels
+from index.base import SearchParams
 from index.codes import codes_from_hex, hamming
 from index.errors import CodeError
 from index.filters import matches as metadata_matches
@@ -297,7 +298,7 @@ async def delete_item(rt: Runtime, item_id: int) -> None:
 
 async def lookup(rt: Runtime, client_ids: Sequence[str]) -> list[tuple[str, int, str]]:
     """(client id, id, modality) of the given client ids that are stored, in request order."""
-    found = await rt.run(rt.collection.store.lookup_client_ids, list(dict.fromkeys(client_ids)))
+    found = await rt.run(rt.collection.lookup_client_ids, list(dict.fromkeys(client_ids)))
     return [(cid, *found[cid]) for cid in dict.fromkeys(client_ids) if cid in found]
 
 
@@ -309,8 +310,9 @@ def _search(
     where: Mapping[str, Any] | None,
     nprobe: int | None,
 ) -> list[Found]:
-    hits = rt.collection.search(codes, k, modalities=modalities, where=where, nprobe=nprobe)[0]
-    stored = rt.collection.store.get_many([h.id for h in hits])
+    params = SearchParams(nprobe=nprobe)
+    hits = rt.collection.search(codes, k, modalities=modalities, where=where, params=params)[0]
+    stored = rt.collection.get_many([h.id for h in hits])
     # Writers run again between the search and this lookup: an item deleted, or replaced by
     # one the search would not have found (another modality, code or metadata), is left out
     # rather than answered with a distance or metadata that contradict the query.

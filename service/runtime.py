@@ -18,14 +18,17 @@ from typing import Any, TypeVar
 import torch
 
 from bundle.fileio import write_bytes
-from index.collection import STORE_FILE, Collection
-from index.errors import BitsMismatchError
+from index.backend import CollectionBackend
+from index.collection import STORE_FILE
+from index.errors import BackendUnavailable, BitsMismatchError, CollectionMismatch
 from index.factory import IndexConfig
 from index.faiss_index import set_num_threads
+from index.milvus_collection import MilvusConfig
+from index.opening import open_backend
 from index.store import CodeStore
 from service.batcher import MicroBatcher
 from service.encoders import Bundle, load_bundle
-from service.errors import BundleError, DataDirError
+from service.errors import BundleError, DataDirError, IndexBackendError
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -43,7 +46,7 @@ class Runtime:
 
     settings: Settings
     bundle: Bundle
-    collection: Collection
+    collection: CollectionBackend
     pool: ThreadPoolExecutor
     metrics: Metrics
     batchers: dict[str, MicroBatcher]
@@ -130,17 +133,11 @@ async def open_runtime(settings: Settings, bundle: Bundle | None, metrics: Metri
     try:
         if bundle is None:
             bundle = await loop.run_in_executor(pool, load_bundle, settings.bundle_dir)
-        config = IndexConfig(
-            kind=settings.index_kind,
-            ivf_threshold=settings.ivf_threshold,
-            default_nprobe=settings.default_nprobe,
-            use_gpu=settings.index_gpu,
-        )
         # serve() ran this before binding the port; an app started otherwise needs it here.
-        await loop.run_in_executor(pool, check_data_dir, settings.data_dir, bundle)
-        collection = await loop.run_in_executor(
-            pool, partial(Collection.open, settings.data_dir, bundle.bits, config)
+        await loop.run_in_executor(
+            pool, partial(check_data_dir, settings.data_dir, bundle, settings.index_backend)
         )
+        collection = await loop.run_in_executor(pool, open_collection, settings, bundle)
     except BaseException:
         pool.shutdown(wait=False)
         media_pool.shutdown(wait=False)
@@ -173,6 +170,42 @@ async def open_runtime(settings: Settings, bundle: Bundle | None, metrics: Metri
     )
 
 
+def open_collection(settings: Settings, bundle: Bundle) -> CollectionBackend:
+    """Open the configured backend's collection; say at start-up what could not be reached."""
+    config: IndexConfig | MilvusConfig
+    if settings.index_backend == "milvus":
+        token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+        config = MilvusConfig(
+            uri=settings.milvus_uri,
+            collection=settings.milvus_collection,
+            index_kind=settings.milvus_index,
+            nlist=settings.milvus_nlist,
+            default_nprobe=settings.default_nprobe,
+            timeout_s=settings.milvus_timeout_s,
+            token=token,
+            modalities=tuple(bundle.modalities),
+            model=bundle.fingerprint,
+        )
+    else:
+        config = IndexConfig(
+            kind=settings.index_kind,
+            ivf_threshold=settings.ivf_threshold,
+            default_nprobe=settings.default_nprobe,
+            use_gpu=settings.index_gpu,
+        )
+    try:
+        return open_backend(settings.data_dir, bundle.bits, config)
+    except BackendUnavailable as exc:
+        raise IndexBackendError(
+            f"cannot reach the index backend: {exc}; start Milvus or fix HASHBRIDGE_MILVUS_URI "
+            f"(waited {settings.milvus_timeout_s:g} s, HASHBRIDGE_MILVUS_TIMEOUT_S)"
+        ) from None
+    except (BitsMismatchError, CollectionMismatch) as exc:
+        if settings.index_backend != "milvus":
+            raise
+        raise BundleError(f"bundle {bundle.path} does not fit the collection: {exc}") from None
+
+
 def threads_per_worker(settings: Settings) -> int:
     """CPU threads of each encoder or search call: the setting, or usable CPUs / workers.
 
@@ -200,16 +233,18 @@ def configure_worker_thread(threads: int, nice: int = 0) -> None:
             log.warning("could not lower the media threads' priority: %s", exc)
 
 
-def check_data_dir(data_dir: Path, bundle: Bundle) -> None:
+def check_data_dir(data_dir: Path, bundle: Bundle, backend: str = "faiss") -> None:
     """Refuse, with one clear message, a data dir the service could not open at start-up.
 
     Opening the store is cheap (no index is rebuilt), so this runs before the port is
-    bound; otherwise a broken store would surface as a failed uvicorn start-up.
+    bound; otherwise a broken store would surface as a failed uvicorn start-up. With the
+    Milvus backend the data dir holds only the bundle record (the items are in Milvus).
     """
     store_path = data_dir / STORE_FILE
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        CodeStore(store_path, bundle.bits).close()
+        if backend == "faiss":
+            CodeStore(store_path, bundle.bits).close()
     except BitsMismatchError as exc:
         raise BundleError(f"bundle {bundle.path} does not fit the data dir: {exc}") from None
     except (OSError, sqlite3.Error) as exc:

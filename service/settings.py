@@ -69,6 +69,31 @@ class Settings(BaseSettings):
         False, description="Search flat indexes on the GPU (faiss-gpu); CPU when none is found"
     )
 
+    # The index backend (docs/deployment.md). faiss: this process's SQLite store and in-process
+    # indexes under data_dir. milvus: a Milvus collection that several replicas share.
+    index_backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="faiss: local SQLite + FAISS; milvus: a shared Milvus collection"
+    )
+    milvus_uri: str = Field(
+        "",
+        description="Milvus server (http://host:19530) or milvus-lite file; needed by "
+        "index_backend=milvus",
+    )
+    milvus_token: SecretStr | None = Field(None, description="Milvus user:password or token")
+    milvus_collection: str = Field(
+        "hashbridge",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
+        description="Milvus collection holding the items (letters, digits, _)",
+    )
+    milvus_index: Literal["BIN_FLAT", "BIN_IVF_FLAT"] = Field(
+        "BIN_FLAT",
+        description="BIN_FLAT: exact; BIN_IVF_FLAT: milvus_nlist lists, nprobe per query",
+    )
+    milvus_nlist: int = Field(1024, gt=0, le=65536, description="BIN_IVF_FLAT list count")
+    milvus_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Longest a Milvus call may take before a 503"
+    )
+
     encoder_device: Literal["cpu", "cuda"] = Field(
         "cpu", description="Where the encoders run; cuda needs a GPU that torch sees"
     )
@@ -148,6 +173,15 @@ class Settings(BaseSettings):
                 "(it is sent in an HTTP header)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _milvus_needs_a_uri(self) -> Self:
+        if self.index_backend == "milvus" and not self.milvus_uri.strip():
+            raise ValueError(
+                "index_backend=milvus needs milvus_uri (HASHBRIDGE_MILVUS_URI), e.g. "
+                "http://milvus:19530"
+            )
+        return self
 
     @model_validator(mode="after")
     def _reads_need_a_key(self) -> Self:

@@ -80,7 +80,7 @@ async def posters_for(
 
 async def get_thumbnail(rt: Runtime, item_id: int) -> bytes:
     """An item's thumbnail, or NotFound saying why there is none."""
-    data = await rt.run(rt.collection.store.thumbnail, item_id)
+    data = await rt.run(rt.collection.thumbnail, item_id)
     if data is not None:
         return data
     item = await rt.run(rt.collection.get, item_id)

