@@ -3,7 +3,8 @@
 The bundle is the whole contract with `service/` (see `service/encoders.py`, which loads it
 without importing `model/`): encoders take prepared inputs (uint8 pixels, a float32 bag of
 words, int64 token ids and attention mask, or float32 feature vectors) and return packed
-uint8 codes, MSB-first; files an input needs (a tokenizer) are copied in beside them. The bundle is
+uint8 codes, MSB-first (``codes_and_values`` also gives the real values behind them); files
+an input needs (a tokenizer) are copied in beside them. The bundle is
 written into a temporary folder and renamed into place only after every traced encoder has
 been reloaded from disk and shown to give the eager model's codes bit for bit.
 """
@@ -50,6 +51,8 @@ REAL_SAMPLES = 12
 RANDOM_SAMPLES = 4
 VIDEO_SAMPLES = 4  # each is frames x clips images through the trunk
 SENTENCE_TOKENIZER = "tokenizer.json"
+#: The traced method giving (packed codes, real values); bundles from before it lack it.
+VALUES_METHOD = "codes_and_values"
 _REQUIRED_STATE = ("config", "model", "input_dims", "kinds", "label_names", "multi_label")
 
 
@@ -57,7 +60,25 @@ class ExportError(RuntimeError):
     """An export that cannot be finished; no bundle (not even part of one) is left behind."""
 
 
-class ImageEncoder(nn.Module):
+class CodeEncoder(nn.Module):
+    """An encoder's two traced entry points over its real-valued codes (``values``).
+
+    ``forward`` gives the packed bits; ``codes_and_values`` gives them with the hash layer's
+    real values (float32 (n, bits), the pre-sign code a search re-ranks by), from one pass.
+    """
+
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pack_bits(self.values(x))
+
+    def codes_and_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        real = self.values(x).float()
+        return pack_bits(real), real
+
+
+class ImageEncoder(CodeEncoder):
     """uint8 (n, 3, s, s) -> normalise -> frozen trunk (flip-averaged) -> image stream -> codes."""
 
     def __init__(
@@ -74,16 +95,16 @@ class ImageEncoder(nn.Module):
         self.stream = stream
         self.flip = flip
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def values(self, pixels: torch.Tensor) -> torch.Tensor:
         # channels_last as in model/features.py: the trained features were computed this way.
         x = self.normalize(pixels).contiguous(memory_format=torch.channels_last)
         features = self.trunk(x)
         if self.flip:
             features = (features + self.trunk(torch.flip(x, dims=[-1]))) / 2
-        return pack_bits(self.stream(features))
+        return self.stream(features)
 
 
-class VideoEncoder(nn.Module):
+class VideoEncoder(CodeEncoder):
     """uint8 (n, clips, frames, 3, s, s) -> normalise -> frozen per-frame maps -> video stream.
 
     The maps are rounded to float16 as the training cache stores them (model/video_features.py).
@@ -97,14 +118,14 @@ class VideoEncoder(nn.Module):
         self.maps = maps
         self.stream = stream
 
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+    def values(self, clips: torch.Tensor) -> torch.Tensor:
         n, size = clips.shape[0], clips.shape[-1]
         x = self.normalize(clips.reshape(-1, 3, size, size))
         maps = self.maps(x.contiguous(memory_format=torch.channels_last))
-        return pack_bits(self.stream(maps.reshape(n, -1).to(torch.float16)))
+        return self.stream(maps.reshape(n, -1).to(torch.float16))
 
 
-class SentenceCodeEncoder(nn.Module):
+class SentenceCodeEncoder(CodeEncoder):
     """int64 (n, 2, L) token ids over attention mask -> frozen sentence encoder -> stream."""
 
     def __init__(self, sentences: nn.Module, stream: nn.Module) -> None:
@@ -112,19 +133,19 @@ class SentenceCodeEncoder(nn.Module):
         self.sentences = sentences
         self.stream = stream
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return pack_bits(self.stream(self.sentences(tokens[:, 0], tokens[:, 1])))
+    def values(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.stream(self.sentences(tokens[:, 0], tokens[:, 1]))
 
 
-class VectorEncoder(nn.Module):
+class VectorEncoder(CodeEncoder):
     """float32 (n, dim) bag of words or feature vectors -> stream -> packed codes."""
 
     def __init__(self, stream: nn.Module) -> None:
         super().__init__()
         self.stream = stream
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pack_bits(self.stream(x))
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stream(x)
 
 
 @dataclass
@@ -315,7 +336,10 @@ def _trace(item: ModalityExport, path: Path) -> None:
     # the manifest pins; the batch axis stays dynamic and _verify checks several batch sizes.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(item.encoder, example, check_trace=False)
+        methods = {"forward": example}
+        if hasattr(item.encoder, VALUES_METHOD):
+            methods[VALUES_METHOD] = example
+        traced = torch.jit.trace_module(item.encoder, methods, check_trace=False)
     traced.save(str(path), _extra_files={SPEC_DIGEST: spec_digest(item.spec)})
     _fsync(path)
 
@@ -341,7 +365,29 @@ def _verify(item: ModalityExport, path: Path) -> int:
                     f"{item.modality} encoder: TorchScript codes differ from the eager model on "
                     f"{int(differ.sum())} of {len(batch)} sample inputs; no bundle written"
                 )
+            if hasattr(item.encoder, VALUES_METHOD):
+                _verify_values(item, getattr(scripted, VALUES_METHOD)(batch), eager)
     return len(samples)
+
+
+def _verify_values(item: ModalityExport, traced: Any, eager_codes: torch.Tensor) -> None:
+    """The traced real values must carry the very bits ``forward`` gives, and be finite."""
+    codes, values = traced
+    bits = eager_codes.shape[1] * 8
+    if values.dtype != torch.float32 or tuple(values.shape) != (len(eager_codes), bits):
+        raise ExportError(
+            f"{item.modality} encoder: TorchScript {VALUES_METHOD} returned {values.dtype} "
+            f"{tuple(values.shape)}, not float32 ({len(eager_codes)}, {bits}); no bundle written"
+        )
+    if not bool(torch.equal(codes, eager_codes)) or not bool(
+        torch.equal(pack_bits(values), eager_codes)
+    ):
+        raise ExportError(
+            f"{item.modality} encoder: the real-valued codes' signs differ from the codes; "
+            "no bundle written"
+        )
+    if not bool(torch.isfinite(values).all()):
+        raise ExportError(f"{item.modality} encoder: real-valued codes are not finite")
 
 
 def _sample_source(config: RunConfig) -> tuple[PairedData | None, np.ndarray]:
