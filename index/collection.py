@@ -187,10 +187,12 @@ class Collection:
         where: Mapping[str, Any] | None = None,
         nprobe: int | None = None,
         max_pool: int = MAX_POOL,
+        codes: npt.ArrayLike | None = None,
     ) -> list[list[Hit]]:
         """Like ``search``, for queries given as real-valued codes (nq, bits), under ``ranking``.
 
-        The query's bits are its values' signs (0 counts as +1, as encoders pack them). The
+        The query's bits are ``codes`` (packed), by default its values' signs (0 counts as +1,
+        as encoders pack them); they may differ from the signs only where a value is 0. The
         Hamming ranking is ``search``'s; the others re-rank its nearest items by the
         asymmetric score (index.rerank), with their codes and write order read from the
         store, so every backend serves them. A candidate the store no longer holds with the
@@ -199,7 +201,11 @@ class Collection:
         rows = np.asarray(values, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != self.bits:
             raise ValueError(f"values must be 2-D (queries, {self.bits}), got shape {rows.shape}")
-        queries = np.packbits(rows >= 0, axis=1)
+        queries = (
+            np.packbits(rows >= 0, axis=1) if codes is None else validate_codes(codes, self.bits)
+        )
+        if len(queries) != len(rows):
+            raise ValueError(f"got {len(queries)} query codes for {len(rows)} rows of values")
         if ranking == "hamming":
             return self.search(queries, k, modalities=modalities, where=where, nprobe=nprobe)
         k = check_k(k)

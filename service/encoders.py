@@ -39,6 +39,8 @@ UnicodeForm = Literal["NFC", "NFD", "NFKC", "NFKD"]
 MiB = 1 << 20
 #: Largest input one item may need (uint8 pixels): 100x a 16-frame 224 px clip.
 MAX_INPUT_BYTES = 256 * MiB
+#: The traced method of an exported encoder giving (packed codes, real values).
+VALUES_METHOD = "codes_and_values"
 PROBE_SENTENCES = ("a dog runs on the beach", "two people ride bicycles", "", "red sky at night")
 
 
@@ -61,6 +63,9 @@ class TorchScriptEncoder:
         self.bits = bits
         self._module = module
         self._device = torch.device("cpu")
+        #: Whether the module also gives its real-valued codes (bundles exported before
+        #: re-ranking give bits only).
+        self.gives_values = hasattr(module, VALUES_METHOD)
 
     def to(self, device: torch.device) -> None:
         """Run on `device` from now on (inputs go there, codes come back to the CPU)."""
@@ -80,6 +85,29 @@ class TorchScriptEncoder:
                 f"the manifest promises uint8 {expected} for {self.bits}-bit codes"
             )
         return codes
+
+    def encode_with_values(
+        self, batch: npt.NDArray[Any]
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None]:
+        """Codes and, where the module gives them, the real values behind them (n, bits)."""
+        if not self.gives_values:
+            return self.encode(batch), None
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device)
+            packed, real = getattr(self._module, VALUES_METHOD)(x)
+        codes, values = packed.cpu().numpy(), real.cpu().numpy()
+        expected = (batch.shape[0], self.bits // 8)
+        if codes.dtype != np.uint8 or codes.shape != expected:
+            raise BundleError(
+                f"{self.modality} encoder returned {codes.dtype} {codes.shape}; "
+                f"the manifest promises uint8 {expected} for {self.bits}-bit codes"
+            )
+        if values.dtype != np.float32 or values.shape != (batch.shape[0], self.bits):
+            raise BundleError(
+                f"{self.modality} encoder's {VALUES_METHOD} returned {values.dtype} "
+                f"{values.shape} real values; expected float32 ({batch.shape[0]}, {self.bits})"
+            )
+        return codes, values
 
 
 class TextPreparer(Protocol):
@@ -448,7 +476,14 @@ def _probe_input(
 def _probe(encoder: Encoder, dummy: npt.NDArray[Any], path: Path) -> npt.NDArray[np.uint8]:
     """Run the probe so a width mismatch fails at start-up, not on the first request."""
     try:
-        return encoder.encode(dummy)
+        codes = encoder.encode(dummy)
+        if isinstance(encoder, TorchScriptEncoder) and encoder.gives_values:
+            if not np.array_equal(encoder.encode_with_values(dummy)[0], codes):
+                raise BundleError(
+                    f"{encoder.modality} encoder's {VALUES_METHOD} gives other codes than the "
+                    "encoder itself; export the bundle again"
+                )
+        return codes
     except BundleError as exc:
         raise BundleError(f"{path}: {exc}") from None
     except RuntimeError as exc:

@@ -53,6 +53,17 @@ class _Hasher(nn.Module):
     def packed(self, h: torch.Tensor) -> torch.Tensor:
         return _pack(h > 0, self.weights)
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.packed(self.hidden(x))
+
+    def codes_and_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The codes and real values behind them, as exported encoders give (re-ranking)."""
+        h = self.hidden(x)
+        return self.packed(h), torch.tanh(h)
+
 
 class ImageHasher(_Hasher):
     """uint8 (n, 3, s, s) -> conv -> 4x4 pool -> linear -> packed codes."""
@@ -63,9 +74,9 @@ class ImageHasher(_Hasher):
         self.pool = nn.AdaptiveAvgPool2d(4)
         self.fc = nn.Linear(8 * 16, bits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
         z = x.to(torch.float32) / 127.5 - 1.0
-        return self.packed(self.fc(self.pool(self.conv(z)).flatten(1)))
+        return self.fc(self.pool(self.conv(z)).flatten(1))
 
 
 class TextHasher(_Hasher):
@@ -75,8 +86,8 @@ class TextHasher(_Hasher):
         super().__init__(bits)
         self.fc = nn.Linear(vocab, bits, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.packed(self.fc(x))
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
 
 
 class VideoHasher(_Hasher):
@@ -87,9 +98,9 @@ class VideoHasher(_Hasher):
         self.pool = nn.AdaptiveAvgPool3d(2)
         self.fc = nn.Linear(3 * 8, bits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
         z = x[:, 0].transpose(1, 2).to(torch.float32) / 127.5 - 1.0
-        return self.packed(self.fc(self.pool(z).flatten(1)))
+        return self.fc(self.pool(z).flatten(1))
 
 
 def build_bundle(
@@ -104,8 +115,12 @@ def build_bundle(
     frames: int = 4,
     seed: int = 0,
     encoder_bits: int | None = None,
+    values: bool = False,
 ) -> Path:
-    """Write a bundle folder and return it; ``encoder_bits`` makes encoders disagree."""
+    """Write a bundle folder and return it; ``encoder_bits`` makes encoders disagree.
+
+    ``values``: the encoders also trace ``codes_and_values`` (real values for re-ranking).
+    """
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     vocab = list(vocab or VOCAB)
@@ -134,7 +149,8 @@ def build_bundle(
         }
     files = {}
     for modality, (module, example) in modules.items():
-        traced = torch.jit.trace(module.eval(), example)
+        methods = {"forward": example, **({"codes_and_values": example} if values else {})}
+        traced = torch.jit.trace_module(module.eval(), methods)
         path = root / specs[modality]["file"]
         traced.save(str(path))
         files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -81,8 +81,10 @@ def test_rerank_is_exact_whenever_it_says_so(ranking: str):
         values = np.tanh(rng.normal(size=bits) * 1.5)
         query = np.packbits(values >= 0)
         scores = brute_scores(values, codes, bits)
-        keys = (np.arange(n), scores) if ranking == "asymmetric" else (
-            np.arange(n), scores, hamming(codes, query)
+        keys = (
+            (np.arange(n), scores)
+            if ranking == "asymmetric"
+            else (np.arange(n), scores, hamming(codes, query))
         )
         want = np.lexsort(keys)
         k = 1 + trial % 12
