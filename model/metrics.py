@@ -269,30 +269,13 @@ def retrieval_report(
             sums["rr"] += r
         else:
             order = rank(cosine_similarity(q[rows], d), ascending=False)
-        ranked, hits = _ranked_hits(order, rel, nd)
-        sums["map"] += _average_precision(ranked, hits).sum()
-        sums["map@R"] += _average_precision(ranked[:, :top_r], hits[:, :top_r]).sum()
-        sums["p@k"] += _precision_sums(hits, ks_arr)
-        p, r = _pr_sums(hits, rel.sum(axis=1), cutoffs)
-        sums["p"] += p
-        sums["r"] += r
+        _add_ranking(sums, order, rel, top_r, ks_arr, cutoffs)
     mean = {key: np.asarray(value) / nq for key, value in sums.items()}
     report: dict[str, Any] = {
         "binary": binary,
         "num_queries": nq,
         "num_database": nd,
-        "map": float(mean["map"]),
-        "map@R": float(mean["map@R"]),
-        "R": top_r,
-        # String keys so the dict survives a JSON round trip unchanged.
-        "precision_at_k": {
-            str(k): float(v) for k, v in zip(ks_arr.tolist(), mean["p@k"], strict=True)
-        },
-        "pr_curve": {
-            "precision": mean["p"].tolist(),
-            "recall": mean["r"].tolist(),
-            "cutoffs": cutoffs.tolist(),
-        },
+        **_ranking_fields(mean, top_r, ks_arr, cutoffs),
     }
     if binary:
         report["bits"] = bits
@@ -351,21 +334,42 @@ def asymmetric_report(
             order = np.lexsort((scores, hamming_distances(query_signs[rows], d)), axis=1)
         else:
             order = np.argsort(scores, axis=1, kind="stable")
-        ranked, hits = _ranked_hits(order, rel, nd)
-        sums["map"] += _average_precision(ranked, hits).sum()
-        sums["map@R"] += _average_precision(ranked[:, :top_r], hits[:, :top_r]).sum()
-        sums["p@k"] += _precision_sums(hits, ks_arr)
-        p, r = _pr_sums(hits, rel.sum(axis=1), cutoffs)
-        sums["p"] += p
-        sums["r"] += r
+        _add_ranking(sums, order, rel, top_r, ks_arr, cutoffs)
     mean = {key: np.asarray(value) / nq for key, value in sums.items()}
     return {
         "ranking": "hamming_asymmetric" if ties_only else "asymmetric",
         "num_queries": nq,
         "num_database": nd,
+        **_ranking_fields(mean, top_r, ks_arr, cutoffs),
+    }
+
+
+def _add_ranking(
+    sums: dict[str, Any],
+    order: np.ndarray,
+    rel: np.ndarray,
+    top_r: int,
+    ks_arr: np.ndarray,
+    cutoffs: np.ndarray,
+) -> None:
+    """Add one block's ranking to the running sums of every rank metric."""
+    ranked, hits = _ranked_hits(order, rel, rel.shape[1])
+    sums["map"] += _average_precision(ranked, hits).sum()
+    sums["map@R"] += _average_precision(ranked[:, :top_r], hits[:, :top_r]).sum()
+    sums["p@k"] += _precision_sums(hits, ks_arr)
+    p, r = _pr_sums(hits, rel.sum(axis=1), cutoffs)
+    sums["p"] += p
+    sums["r"] += r
+
+
+def _ranking_fields(
+    mean: dict[str, np.ndarray], top_r: int, ks_arr: np.ndarray, cutoffs: np.ndarray
+) -> dict[str, Any]:
+    return {
         "map": float(mean["map"]),
         "map@R": float(mean["map@R"]),
         "R": top_r,
+        # String keys so the dict survives a JSON round trip unchanged.
         "precision_at_k": {
             str(k): float(v) for k, v in zip(ks_arr.tolist(), mean["p@k"], strict=True)
         },
