@@ -13,14 +13,21 @@ from bundle.errors import BundleFormatError
 from bundle.fileio import fsync_file
 from bundle.manifest import MANIFEST, Entry
 
+#: The traced method of an encoder giving (packed codes, real values); older bundles lack it.
+VALUES_METHOD = "codes_and_values"
+
 
 def trace(module: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """Trace an encoder on an example batch (its batch axis stays dynamic)."""
+    """Trace an encoder on an example batch (its batch axis stays dynamic), with its
+    ``codes_and_values`` entry point when it has one."""
     # Shape-dependent Python values (TF 'SAME' padding) are fixed by the input size, which
     # the manifest pins; callers check several batch sizes against the eager module.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return torch.jit.trace(module, example, check_trace=False)
+        methods = {"forward": example}
+        if hasattr(module, VALUES_METHOD):
+            methods[VALUES_METHOD] = example
+        return torch.jit.trace_module(module, methods, check_trace=False)
 
 
 def save_encoder(module: torch.jit.ScriptModule, path: Path, entry: Entry) -> None:

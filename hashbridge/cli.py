@@ -153,6 +153,8 @@ def _eval(args: argparse.Namespace) -> int:
         "bits": report["bits"],
         "map": report["map"],
         "continuous_map": report["continuous_map"],
+        "asymmetric_map": report["asymmetric_map"],
+        "hamming_asymmetric_map": report["hamming_asymmetric_map"],
         "plots": report["plots"],
     }
     print(json.dumps(summary, indent=2))

@@ -43,6 +43,8 @@ class Hit:
     id: int
     distance: int
     modality: str
+    #: The asymmetric score -<q, b> (lower is nearer) when the search re-ranked by it.
+    score: float | None = None
 
 
 @runtime_checkable

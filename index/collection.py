@@ -18,9 +18,10 @@ import numpy.typing as npt
 
 from index.backend import Hit, TieOrder
 from index.base import PathLike, SearchParams, SnapshotIndex, check_ids, check_k
-from index.codes import check_bits, validate_codes
+from index.codes import check_bits, hamming, validate_codes
 from index.factory import IndexConfig, make_index
 from index.reference import NumpyHammingIndex
+from index.rerank import MAX_POOL, Candidates, Ranking, check_values, rerank
 from index.rwlock import RWLock
 from index.snapshots import rebuild, remove_leftovers, restore, save_snapshots
 from index.store import CodeStore, NewItem, StoredItem
@@ -175,6 +176,81 @@ class Collection:
                         if i >= 0
                     )
         return [sorted(row, key=lambda h: h.distance)[:k] for row in merged]
+
+    def search_values(
+        self,
+        values: npt.ArrayLike,
+        k: int,
+        ranking: Ranking,
+        *,
+        modalities: Sequence[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+        params: SearchParams | None = None,
+        max_pool: int = MAX_POOL,
+        codes: npt.ArrayLike | None = None,
+    ) -> list[list[Hit]]:
+        """Like ``search``, for queries given as real-valued codes (nq, bits), under ``ranking``.
+
+        The query's bits are ``codes`` (packed), by default its values' signs (0 counts as +1,
+        as encoders pack them); they may differ from the signs only where a value is 0. The
+        Hamming ranking is ``search``'s; the others re-rank its nearest items by the
+        asymmetric score (index.rerank), with their codes and write order read from the
+        store, so every backend serves them. A candidate the store no longer holds with the
+        code the index found it by (a write meanwhile) is left out.
+        """
+        rows = np.asarray(values, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[1] != self.bits:
+            raise ValueError(f"values must be 2-D (queries, {self.bits}), got shape {rows.shape}")
+        queries = (
+            np.packbits(rows >= 0, axis=1) if codes is None else validate_codes(codes, self.bits)
+        )
+        if len(queries) != len(rows):
+            raise ValueError(f"got {len(queries)} query codes for {len(rows)} rows of values")
+        if ranking == "hamming":
+            return self.search(queries, k, modalities=modalities, where=where, params=params)
+        k = check_k(k)
+        out = []
+        for query, row in zip(queries, rows, strict=True):
+
+            def fetch(pool: int, query: npt.NDArray[np.uint8] = query) -> Candidates:
+                hits = self.search(
+                    query[None, :], pool, modalities=modalities, where=where, params=params
+                )[0]
+                return self._candidates(hits, query, exhausted=len(hits) < pool)
+
+            ranked = rerank(fetch, check_values(row, self.bits), k, ranking, max_pool=max_pool)
+            found = ranked.candidates
+            out.append(
+                [
+                    Hit(int(found.ids[r]), int(found.distances[r]), found.modalities[r], score)
+                    for r, score in zip(ranked.rows, ranked.scores.tolist(), strict=True)
+                ]
+            )
+        return out
+
+    def _candidates(
+        self, hits: Sequence[Hit], query: npt.NDArray[np.uint8], *, exhausted: bool
+    ) -> Candidates:
+        """The hits with their stored codes and seqs, leaving out those changed since."""
+        ids, modalities, codes, seqs = self.store.code_rows([h.id for h in hits])
+        at = {int(i): n for n, i in enumerate(ids.tolist())}
+        distances = hamming(codes, query)
+        keep = [
+            (h, at[h.id])
+            for h in hits
+            if h.id in at
+            and modalities[at[h.id]] == h.modality
+            and distances[at[h.id]] == h.distance
+        ]
+        rows = np.array([r for _, r in keep], dtype=np.intp)
+        return Candidates(
+            ids=np.array([h.id for h, _ in keep], dtype=np.int64),
+            distances=np.array([h.distance for h, _ in keep], dtype=np.int64),
+            codes=codes[rows] if len(rows) else codes[:0],
+            seqs=seqs[rows] if len(rows) else seqs[:0],
+            exhausted=exhausted,
+            modalities=tuple(h.modality for h, _ in keep),
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """Atomically save every index tagged with the store write it reflects."""

@@ -177,6 +177,27 @@ class CodeStore:
                     )
         return out
 
+    def code_rows(
+        self, ids: Sequence[int], chunk: int = 4096
+    ) -> tuple[npt.NDArray[np.int64], list[str], npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+        """(ids, modalities, codes, seqs) of the items that exist among ids, in no set order."""
+        unique = list(dict.fromkeys(int(i) for i in ids))
+        rows: list[tuple[int, str, bytes, int]] = []
+        with self._lock:
+            for s in range(0, len(unique), chunk):
+                rows += self._db.execute(
+                    "SELECT id, modality, code, seq FROM items "
+                    "WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(unique[s : s + chunk]),),
+                ).fetchall()
+        width = self.bits // 8
+        return (
+            np.array([r[0] for r in rows], dtype=np.int64),
+            [r[1] for r in rows],
+            np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8).reshape(-1, width),
+            np.array([r[3] for r in rows], dtype=np.int64),
+        )
+
     def thumbnail(self, item_id: int) -> bytes | None:
         """Return an item's thumbnail bytes, or None when it has none (or does not exist)."""
         with self._lock:

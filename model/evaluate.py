@@ -1,8 +1,9 @@
 """Retrieval evaluation of a trained run on its own query/database split.
 
 Queries are the split's query items (never trained on); the database is the retrieval set.
-Every direction among the trained modalities is reported for the binary codes and for the
-continuous embeddings side by side.
+Every direction among the trained modalities is reported for the binary codes, the
+continuous embeddings, and the asymmetric rankings (the query's real-valued code against the
+database's bits, as the service re-ranks) side by side.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from model.methods.base import Method
 from model.plots import plot_pr_curves, plot_precision_at_k
 
 log = logging.getLogger(__name__)
+#: Rankings of the query's real-valued code against stored bits (index.rerank's two).
+ASYMMETRIC = ("asymmetric", "hamming_asymmetric")
 
 
 @torch.no_grad()
@@ -62,7 +65,7 @@ def quick_map(method: Method, prepared: Any, device: torch.device) -> dict[str, 
 
 
 def evaluate(method: Method, prepared: Any, config: Any, device: torch.device) -> dict[str, Any]:
-    """Full report: mAP@all, mAP@R, P@K and PR curves, binary and continuous, every direction."""
+    """mAP@all, mAP@R, P@K and PR curves, binary, continuous and asymmetric, every direction."""
     emb = _embeddings(method, prepared, device)
     labels = prepared.data.labels
     ql, dl = labels[prepared.split.query], labels[prepared.split.database]
@@ -83,9 +86,14 @@ def evaluate(method: Method, prepared: Any, config: Any, device: torch.device) -
                 signs(q), signs(d), ql, dl, binary=True, top_r=top_r, ks=ks
             )
             continuous = metrics.retrieval_report(q, d, ql, dl, binary=False, top_r=top_r, ks=ks)
-            report["directions"][direction] = {"binary": binary, "continuous": continuous}
+            report["directions"][direction] = {
+                "binary": binary,
+                "continuous": continuous,
+                **asymmetric_reports(q, signs(d), ql, dl, top_r=top_r, ks=ks),
+            }
             report["map"][direction] = binary["map"]
-    report["continuous_map"] = {k: v["continuous"]["map"] for k, v in report["directions"].items()}
+    for kind in ("continuous", *ASYMMETRIC):
+        report[f"{kind}_map"] = {k: v[kind]["map"] for k, v in report["directions"].items()}
     report["binary_to_continuous_ratio"] = {
         k: report["map"][k] / max(report["continuous_map"][k], 1e-12) for k in report["map"]
     }
@@ -96,6 +104,18 @@ def evaluate(method: Method, prepared: Any, config: Any, device: torch.device) -
         part: {m: distinct_codes(e) for m, e in emb[part].items()} for part in emb
     }
     return report
+
+
+def asymmetric_reports(
+    query_values: np.ndarray, db_signs: np.ndarray, ql: np.ndarray, dl: np.ndarray, **cut: Any
+) -> dict[str, dict[str, Any]]:
+    """The two asymmetric rankings the service offers: score alone, and inside Hamming ties."""
+    return {
+        kind: metrics.asymmetric_report(
+            query_values, db_signs, ql, dl, ties_only=kind == "hamming_asymmetric", **cut
+        )
+        for kind in ASYMMETRIC
+    }
 
 
 def distinct_codes(embeddings: np.ndarray) -> int:
@@ -139,12 +159,12 @@ def evaluate_run(
     curves = {
         f"{d} {kind}": r[kind]["pr_curve"]
         for d, r in report["directions"].items()
-        for kind in ("binary", "continuous")
+        for kind in ("binary", "continuous", "asymmetric")
     }
     pk = {
         f"{d} {kind}": r[kind]["precision_at_k"]
         for d, r in report["directions"].items()
-        for kind in ("binary", "continuous")
+        for kind in ("binary", "continuous", "asymmetric")
     }
     report["plots"] = [
         str(plot_pr_curves(curves, plots_dir / "pr_curve.png")),

@@ -3,7 +3,8 @@
 The bundle is the whole contract with `service/` (its format lives in `bundle/`, which both
 sides import; the service never imports `model/`): encoders take prepared inputs (uint8
 pixels, a float32 bag of words, int64 token ids and attention mask, or float32 feature
-vectors) and return packed uint8 codes, MSB-first; files an input needs (a tokenizer) are
+vectors) and return packed uint8 codes, MSB-first (``codes_and_values`` also gives the real
+values behind them); files an input needs (a tokenizer) are
 copied in beside them. Each input kind (`bundle.inputs`) has one builder here: its eager
 encoder and sample inputs. `bundle.writer.BundleWriter` writes the bundle into a temporary
 folder, renamed into place only after every traced encoder has been reloaded from disk and
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bundle.encoders import trace
+from bundle.encoders import VALUES_METHOD, trace
 from bundle.inputs import BagOfWords, Clip, Features, InputKind, Pixels, Sentence
 from bundle.manifest import MANIFEST
 from bundle.sentence import SentenceTokenizer
@@ -54,7 +55,25 @@ class ExportError(RuntimeError):
     """An export that cannot be finished; no bundle (not even part of one) is left behind."""
 
 
-class ImageEncoder(nn.Module):
+class CodeEncoder(nn.Module):
+    """An encoder's two traced entry points over its real-valued codes (``values``).
+
+    ``forward`` gives the packed bits; ``codes_and_values`` gives them with the hash layer's
+    real values (float32 (n, bits), the pre-sign code a search re-ranks by), from one pass.
+    """
+
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pack_bits(self.values(x))
+
+    def codes_and_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        real = self.values(x).float()
+        return pack_bits(real), real
+
+
+class ImageEncoder(CodeEncoder):
     """uint8 (n, 3, s, s) -> normalise -> frozen trunk (flip-averaged) -> image stream -> codes."""
 
     def __init__(
@@ -71,16 +90,16 @@ class ImageEncoder(nn.Module):
         self.stream = stream
         self.flip = flip
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def values(self, pixels: torch.Tensor) -> torch.Tensor:
         # channels_last as in model/features.py: the trained features were computed this way.
         x = self.normalize(pixels).contiguous(memory_format=torch.channels_last)
         features = self.trunk(x)
         if self.flip:
             features = (features + self.trunk(torch.flip(x, dims=[-1]))) / 2
-        return pack_bits(self.stream(features))
+        return self.stream(features)
 
 
-class VideoEncoder(nn.Module):
+class VideoEncoder(CodeEncoder):
     """uint8 (n, clips, frames, 3, s, s) -> normalise -> frozen per-frame maps -> video stream.
 
     The maps are rounded to float16 as the training cache stores them (model/video_features.py).
@@ -94,14 +113,14 @@ class VideoEncoder(nn.Module):
         self.maps = maps
         self.stream = stream
 
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+    def values(self, clips: torch.Tensor) -> torch.Tensor:
         n, size = clips.shape[0], clips.shape[-1]
         x = self.normalize(clips.reshape(-1, 3, size, size))
         maps = self.maps(x.contiguous(memory_format=torch.channels_last))
-        return pack_bits(self.stream(maps.reshape(n, -1).to(torch.float16)))
+        return self.stream(maps.reshape(n, -1).to(torch.float16))
 
 
-class SentenceCodeEncoder(nn.Module):
+class SentenceCodeEncoder(CodeEncoder):
     """int64 (n, 2, L) token ids over attention mask -> frozen sentence encoder -> stream."""
 
     def __init__(self, sentences: nn.Module, stream: nn.Module) -> None:
@@ -109,19 +128,19 @@ class SentenceCodeEncoder(nn.Module):
         self.sentences = sentences
         self.stream = stream
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return pack_bits(self.stream(self.sentences(tokens[:, 0], tokens[:, 1])))
+    def values(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.stream(self.sentences(tokens[:, 0], tokens[:, 1]))
 
 
-class VectorEncoder(nn.Module):
+class VectorEncoder(CodeEncoder):
     """float32 (n, dim) bag of words or feature vectors -> stream -> packed codes."""
 
     def __init__(self, stream: nn.Module) -> None:
         super().__init__()
         self.stream = stream
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pack_bits(self.stream(x))
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stream(x)
 
 
 @dataclass
@@ -273,7 +292,29 @@ def _verify(item: ModalityExport, path: Path) -> int:
                     f"{item.modality} encoder: TorchScript codes differ from the eager model on "
                     f"{int(differ.sum())} of {len(batch)} sample inputs; no bundle written"
                 )
+            if hasattr(item.encoder, VALUES_METHOD):
+                _verify_values(item, getattr(scripted, VALUES_METHOD)(batch), eager)
     return len(samples)
+
+
+def _verify_values(item: ModalityExport, traced: Any, eager_codes: torch.Tensor) -> None:
+    """The traced real values must carry the very bits ``forward`` gives, and be finite."""
+    codes, values = traced
+    bits = eager_codes.shape[1] * 8
+    if values.dtype != torch.float32 or tuple(values.shape) != (len(eager_codes), bits):
+        raise ExportError(
+            f"{item.modality} encoder: TorchScript {VALUES_METHOD} returned {values.dtype} "
+            f"{tuple(values.shape)}, not float32 ({len(eager_codes)}, {bits}); no bundle written"
+        )
+    if not bool(torch.equal(codes, eager_codes)) or not bool(
+        torch.equal(pack_bits(values), eager_codes)
+    ):
+        raise ExportError(
+            f"{item.modality} encoder: the real-valued codes' signs differ from the codes; "
+            "no bundle written"
+        )
+    if not bool(torch.isfinite(values).all()):
+        raise ExportError(f"{item.modality} encoder: real-valued codes are not finite")
 
 
 def _sample_source(config: RunConfig) -> tuple[PairedData | None, np.ndarray]:

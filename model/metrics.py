@@ -269,18 +269,103 @@ def retrieval_report(
             sums["rr"] += r
         else:
             order = rank(cosine_similarity(q[rows], d), ascending=False)
-        ranked, hits = _ranked_hits(order, rel, nd)
-        sums["map"] += _average_precision(ranked, hits).sum()
-        sums["map@R"] += _average_precision(ranked[:, :top_r], hits[:, :top_r]).sum()
-        sums["p@k"] += _precision_sums(hits, ks_arr)
-        p, r = _pr_sums(hits, rel.sum(axis=1), cutoffs)
-        sums["p"] += p
-        sums["r"] += r
+        _add_ranking(sums, order, rel, top_r, ks_arr, cutoffs)
     mean = {key: np.asarray(value) / nq for key, value in sums.items()}
     report: dict[str, Any] = {
         "binary": binary,
         "num_queries": nq,
         "num_database": nd,
+        **_ranking_fields(mean, top_r, ks_arr, cutoffs),
+    }
+    if binary:
+        report["bits"] = bits
+        report["pr_hamming"] = {
+            "precision": mean["rp"].tolist(),
+            "recall": mean["rr"].tolist(),
+            "radius": list(range(bits + 1)),
+        }
+    return report
+
+
+def asymmetric_scores(query_values: Any, db_signs: Any) -> np.ndarray:
+    """-<q, b> (nq, nd) in float64: lower is nearer (the service's re-ranking score).
+
+    Computed once per distinct database code, so items with equal codes score exactly equal
+    and keep database order, as the service's write order breaks their ties.
+    """
+    q, d = _pair(query_values, db_signs, ("query_values", "db_signs"))
+    distinct, inverse = np.unique(_signs(d, "db_signs"), axis=0, return_inverse=True)
+    return -(q.astype(np.float64) @ distinct.T.astype(np.float64))[:, inverse.reshape(-1)]
+
+
+def asymmetric_report(
+    query_values: Any,
+    db_signs: Any,
+    query_labels: Any,
+    db_labels: Any,
+    *,
+    ties_only: bool,
+    top_r: int,
+    ks: Sequence[int],
+    pr_points: int = 20,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> dict[str, Any]:
+    """``retrieval_report``'s metrics for the asymmetric ranking of real queries against bits.
+
+    ``ties_only``: rank by Hamming distance and let the score order only its ties; else rank
+    by the score alone. Equal keys keep database order.
+    """
+    q, d = _pair(query_values, db_signs, ("query_values", "db_signs"))
+    ql, dl = _pair(query_labels, db_labels, ("query_labels", "db_labels"))
+    if len(q) != len(ql) or len(d) != len(dl) or len(q) == 0 or len(d) == 0:
+        raise ValueError(
+            f"need one label row per code and non-empty sets: {len(q)} query codes, "
+            f"{len(ql)} query labels, {len(d)} database codes, {len(dl)} database labels"
+        )
+    nq, nd = len(q), len(d)
+    top_r = _rank_limit(top_r, nd, "top_r")
+    ks_arr, cutoffs = _cutoffs(ks, nd), log_cutoffs(nd, pr_points)
+    query_signs = np.where(q >= 0, 1, -1)
+    sums = {"map": 0.0, "map@R": 0.0, "p@k": 0.0, "p": 0.0, "r": 0.0}
+    for rows in _row_blocks(nq, nd, chunk_elements):
+        rel = relevance(ql[rows], dl)
+        scores = asymmetric_scores(q[rows], d)
+        if ties_only:
+            order = np.lexsort((scores, hamming_distances(query_signs[rows], d)), axis=1)
+        else:
+            order = np.argsort(scores, axis=1, kind="stable")
+        _add_ranking(sums, order, rel, top_r, ks_arr, cutoffs)
+    mean = {key: np.asarray(value) / nq for key, value in sums.items()}
+    return {
+        "ranking": "hamming_asymmetric" if ties_only else "asymmetric",
+        "num_queries": nq,
+        "num_database": nd,
+        **_ranking_fields(mean, top_r, ks_arr, cutoffs),
+    }
+
+
+def _add_ranking(
+    sums: dict[str, Any],
+    order: np.ndarray,
+    rel: np.ndarray,
+    top_r: int,
+    ks_arr: np.ndarray,
+    cutoffs: np.ndarray,
+) -> None:
+    """Add one block's ranking to the running sums of every rank metric."""
+    ranked, hits = _ranked_hits(order, rel, rel.shape[1])
+    sums["map"] += _average_precision(ranked, hits).sum()
+    sums["map@R"] += _average_precision(ranked[:, :top_r], hits[:, :top_r]).sum()
+    sums["p@k"] += _precision_sums(hits, ks_arr)
+    p, r = _pr_sums(hits, rel.sum(axis=1), cutoffs)
+    sums["p"] += p
+    sums["r"] += r
+
+
+def _ranking_fields(
+    mean: dict[str, np.ndarray], top_r: int, ks_arr: np.ndarray, cutoffs: np.ndarray
+) -> dict[str, Any]:
+    return {
         "map": float(mean["map"]),
         "map@R": float(mean["map@R"]),
         "R": top_r,
@@ -294,11 +379,3 @@ def retrieval_report(
             "cutoffs": cutoffs.tolist(),
         },
     }
-    if binary:
-        report["bits"] = bits
-        report["pr_hamming"] = {
-            "precision": mean["rp"].tolist(),
-            "recall": mean["rr"].tolist(),
-            "radius": list(range(bits + 1)),
-        }
-    return report

@@ -28,10 +28,14 @@ from service.encoders import Encoder
 log = logging.getLogger(__name__)
 
 
+#: Codes (n, bits // 8) and, when the encoder gives them, real values (n, bits).
+Coded = tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None]
+
+
 @dataclass
 class _Job:
     batch: npt.NDArray[Any]
-    future: asyncio.Future[npt.NDArray[np.uint8]]
+    future: asyncio.Future[Coded]
 
 
 class MicroBatcher:
@@ -92,17 +96,27 @@ class MicroBatcher:
 
     async def encode(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
         """Encode a batch (possibly together with others); returns its codes in order."""
+        return (await self.encode_with_values(batch))[0]
+
+    async def encode_with_values(self, batch: npt.NDArray[Any]) -> Coded:
+        """Codes of a batch in order, with their real values where the encoder gives them."""
         if self._task is None:
             raise RuntimeError("MicroBatcher.encode called before start()")
         loop = asyncio.get_running_loop()
         futures = []
         for s in range(0, batch.shape[0], self.max_items):
-            future: asyncio.Future[npt.NDArray[np.uint8]] = loop.create_future()
+            future: asyncio.Future[Coded] = loop.create_future()
             self._queue.put_nowait(_Job(batch[s : s + self.max_items], future))
             self._arrived.set()
             futures.append(future)
         parts = await asyncio.gather(*futures)
-        return np.concatenate(parts) if parts else np.empty((0, self.encoder.bits // 8), np.uint8)
+        if not parts:
+            return np.empty((0, self.encoder.bits // 8), np.uint8), None
+        values = [v for _, v in parts if v is not None]
+        return (
+            np.concatenate([c for c, _ in parts]),
+            np.concatenate(values) if len(values) == len(parts) else None,
+        )
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -146,8 +160,8 @@ class MicroBatcher:
         batch = np.concatenate([j.batch for j in live])
         start = time.perf_counter()
         try:
-            codes = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self.encoder.encode, batch
+            codes, values = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._encode, batch
             )
         except Exception as exc:  # handed to every waiting request, which maps it
             for j in live:
@@ -159,5 +173,13 @@ class MicroBatcher:
         offset = 0
         for j in live:
             if not j.future.done():
-                j.future.set_result(codes[offset : offset + len(j.batch)])
+                rows = slice(offset, offset + len(j.batch))
+                j.future.set_result((codes[rows], None if values is None else values[rows]))
             offset += len(j.batch)
+
+    def _encode(self, batch: npt.NDArray[Any]) -> Coded:
+        with_values = getattr(self.encoder, "encode_with_values", None)
+        if with_values is None:  # an Encoder that gives bits only
+            return self.encoder.encode(batch), None
+        coded: Coded = with_values(batch)
+        return coded

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from bundle.encoders import load_encoder
+from bundle.encoders import VALUES_METHOD, load_encoder
 from bundle.errors import BundleFormatError
 from bundle.inputs import InputKind, TextPreparer
 from bundle.manifest import MANIFEST, Manifest
@@ -47,6 +47,9 @@ class TorchScriptEncoder:
         self.bits = bits
         self._module = module
         self._device = torch.device("cpu")
+        #: Whether the module also gives its real-valued codes (bundles exported before
+        #: re-ranking give bits only).
+        self.gives_values = hasattr(module, VALUES_METHOD)
 
     def to(self, device: torch.device) -> None:
         """Run on `device` from now on (inputs go there, codes come back to the CPU)."""
@@ -66,6 +69,29 @@ class TorchScriptEncoder:
                 f"the manifest promises uint8 {expected} for {self.bits}-bit codes"
             )
         return codes
+
+    def encode_with_values(
+        self, batch: npt.NDArray[Any]
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None]:
+        """Codes and, where the module gives them, the real values behind them (n, bits)."""
+        if not self.gives_values:
+            return self.encode(batch), None
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device)
+            packed, real = getattr(self._module, VALUES_METHOD)(x)
+        codes, values = packed.cpu().numpy(), real.cpu().numpy()
+        expected = (batch.shape[0], self.bits // 8)
+        if codes.dtype != np.uint8 or codes.shape != expected:
+            raise BundleError(
+                f"{self.modality} encoder returned {codes.dtype} {codes.shape}; "
+                f"the manifest promises uint8 {expected} for {self.bits}-bit codes"
+            )
+        if values.dtype != np.float32 or values.shape != (batch.shape[0], self.bits):
+            raise BundleError(
+                f"{self.modality} encoder's {VALUES_METHOD} returned {values.dtype} "
+                f"{values.shape} real values; expected float32 ({batch.shape[0]}, {self.bits})"
+            )
+        return codes, values
 
 
 @dataclass(frozen=True)
@@ -163,7 +189,14 @@ def _encoder_device(name: str) -> torch.device:
 def _probe(encoder: Encoder, dummy: npt.NDArray[Any], path: Path) -> npt.NDArray[np.uint8]:
     """Run the probe so a width mismatch fails at start-up, not on the first request."""
     try:
-        return encoder.encode(dummy)
+        codes = encoder.encode(dummy)
+        if isinstance(encoder, TorchScriptEncoder) and encoder.gives_values:
+            if not np.array_equal(encoder.encode_with_values(dummy)[0], codes):
+                raise BundleError(
+                    f"{encoder.modality} encoder's {VALUES_METHOD} gives other codes than the "
+                    "encoder itself; export the bundle again"
+                )
+        return codes
     except BundleError as exc:
         raise BundleError(f"{path}: {exc}") from None
     except RuntimeError as exc:

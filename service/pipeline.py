@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,7 @@ from index.base import SearchParams
 from index.codes import codes_from_hex, hamming
 from index.errors import CodeError
 from index.filters import matches as metadata_matches
+from index.rerank import Ranking
 from index.store import NewItem, StoredItem
 from service.encoders import Bundle
 from service.errors import (
@@ -48,6 +49,12 @@ from service.settings import Settings
 from service.thumbnails import posters_for, thumbnail_of
 
 Source = str | Upload
+#: The rankings a search offers, and the index ranking behind each.
+Rerank = Literal["hamming", "asymmetric"]
+RANKINGS: dict[Rerank, Ranking] = {"hamming": "hamming", "asymmetric": "asymmetric"}
+#: What a text or file query ranks by unless it asks otherwise (docs/results.md: the
+#: asymmetric score gains mAP at every code length measured, at a small cost in latency).
+DEFAULT_RERANK: Rerank = "asymmetric"
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class Encoded:
     filename: str | None = None
     #: JPEG thumbnail of an image, made from the decode its code came from (when asked for).
     thumbnail: bytes | None = None
+    #: The real values behind the code (bits,), when the encoder gives them; a hex code has none.
+    values: npt.NDArray[np.float32] | None = None
 
     @property
     def hex(self) -> str:
@@ -94,6 +103,7 @@ class Found:
     modality: str
     distance: int
     metadata: dict[str, Any]
+    score: float | None = None
 
 
 def check_count(settings: Settings, n: int) -> None:
@@ -134,10 +144,15 @@ async def encode_sources(
         }
         for submitted in submit:
             submitted()
-        results = await asyncio.gather(*(rt.batchers[m].encode(batches[m]) for m in groups))
+        results = await asyncio.gather(
+            *(rt.batchers[m].encode_with_values(batches[m]) for m in groups)
+        )
     codes: dict[int, npt.NDArray[np.uint8]] = {}
-    for members, group_codes in zip(groups.values(), results, strict=True):
+    values: dict[int, npt.NDArray[np.float32]] = {}
+    for members, (group_codes, group_values) in zip(groups.values(), results, strict=True):
         codes.update(zip(members, group_codes, strict=True))
+        if group_values is not None:
+            values.update(zip(members, group_values, strict=True))
     return [
         Encoded(
             modalities[i],
@@ -145,6 +160,7 @@ async def encode_sources(
             known_tokens=known.get(i),
             filename=s.filename if isinstance(s, Upload) else None,
             thumbnail=thumbs.get(i),
+            values=values.get(i),
         )
         for i, s in enumerate(sources)
     ]
@@ -259,8 +275,13 @@ async def search(
     modalities: Sequence[str] | None = None,
     where: Mapping[str, Any] | None = None,
     nprobe: int | None = None,
-) -> list[Found]:
-    """Return up to k stored items nearest to the query code, with their metadata."""
+    rerank: Rerank | None = None,
+) -> tuple[list[Found], Rerank]:
+    """Up to k stored items nearest to the query, with their metadata, and the ranking used.
+
+    ``rerank`` None is the default: the asymmetric ranking where the query has real values
+    (a text or a file), Hamming for a hex code.
+    """
     if not 1 <= k <= rt.settings.max_k:
         raise OutOfRange(f"k must be between 1 and {rt.settings.max_k} (HASHBRIDGE_MAX_K), got {k}")
     if modalities is not None:
@@ -272,10 +293,28 @@ async def search(
                 raise UnsupportedModality(
                     f"unknown modality {m!r}; this bundle has {', '.join(rt.bundle.modalities)}"
                 )
+    ranking = _ranking(rerank, query)
     start = time.perf_counter()
-    found = await rt.run(_search, rt, query.code[None, :], k, modalities, where, nprobe)
+    found = await rt.run(_search, rt, query, k, modalities, where, nprobe, ranking)
     rt.metrics.search.observe(time.perf_counter() - start, query=query.modality)
-    return found
+    return found, ranking
+
+
+def _ranking(rerank: Rerank | None, query: Encoded) -> Rerank:
+    if rerank is None:
+        return DEFAULT_RERANK if query.values is not None else "hamming"
+    if rerank == "asymmetric" and query.values is None:
+        raise InvalidInput(
+            "rerank 'asymmetric' scores items against the query's real-valued code, which "
+            + (
+                "a hex code query does not have"
+                if query.modality == "code"
+                else "this bundle's encoders do not give (exported before re-ranking: export "
+                "it again)"
+            )
+            + "; send rerank 'hamming' or omit it"
+        )
+    return rerank
 
 
 async def get_item(rt: Runtime, item_id: int) -> StoredItem:
@@ -304,14 +343,29 @@ async def lookup(rt: Runtime, client_ids: Sequence[str]) -> list[tuple[str, int,
 
 def _search(
     rt: Runtime,
-    codes: npt.NDArray[np.uint8],
+    query: Encoded,
     k: int,
     modalities: Sequence[str] | None,
     where: Mapping[str, Any] | None,
     nprobe: int | None,
+    ranking: Rerank,
 ) -> list[Found]:
+    codes = query.code[None, :]
     params = SearchParams(nprobe=nprobe)
-    hits = rt.collection.search(codes, k, modalities=modalities, where=where, params=params)[0]
+    search_values = getattr(rt.collection, "search_values", None)
+    if ranking == "hamming" or query.values is None or search_values is None:
+        # Backends without re-ranking (Milvus, for now) answer by Hamming distance.
+        hits = rt.collection.search(codes, k, modalities=modalities, where=where, params=params)[0]
+    else:
+        hits = search_values(
+            query.values[None, :],
+            k,
+            RANKINGS[ranking],
+            modalities=modalities,
+            where=where,
+            params=params,
+            codes=codes,
+        )[0]
     stored = rt.collection.get_many([h.id for h in hits])
     # Writers run again between the search and this lookup: an item deleted, or replaced by
     # one the search would not have found (another modality, code or metadata), is left out
@@ -323,7 +377,7 @@ def _search(
     found = np.frombuffer(b"".join(item.code for _, item in pairs), np.uint8).reshape(-1, width)
     distances = hamming(found, codes[0])
     return [
-        Found(h.id, item.client_id, h.modality, h.distance, item.metadata)
+        Found(h.id, item.client_id, h.modality, h.distance, item.metadata, h.score)
         for (h, item), distance in zip(pairs, distances.tolist(), strict=True)
         if item.modality == h.modality
         and distance == h.distance

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -105,6 +105,15 @@ class SearchRequest(Strict):
     nprobe: JsonInt | None = Field(
         None, ge=1, description="IVF lists to probe (exactness vs speed)"
     )
+    rerank: Literal["hamming", "asymmetric"] | None = Field(
+        None,
+        description=(
+            "How results are ranked: 'hamming' by Hamming distance alone; 'asymmetric' by "
+            "the score -<q, b> of each item's bits b against the query's real-valued code q "
+            "(lower is nearer; ties by write order). Default: 'asymmetric' for a text or "
+            "file, 'hamming' for a hex code (which has no real-valued code)"
+        ),
+    )
 
 
 class QueryInfo(BaseModel):
@@ -119,11 +128,15 @@ class SearchHit(BaseModel):
     client_id: str | None
     modality: str
     distance: int = Field(description="Hamming distance to the query code")
+    score: float | None = Field(
+        None, description="The asymmetric score -<q, b> (lower is nearer); null under 'hamming'"
+    )
     metadata: dict[str, Any]
 
 
 class SearchResponse(BaseModel):
     query: QueryInfo
+    rerank: Literal["hamming", "asymmetric"] = Field(description="The ranking the results follow")
     results: list[SearchHit]
 
 

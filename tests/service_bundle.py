@@ -56,6 +56,17 @@ class _Hasher(nn.Module):
     def packed(self, h: torch.Tensor) -> torch.Tensor:
         return _pack(h > 0, self.weights)
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.packed(self.hidden(x))
+
+    def codes_and_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The codes and real values behind them, as exported encoders give (re-ranking)."""
+        h = self.hidden(x)
+        return self.packed(h), torch.tanh(h)
+
 
 class ImageHasher(_Hasher):
     """uint8 (n, 3, s, s) -> conv -> 4x4 pool -> linear -> packed codes."""
@@ -66,9 +77,9 @@ class ImageHasher(_Hasher):
         self.pool = nn.AdaptiveAvgPool2d(4)
         self.fc = nn.Linear(8 * 16, bits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
         z = x.to(torch.float32) / 127.5 - 1.0
-        return self.packed(self.fc(self.pool(self.conv(z)).flatten(1)))
+        return self.fc(self.pool(self.conv(z)).flatten(1))
 
 
 class TextHasher(_Hasher):
@@ -78,8 +89,8 @@ class TextHasher(_Hasher):
         super().__init__(bits)
         self.fc = nn.Linear(vocab, bits, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.packed(self.fc(x))
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
 
 
 class VideoHasher(_Hasher):
@@ -90,9 +101,9 @@ class VideoHasher(_Hasher):
         self.pool = nn.AdaptiveAvgPool3d(2)
         self.fc = nn.Linear(3 * 8, bits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
         z = x[:, 0].transpose(1, 2).to(torch.float32) / 127.5 - 1.0
-        return self.packed(self.fc(self.pool(z).flatten(1)))
+        return self.fc(self.pool(z).flatten(1))
 
 
 def build_bundle(
@@ -107,9 +118,13 @@ def build_bundle(
     frames: int = 4,
     seed: int = 0,
     encoder_bits: int | None = None,
+    values: bool = False,
 ) -> Path:
     """Write a bundle folder through bundle/ and return it; ``encoder_bits`` makes encoders
-    disagree with the manifest."""
+    disagree with the manifest.
+
+    ``values``: the encoders also trace ``codes_and_values`` (real values for re-ranking).
+    """
     torch.manual_seed(seed)
     vocabulary = Vocabulary(list(vocab or VOCAB), mode=mode, ngram=ngram)
     width = encoder_bits or bits
@@ -121,7 +136,11 @@ def build_bundle(
         encoders["video"] = (VideoHasher(width), Clip(frames=frames, size=image_size))
     with BundleWriter(root) as writer:
         for modality, (module, kind) in encoders.items():
-            writer.add(modality, trace(module.eval(), torch.from_numpy(kind.probe(2))), kind)
+            example = torch.from_numpy(kind.probe(2))
+            module = module.eval()
+            # Without values, only forward is traced: a bundle from before codes_and_values.
+            traced = trace(module, example) if values else torch.jit.trace(module, example)
+            writer.add(modality, traced, kind)
         writer.finish(bits, method="dsmhn", label_names=["animal", "nature", "urban"])
     return root
 

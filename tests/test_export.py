@@ -264,6 +264,22 @@ def test_scripted_encoders_match_the_eager_model(
     assert len({c.tobytes() for c in codes}) >= 8
 
 
+def test_scripted_encoders_give_the_real_values_behind_their_codes(
+    bundle_dir: Path, eager: EagerModel, pixels: np.ndarray, shapes: Shapes
+) -> None:
+    bags = torch.from_numpy(eager.vocabulary.encode([*shapes.captions, "a purple hexagon"]))
+    for name, batch in (("image", torch.from_numpy(pixels)), ("text", bags)):
+        scripted = torch.jit.load(str(bundle_dir / f"{name}.pt"))
+        with torch.inference_mode():
+            codes, values = scripted.codes_and_values(batch)
+            assert torch.equal(codes, scripted(batch))  # the bits are forward's, unchanged
+        assert values.dtype == torch.float32 and values.shape == (len(batch), 16)
+        assert torch.equal(pack_bits(values), codes)
+        # Real values, not signs: what the service re-ranks inside Hamming ties by.
+        assert 0 < float(values.abs().min()) < 1 and float(values.abs().max()) <= 1
+        assert len(torch.unique(values.abs())) > len(batch)
+
+
 def test_pack_bits_is_msb_first_like_the_index() -> None:
     codes = torch.randn(9, 64, generator=torch.Generator().manual_seed(3))
     np.testing.assert_array_equal(pack_bits(codes).numpy(), pack_signs(codes.numpy()))

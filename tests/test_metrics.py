@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from model.metrics import (
+    asymmetric_report,
+    asymmetric_scores,
     cosine_similarity,
     hamming_distances,
     log_cutoffs,
@@ -423,3 +425,50 @@ def test_plots_reject_nothing_to_plot(tmp_path):
     with pytest.raises(ValueError, match="no curves"):
         plot_pr_curves({}, tmp_path / "pr.png")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("ties_only", [False, True], ids=["score", "hamming-then-score"])
+def test_asymmetric_report_matches_reference_on_tie_heavy_codes(case, ties_only):
+    rng = np.random.default_rng(case["bits"])
+    # 37 items on 6 bits: many share a code, so the score's own ties fall by database order.
+    values = np.tanh(rng.normal(size=(len(case["query_signs"]), case["bits"])) * 1.5)
+    db = case["db_signs"]
+    ref_scores = [
+        [-math.fsum(float(a) * float(b) for a, b in zip(q, d, strict=True)) for d in db]
+        for q in values
+    ]
+    got_scores = asymmetric_scores(values, db)
+    np.testing.assert_allclose(got_scores, ref_scores, atol=1e-12)
+    for row in got_scores:  # equal codes, exactly equal scores
+        for code in np.unique(db, axis=0):
+            assert len(set(row[(db == code).all(axis=1)].tolist())) == 1
+    signs_q = np.where(values >= 0, 1, -1)
+    dist = ref_hamming(signs_q, db)
+    rel = ref_relevance(case["query_labels"], case["db_labels"])
+    ranked = []
+    for i, row in enumerate(ref_scores):
+        key = (
+            (lambda j, i=i, row=row: (dist[i][j], row[j], j))
+            if ties_only
+            else (lambda j, row=row: (row[j], j))
+        )
+        ranked.append([bool(rel[i][j]) for j in sorted(range(len(db)), key=key)])
+    report = asymmetric_report(
+        values,
+        db,
+        case["query_labels"],
+        case["db_labels"],
+        ties_only=ties_only,
+        top_r=10,
+        ks=[1, 5, 20],
+    )
+    assert report["map"] == pytest.approx(np.mean([ref_ap(r) for r in ranked]), abs=1e-12)
+    assert report["map@R"] == pytest.approx(np.mean([ref_ap(r, 10) for r in ranked]), abs=1e-12)
+    for k in (1, 5, 20):
+        want = np.mean([ref_precision_recall_at(r, k)[0] for r in ranked])
+        assert report["precision_at_k"][str(k)] == pytest.approx(want, abs=1e-12)
+    for cut, p, r in zip(
+        *(report["pr_curve"][key] for key in ("cutoffs", "precision", "recall")), strict=True
+    ):
+        want = np.mean([ref_precision_recall_at(x, cut) for x in ranked], axis=0)
+        assert (p, r) == pytest.approx(tuple(want), abs=1e-12)

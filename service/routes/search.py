@@ -17,7 +17,7 @@ from service.schemas import QueryInfo, SearchHit, SearchRequest, SearchResponse
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
-FORM_FIELDS = ("file", "text", "code", "k", "modalities", "where", "nprobe")
+FORM_FIELDS = ("file", "text", "code", "k", "modalities", "where", "nprobe", "rerank")
 _FORM_DOC = {
     "file": {"type": "string", "format": "binary", "description": "The query image (or clip)"},
     "text": text_field("A query text (instead of a file)", minLength=1, pattern=r"\S"),
@@ -26,6 +26,7 @@ _FORM_DOC = {
     "modalities": text_field("Comma-separated modalities to return, e.g. 'image,video'"),
     "where": text_field('JSON object of exact metadata matches, e.g. {"tag": "cat"}'),
     "nprobe": {"type": "integer", "minimum": 1},
+    "rerank": {"type": "string", "enum": ["hamming", "asymmetric"]},
 }
 
 
@@ -37,7 +38,9 @@ _FORM_DOC = {
         "Send **application/json** with exactly one of `text` or `code`, or "
         "**multipart/form-data** with a `file` (or `text`/`code`) plus the same options as "
         "form fields. Text queries find images and videos as well as texts (cross-modal); "
-        "restrict with `modalities`. Results are nearest first by Hamming distance."
+        "restrict with `modalities`. Results are nearest first: by the asymmetric score of "
+        "the query's real-valued code (text and file queries, `rerank` 'asymmetric', the "
+        "default) or by Hamming distance (`rerank` 'hamming', and hex code queries)."
     ),
     dependencies=[Depends(require_read)],
     openapi_extra=body(
@@ -61,8 +64,14 @@ async def search(request: Request, rt: RuntimeDep) -> Response:
         upload = files[0] if files else None
         req = forms.validate(SearchRequest, _form_values(form), ("form",))
     query = await _query(rt, req, upload)
-    found = await pipeline.search(
-        rt, query, req.k, modalities=req.modalities, where=req.where, nprobe=req.nprobe
+    found, ranking = await pipeline.search(
+        rt,
+        query,
+        req.k,
+        modalities=req.modalities,
+        where=req.where,
+        nprobe=req.nprobe,
+        rerank=req.rerank,
     )
     answer = SearchResponse(
         query=QueryInfo(
@@ -71,12 +80,14 @@ async def search(request: Request, rt: RuntimeDep) -> Response:
             known_tokens=query.known_tokens,
             filename=query.filename,
         ),
+        rerank=ranking,
         results=[
             SearchHit(
                 id=f.id,
                 client_id=f.client_id,
                 modality=f.modality,
                 distance=f.distance,
+                score=f.score,
                 metadata=f.metadata,
             )
             for f in found
@@ -107,7 +118,7 @@ async def _query(rt: Runtime, req: SearchRequest, upload: Upload | None) -> Enco
 
 def _form_values(form: Any) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for name in ("text", "code", "k", "nprobe"):
+    for name in ("text", "code", "k", "nprobe", "rerank"):
         value = forms.form_text(form, name)
         if value is not None:
             # Form fields are text; numbers are read as digits only (as JSON's strict ints).
