@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from bundle.fileio import write_json
 from model import metrics
-from model.fileio import write_json
 from model.hashing import signs
+from model.methods.base import Method
 from model.plots import plot_pr_curves, plot_precision_at_k
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ ASYMMETRIC = ("asymmetric", "hamming_asymmetric")
 
 
 @torch.no_grad()
-def embed(method: Any, modality: str, x: torch.Tensor, batch: int = 4096) -> np.ndarray:
+def embed(method: Method, modality: str, x: torch.Tensor, batch: int = 4096) -> np.ndarray:
     """Continuous codes of `x` in eval mode."""
     method.eval()
     # Wide inputs (a clip's per-frame maps) get smaller batches: bounded memory.
@@ -38,7 +39,7 @@ def embed(method: Any, modality: str, x: torch.Tensor, batch: int = 4096) -> np.
 
 
 def _embeddings(
-    method: Any, prepared: Any, device: torch.device
+    method: Method, prepared: Any, device: torch.device
 ) -> dict[str, dict[str, np.ndarray]]:
     out: dict[str, dict[str, np.ndarray]] = {}
     for part, rows in (("query", prepared.split.query), ("database", prepared.split.database)):
@@ -49,7 +50,7 @@ def _embeddings(
     return out
 
 
-def quick_map(method: Any, prepared: Any, device: torch.device) -> dict[str, float]:
+def quick_map(method: Method, prepared: Any, device: torch.device) -> dict[str, float]:
     """mAP@all of binary codes for every direction (used during training)."""
     emb = _embeddings(method, prepared, device)
     labels = prepared.data.labels
@@ -63,7 +64,7 @@ def quick_map(method: Any, prepared: Any, device: torch.device) -> dict[str, flo
     return result
 
 
-def evaluate(method: Any, prepared: Any, config: Any, device: torch.device) -> dict[str, Any]:
+def evaluate(method: Method, prepared: Any, config: Any, device: torch.device) -> dict[str, Any]:
     """mAP@all, mAP@R, P@K and PR curves, binary, continuous and asymmetric, every direction."""
     emb = _embeddings(method, prepared, device)
     labels = prepared.data.labels
@@ -129,10 +130,10 @@ def evaluate_run(
 
     ``data``: where the run's data is now, when it has moved since training.
     """
+    from bundle.text import Vocabulary
     from model.checkpoint import load_checkpoint, run_config, trained_method
     from model.data.records import DataError
     from model.prepare import data_fingerprint, prepare
-    from model.text import Vocabulary
 
     state = load_checkpoint(run_dir)
     config = run_config(state, run_dir, data)

@@ -29,17 +29,17 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from bundle.text import Vocabulary
 from hashbridge.cli import main as cli_main
 from index.codes import pack_signs
 from model.backbones.efficientnet import load_pretrained
+from model.build import build_method
 from model.checkpoint import load_checkpoint
 from model.config import config_from_dict
 from model.data.images import load_image
 from model.export import ExportError, ModalityExport, build_encoders, export_bundle, load_run
 from model.features import extract_image_features
 from model.hashing import PixelNormalize, pack_bits
-from model.methods import build_method
-from model.text import Vocabulary
 from model.train import train
 from service.encoders import load_bundle
 from service.errors import BundleError
@@ -192,7 +192,7 @@ class EagerModel:
 
     @torch.inference_mode()
     def codes(self, modality: str, x: torch.Tensor) -> np.ndarray:
-        return pack_bits(self.method.streams[modality](x)).numpy()
+        return pack_bits(self.method.stream(modality)(x)).numpy()
 
     def image_codes(self, pixels: np.ndarray) -> np.ndarray:
         return self.codes("image", self.image_features(pixels))
@@ -317,7 +317,7 @@ def test_flip_averaged_image_encoder_matches_the_feature_cache(
     run = load_run(run_dir)
     run.config.image.flip_features = True
     item = build_encoders(run)["image"]
-    assert item.spec["flip_features"] is True
+    assert item.kind.flip_features is True
     config = run.config.image
     some = slice(0, 60, 4)
     with one_thread():
@@ -330,7 +330,7 @@ def test_flip_averaged_image_encoder_matches_the_feature_cache(
         )
         batch = torch.from_numpy(pixels[some])
         with torch.inference_mode():
-            expected = pack_bits(run.method.streams["image"](torch.from_numpy(flipped))).numpy()
+            expected = pack_bits(run.method.stream("image")(torch.from_numpy(flipped))).numpy()
             exported = item.encoder(batch).numpy()
             traced = torch.jit.trace(item.encoder, batch[:2], check_trace=False)
             assert np.array_equal(traced(batch).numpy(), exported)
@@ -357,9 +357,9 @@ from service.media import Upload, decode_image
 
 req = json.loads(sys.argv[1])
 bundle = load_bundle(req["bundle"])
-size = bundle.inputs["image"]["size"]
+image = bundle.inputs["image"]
 pixels = np.stack([
-    decode_image(Upload(Path(p).name, "image/png", Path(p).read_bytes()), size, 10**8)
+    decode_image(Upload(Path(p).name, "image/png", Path(p).read_bytes()), image, 10**8)
     for p in req["images"]
 ])
 bags, known = bundle.vectorizer.vectorize(req["texts"])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.text import Vocabulary
 from index.codes import hamming, unpack_codes
-from service.encoders import TextVectorizer
 from tests.service_bundle import AUTH, VOCAB, ServerProcess, build_bundle, png
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,7 @@ TEXTS = [" ".join(c) for n in (2, 3) for c in itertools.combinations(WORDS, n)] 
 
 def real_values(bundle: Path, text: str) -> tuple[np.ndarray, np.ndarray]:
     """The query's code and real values, from the bundle's own text encoder."""
-    bag, _ = TextVectorizer(tuple(VOCAB)).vectorize([text])
+    bag, _ = Vocabulary(list(VOCAB)).vectorize([text])
     module = torch.jit.load(str(bundle / "text.pt"))
     with torch.inference_mode():
         codes, values = module.codes_and_values(torch.from_numpy(bag))

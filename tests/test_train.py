@@ -20,6 +20,7 @@ from PIL import Image
 import model.features
 import model.train
 from model import metrics
+from model.build import build_method, standardize_inputs
 from model.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.records import DataError
@@ -27,9 +28,9 @@ from model.data.synthetic import write_synthetic_images
 from model.evaluate import distinct_codes, evaluate, evaluate_run, quick_map
 from model.export import export_bundle
 from model.features import extract_image_features
-from model.methods import build_method, standardize_inputs
 from model.prepare import prepare
 from model.train import TrainResult, seed_everything, train
+from tests.interrupted import train_until
 
 DIRECTIONS = {"image->image", "image->text", "text->image", "text->text"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -80,7 +81,8 @@ def test_training_writes_checkpoint_and_metrics(trained: TrainResult, config: Ru
     assert state["kinds"] == {"image": "pixels", "text": "bag_of_words"}
     assert state["input_dims"]["image"] == 1280
     assert state["input_dims"]["text"] == len(state["vocabulary"]["tokens"])
-    assert state["banks"]["image"].shape == (90, 16)
+    assert state["method_state"]["banks"]["image"].shape == (90, 16)
+    assert (state["stage"], state["stage_epoch"], state["n_train"]) == ("joint", 4, 90)
 
     saved = json.loads((run / "metrics.json").read_text())
     assert (saved["bits"], saved["split_seed"]) == (16, 0)
@@ -129,18 +131,7 @@ def test_resume_after_interruption_is_bit_identical(
     trained: TrainResult, config: RunConfig, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_b = workdir / "run-b"
-    real_save = model.train.save_checkpoint
-
-    def save_then_interrupt(state: dict[str, Any], run_dir: Path) -> Path:
-        path = real_save(state, run_dir)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt  # as if the user pressed ^C right after epoch 2
-        return path
-
-    monkeypatch.setattr(model.train, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, run_b)
-    monkeypatch.undo()
+    train_until(config, run_b, 2, monkeypatch)  # as if the user pressed ^C right after epoch 2
     assert load_checkpoint(run_b)["epoch"] == 2
     assert not (run_b / "metrics.json").exists()
 
@@ -153,14 +144,40 @@ def test_resume_after_interruption_is_bit_identical(
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    for modality in a["banks"]:
-        assert torch.equal(a["banks"][modality], b["banks"][modality]), modality
+    banks_a, banks_b = a["method_state"]["banks"], b["method_state"]["banks"]
+    for modality in banks_a:
+        assert torch.equal(banks_a[modality], banks_b[modality]), modality
     _assert_same(a["optimizer"], b["optimizer"])
     assert a["scheduler"] == b["scheduler"]
     assert a["history"] == b["history"]
     saved_a = json.loads((trained.run_dir / "metrics.json").read_text())
     saved_b = json.loads((run_b / "metrics.json").read_text())
     assert saved_a["history"] == saved_b["history"]
+
+
+def test_a_checkpoint_from_before_method_stages_resumes_the_same(
+    trained: TrainResult, config: RunConfig, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint as hashbridge wrote them before: [loss], bare banks, no stage."""
+    run = workdir / "run-old-format"
+
+    def old_format(state: dict[str, Any]) -> dict[str, Any]:
+        old = dict(state)
+        old["config"] = dict(old["config"])
+        old["config"]["loss"] = old["config"].pop("dsmhn")
+        old["banks"] = old.pop("method_state")["banks"]
+        for key in ("stage", "stage_epoch", "n_train"):
+            del old[key]
+        return old
+
+    train_until(config, run, 2, monkeypatch, old_format)
+    assert "banks" in load_checkpoint(run) and "stage" not in load_checkpoint(run)
+    resumed = train(config_from_dict({}), run, resume=True)
+    assert resumed.history == trained.history
+    a, b = load_checkpoint(trained.run_dir), load_checkpoint(run)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert b["config"] == a["config"]  # written back under the new section name
 
 
 @pytest.mark.parametrize(
@@ -192,16 +209,7 @@ def test_resume_and_eval_refuse_data_changed_since_the_run_began(
 ) -> None:
     manifest = write_synthetic_images(tmp_path / "data", 20, seed=1, size=32, query_fraction=0.2)
     config = tiny_config(manifest, tmp_path / "features", epochs=2, eval_every=0)
-    real_save = model.train.save_checkpoint
-
-    def save_then_interrupt(state: dict[str, Any], run_dir: Path) -> Path:
-        real_save(state, run_dir)  # epoch 1 saved, then ^C
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(model.train, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "run")
-    monkeypatch.undo()
+    train_until(config, tmp_path / "run", 1, monkeypatch)
     before = (tmp_path / "run" / CHECKPOINT).read_bytes()
 
     with manifest.open(newline="") as f:
