@@ -120,6 +120,26 @@ class LossConfig:
 
 
 @dataclass
+class DJSRHConfig:
+    """DJSRH (unsupervised): its joint-semantics matrix, loss weights and SGD optimiser.
+
+    Defaults are the reference code's for MIRFlickr (zzs1994/DJSRH settings.py).
+    """
+
+    beta: float = 0.9  # weight of the media (image/video) similarity in the fused matrix
+    eta: float = 0.4  # weight of the second-order (neighbourhood) term
+    mu: float = 1.5  # scale of the joint-semantics matrix
+    lambda_media: float = 0.1  # intra-modal term of the image / video codes (lambda1)
+    lambda_text: float = 0.1  # intra-modal term of the text codes (lambda2)
+    optimizer: str = "sgd"  # sgd (the reference's, with momentum) | adam
+    image_lr: float = 0.001  # learning rates per stream (train.lr is DSMHN's)
+    video_lr: float = 0.001
+    text_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and bookkeeping."""
 
@@ -154,6 +174,7 @@ class RunConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    djsrh: DJSRHConfig = field(default_factory=DJSRHConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -329,6 +350,15 @@ def _rules() -> dict[str, _Rule]:
         rules[f"{stream}.dropout"] = _Rule(lambda v: 0 <= v < 1, "at least 0 and below 1")
     for weight in (f.name for f in dataclasses.fields(LossConfig) if f.name.startswith("w_")):
         rules[f"loss.{weight}"] = at_least_0
+    share = _Rule(lambda v: 0 <= v <= 1, "between 0 and 1")
+    positive = _Rule(lambda v: v > 0, "above 0")
+    rules.update({"djsrh.beta": share, "djsrh.eta": share})
+    rules["djsrh.momentum"] = _Rule(lambda v: 0 <= v < 1, "at least 0 and below 1")
+    rules["djsrh.optimizer"] = _one_of(("sgd", "adam"))
+    for key in ("mu", "image_lr", "video_lr", "text_lr"):
+        rules[f"djsrh.{key}"] = positive
+    for key in ("lambda_media", "lambda_text", "weight_decay"):
+        rules[f"djsrh.{key}"] = at_least_0
     return rules
 
 

@@ -34,6 +34,7 @@ from model.data.records import DataError
 from model.evaluate import quick_map
 from model.fileio import write_json
 from model.methods import build_method, standardize_inputs
+from model.methods.djsrh import DJSRH
 from model.prepare import Prepared, data_fingerprint, prepare
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,12 @@ def train(
     labels = torch.from_numpy(data.labels.astype(np.float32)).to(device)
     train_rows = torch.from_numpy(split.train).to(device)
     train_labels = labels[train_rows]
-    optimizer = torch.optim.Adam(
-        method.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+    optimizer = (
+        method.optimizer()
+        if isinstance(method, DJSRH)
+        else torch.optim.Adam(
+            method.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+        )
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.train.epochs)
     method.init_banks(len(split.train), device)

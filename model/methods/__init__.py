@@ -8,11 +8,17 @@ import torch
 from model.backbones.efficientnet import FEATURE_DIM, TrunkTail, load_pretrained, split_shape
 from model.backbones.video import build_temporal, clip_map_shape
 from model.config import RunConfig
+from model.methods.djsrh import DJSRH
 from model.methods.dsmhn import DSMHN
 from model.streams import ImageTailStream, MLPStream, VideoStream
 from model.video_features import channel_statistics
 
-METHODS = {"dsmhn": DSMHN}
+METHODS: dict[str, type[DSMHN] | type[DJSRH]] = {"dsmhn": DSMHN, "djsrh": DJSRH}
+
+
+def needs_labels(method: str) -> bool:
+    """Whether the named method trains on labels (DSMHN does, DJSRH does not)."""
+    return getattr(METHODS[method], "needs_labels", True)
 
 
 def build_method(
@@ -21,7 +27,7 @@ def build_method(
     kinds: dict[str, str],
     num_labels: int,
     multi_label: bool,
-) -> DSMHN:
+) -> DSMHN | DJSRH:
     """Construct the configured method with one stream per modality."""
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; choose one of {sorted(METHODS)}")
@@ -42,7 +48,9 @@ def build_method(
         streams[modality] = MLPStream(
             dim, section.hidden, config.bits, section.dropout, signed_sqrt=signed_sqrt
         )
-    return METHODS[config.method](streams, config.bits, num_labels, multi_label, config.loss)
+    if config.method == "djsrh":
+        return DJSRH(streams, config.bits, config.djsrh)
+    return DSMHN(streams, config.bits, num_labels, multi_label, config.loss)
 
 
 def _tail_stream(config: RunConfig) -> ImageTailStream:
@@ -62,7 +70,7 @@ def _video_stream(config: RunConfig) -> VideoStream:
 
 
 def standardize_inputs(
-    method: DSMHN, inputs: dict[str, np.ndarray], kinds: dict[str, str], rows: np.ndarray
+    method: DSMHN | DJSRH, inputs: dict[str, np.ndarray], kinds: dict[str, str], rows: np.ndarray
 ) -> None:
     """Fit each dense stream's input standardisation on the training rows (not bag of words)."""
     for modality, x in inputs.items():
