@@ -1,6 +1,6 @@
 """An untrained model built the way export builds it, for speed benchmarks (weights don't matter).
 
-The method comes from ``model.methods.build_method`` with a small config that has the shapes
+The method comes from ``model.build.build_method`` with a small config that has the shapes
 of the MIRFlickr-25K setup (EfficientNet-Lite0 at 128 px with its ImageNet weights, a 1,386-
 word bag of words, 24 labels); its streams keep their random initialisation. It is written as
 a checkpoint so that ``model.export`` can rebuild the eager encoders and write a real bundle.
@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.build import build_method
 from model.checkpoint import save_checkpoint
 from model.config import config_from_dict
 from model.export import ModalityExport, build_encoders, export_bundle, load_run
-from model.methods import build_method
 from model.text import Vocabulary
 
 VOCAB_SIZE = 1386  # MIRFlickr-25K's tag vocabulary in this project's runs
@@ -26,7 +26,7 @@ NUM_LABELS = 24
 IMAGE_SIZE = 128
 SENTENCE_DIM = 384  # all-MiniLM-L6-v2's embedding width
 MODEL_NOTE = (
-    "Untrained DSMHN built with model.methods.build_method (config: bits={bits}, image "
+    "Untrained DSMHN built with model.build.build_method (config: bits={bits}, image "
     "backbone efficientnet-lite0 with its ImageNet weights at {size} px, stream hidden "
     "[1024], text bag of words over {vocab} tokens, {labels} labels); eager encoders from "
     "model.export.build_encoders, TorchScript from model.export.export_bundle (traced, "

@@ -36,11 +36,11 @@ from bench.common import (
     train_or_reuse,
 )
 from model import metrics
+from model.build import build_method
 from model.checkpoint import load_checkpoint
 from model.config import config_from_dict
 from model.evaluate import embed, evaluate_run
 from model.hashing import signs
-from model.methods import build_method
 from model.prepare import prepare
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "flickr8k.toml"

@@ -138,7 +138,7 @@ def train_config(options: DemoOptions, manifest: Path) -> dict[str, Any]:
             "workers": 1,
         },
         "text": {"hidden": [options.hidden]},
-        "loss": {"similarity_params": {"balance": True}},
+        "dsmhn": {"similarity_params": {"balance": True}},
         "train": {
             "epochs": options.epochs,
             "batch_size": 64,

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -17,7 +17,7 @@ from model.data.records import DataError
 from model.fileio import atomic_write
 
 if TYPE_CHECKING:
-    from model.methods.dsmhn import DSMHN
+    from model.methods.base import Method, Stage
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ MODEL_KEYS = (
     "multi_label",
     "vocabulary",
 )
-#: What resuming a run reads besides.
-RESUME_KEYS = (*MODEL_KEYS, "optimizer", "scheduler", "banks", "history")
+#: What resuming a run reads besides (and the method's state: see saved_training_state).
+RESUME_KEYS = (*MODEL_KEYS, "optimizer", "scheduler", "history")
 
 #: The types each entry may have when present.
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -49,6 +49,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "optimizer": (dict,),
     "scheduler": (dict,),
     "banks": (dict,),
+    "method_state": (dict,),
+    "stage": (str,),
+    "stage_epoch": (int,),
+    "n_train": (int,),
     "history": (list,),
     "data_fingerprint": (str,),
 }
@@ -79,14 +83,14 @@ def finite_weights(module: torch.nn.Module) -> bool:
     )
 
 
-def trained_method(state: dict[str, Any], config: RunConfig, run_dir: Path) -> DSMHN:
+def trained_method(state: dict[str, Any], config: RunConfig, run_dir: Path) -> Method:
     """The run's method rebuilt from its checkpoint, in eval mode on the CPU.
 
     Weights that do not fit the config, or that are not finite (a diverged run: every item
     would get one code, and a report or bundle of it would look like a real result), are a
     DataError naming the run.
     """
-    from model.methods import build_method  # the networks, only for callers that run them
+    from model.build import build_method  # the networks, only for callers that run them
 
     method = build_method(
         config, state["input_dims"], state["kinds"], len(state["label_names"]), state["multi_label"]
@@ -104,6 +108,56 @@ def trained_method(state: dict[str, Any], config: RunConfig, run_dir: Path) -> D
             "train a new run with a lower train.lr"
         )
     return method.eval()
+
+
+class Position(NamedTuple):
+    """Where a run resumes: stage index (len(stages) once finished), epochs done within it and
+    in the whole run."""
+
+    stage: int
+    epoch: int
+    done: int
+
+
+def resume_position(state: dict[str, Any], stages: list[Stage], run_dir: Path) -> Position:
+    """The stage and epoch a checkpoint's run goes on from; a finished stage moves to the next.
+
+    Checkpoints written before methods had stages hold a one-stage method's "epoch" alone.
+    """
+    names = [stage.name for stage in stages]
+    path = Path(run_dir) / CHECKPOINT
+    name = state.get("stage")
+    if name is None:
+        if len(stages) != 1:
+            raise corrupt(path, "it names no stage, and this method trains in several")
+        index, epoch = 0, state["epoch"]
+    elif name in names:
+        index, epoch = names.index(name), state["stage_epoch"]
+    else:
+        raise corrupt(path, f"its stage {name!r} is none of its method's ({', '.join(names)})")
+    if not 0 <= epoch <= stages[index].epochs:
+        raise corrupt(
+            path, f"it is {epoch} epochs into stage {name or names[0]!r} of {stages[index].epochs}"
+        )
+    done = sum(stage.epochs for stage in stages[:index]) + epoch
+    if epoch == stages[index].epochs:
+        index, epoch = index + 1, 0
+    return Position(index, epoch, done)
+
+
+def saved_training_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The method's own resume state; checkpoints from before held DSMHN's memory banks."""
+    if "method_state" not in state and "banks" in state:
+        return {"banks": state["banks"]}
+    return state["method_state"]  # type: ignore[no-any-return]
+
+
+def saved_train_size(state: dict[str, Any], default: int) -> int:
+    """How many items the run trained on (older checkpoints tell it by their banks)."""
+    if "n_train" in state:
+        return int(state["n_train"])
+    banks = state.get("banks")
+    return len(next(iter(banks.values()))) if banks else default
 
 
 def checkpoint_config(state: dict[str, Any], run_dir: Path) -> RunConfig:

@@ -1,30 +1,42 @@
 """Run configuration: one dataclass per concern, loaded from TOML and `--set key=value` overrides.
 
 `bits` and `split_seed` are top-level keys so that `--set bits=64 --set split_seed=7` works.
-Every value is checked when the config is built (types in `_build`, ranges and choices in
-`_check`), so a mistake is a one-line ConfigError before any data is read.
+Every value is checked when the config is built (types in `model.checks.build`, ranges and
+choices in `_check` and each method section's `rules`), so a mistake is a one-line ConfigError
+before any data is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import logging
 import math
 import re
 import tomllib
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 # Code widths: only what the Hamming index (and so the service) takes.
 from index.codes import MAX_BITS, MIN_BITS
+from model.checks import (
+    ConfigError,
+    Rule,
+    Section,
+    at_least,
+    between,
+    build,
+    check_arguments,
+    check_rules,
+    one_of,
+    show,
+)
+from model.methods.registry import METHODS
 from model.text import TOKENIZER_MODES
 
+__all__ = ["ConfigError", "RunConfig", "apply_overrides", "config_from_dict", "load_config"]
 
-class ConfigError(ValueError):
-    """A configuration file or override the user must fix."""
-
+log = logging.getLogger(__name__)
 
 TEXT_ENCODERS = ("bag_of_words", "minilm")
 DATA_KINDS = ("manifest", "mirflickr", "wikipedia", "flickr8k", "kinetics", "synthetic_video")
@@ -103,43 +115,6 @@ class FeatureConfig:
 
 
 @dataclass
-class LossConfig:
-    """DSMHN loss terms and their weights."""
-
-    similarity: str = "pairwise_nll"  # pairwise_nll | contrastive | triplet | tie_aware_ap
-    similarity_params: dict[str, Any] = field(default_factory=dict)
-    w_similarity: float = 1.0
-    w_ranking: float = 0.0  # a tie-aware AP term added to the similarity loss; 0: off
-    w_intra: float = 0.0
-    w_semantic: float = 1.0
-    w_quantization: float = 0.1
-    w_balance: float = 0.01
-    shared_label_head: bool = True
-    binary_bank: bool = False  # match each batch against the signs of the other modality's codes
-    tanh_scale_growth: float = 0.0  # tanh(beta x) with beta = sqrt(1 + growth * epoch); 0: off
-
-
-@dataclass
-class DJSRHConfig:
-    """DJSRH (unsupervised): its joint-semantics matrix, loss weights and SGD optimiser.
-
-    Defaults are the reference code's for MIRFlickr (zzs1994/DJSRH settings.py).
-    """
-
-    beta: float = 0.9  # weight of the media (image/video) similarity in the fused matrix
-    eta: float = 0.4  # weight of the second-order (neighbourhood) term
-    mu: float = 1.5  # scale of the joint-semantics matrix
-    lambda_media: float = 0.1  # intra-modal term of the image / video codes (lambda1)
-    lambda_text: float = 0.1  # intra-modal term of the text codes (lambda2)
-    optimizer: str = "sgd"  # sgd (the reference's, with momentum) | adam
-    image_lr: float = 0.001  # learning rates per stream (train.lr is DSMHN's)
-    video_lr: float = 0.001
-    text_lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-
-
-@dataclass
 class TrainConfig:
     """Optimisation and bookkeeping."""
 
@@ -173,71 +148,20 @@ class RunConfig:
     text: TextConfig = field(default_factory=TextConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    djsrh: DJSRHConfig = field(default_factory=DJSRHConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    #: The method's own section (model/methods/options.py), `[dsmhn]` for DSMHN: stored and
+    #: written under the method's name; sections of other methods are checked, not kept.
+    options: Any = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.method in METHODS:
+            self.options = METHODS[self.method].options()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build a dataclass from a dict, refusing unknown keys with the path that holds them."""
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(
-                f"unknown config key '{where}{key}'; known: {', '.join(sorted(known))}"
-            )
-        default = (
-            known[key].default_factory()
-            if known[key].default_factory is not dataclasses.MISSING
-            else known[key].default
-        )  # type: ignore[misc]
-        if dataclasses.is_dataclass(default):
-            if not isinstance(value, dict):
-                raise ConfigError(f"'{where}{key}' must be a table")
-            value = _build(type(default), value, f"{where}{key}.")
-        else:
-            value = _check_type(value, default, f"{where}{key}")
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def _show(value: Any) -> str:
-    """repr() cut to a length that keeps an error message on one readable line."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
-
-
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-
-
-def _check_type(value: Any, default: Any, name: str) -> Any:
-    """Require a value of the default's type (ints widen to floats; list items checked too)."""
-    if isinstance(default, float) and type(value) is int:
-        try:
-            return float(value)
-        except OverflowError:
-            raise ConfigError(
-                f"'{name}' is too large: an integer of {len(str(value))} digits"
-            ) from None
-    if isinstance(default, list):
-        if not isinstance(value, list):
-            raise ConfigError(f"'{name}' must be a list, got {_show(value)}")
-        if default:
-            return [_check_type(v, default[0], f"{name}[{i}]") for i, v in enumerate(value)]
-        return value
-    if isinstance(default, dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f"'{name}' must be a table, got {_show(value)}")
-        return value
-    if type(value) is not type(default):
-        wanted = _TYPE_NAMES.get(type(default), type(default).__name__)
-        raise ConfigError(f"'{name}' must be {wanted}, got {_show(value)}")
-    return value
+        data = dataclasses.asdict(self)
+        data[self.method] = data.pop("options") or {}
+        return data
 
 
 def _parse_value(text: str) -> Any:
@@ -252,128 +176,137 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply `a.b=value` overrides to a nested dict."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {_show(item)} must look like key=value (e.g. bits=64)")
+            raise ConfigError(f"override {show(item)} must look like key=value (e.g. bits=64)")
         key, value = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {_show(item)}: '{part}' is not a table")
+                raise ConfigError(f"override {show(item)}: '{part}' is not a table")
         node[parts[-1]] = _parse_value(value.strip())
     return data
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Validate and build a RunConfig."""
-    config = _build(RunConfig, data, "")
+    """Validate and build a RunConfig (a checkpoint's saved config too)."""
+    data = _renamed_sections(data)
+    known = [f.name for f in dataclasses.fields(RunConfig) if f.init]
+    for key in data:
+        if key not in known and key not in METHODS:
+            raise ConfigError(
+                f"unknown config key '{key}'; known: {', '.join(sorted([*known, *METHODS]))}"
+            )
+    config = build(RunConfig, {k: v for k, v in data.items() if k not in METHODS}, "")
     _check(config)
+    # Every method's section given is checked (a typo in [dsmhn] is one under --set
+    # method=... too); only the trained method's is kept.
+    for name in METHODS:
+        if name in data or name == config.method:
+            section = _section(name, data.get(name, {}))
+            if name == config.method:
+                config.options = section
     return config
 
 
-class _Rule(NamedTuple):
-    """What one key allows: a test of its (already type-checked) value and how to say it."""
-
-    ok: Callable[[Any], bool]
-    allowed: str
-
-
-def _at_least(low: int) -> _Rule:
-    return _Rule(lambda v: v >= low, f"at least {low}")
-
-
-def _between(low: int, high: int) -> _Rule:
-    return _Rule(lambda v: low <= v <= high, f"between {low} and {high}")
+def _section(name: str, data: Any) -> Section:
+    """Build and check the config section of the method registered as `name`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{name}' must be a table")
+    section: Section = build(METHODS[name].options, data, f"{name}.")
+    _check_finite(section, name)
+    check_rules(section, section.rules(), f"{name}.")
+    section.check(f"{name}.")
+    return section
 
 
-def _one_of(choices: Iterable[str]) -> _Rule:
-    names = tuple(choices)
-    return _Rule(lambda v: v in names, f"one of {', '.join(names)}")
+#: Sections renamed since: old name -> new (old configs and checkpoints still hold them).
+_RENAMED_SECTIONS = {"loss": "dsmhn"}
 
 
-def _rules() -> dict[str, _Rule]:
+def _renamed_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """Read a section under its old name (with a warning), unless it is given by both."""
+    for old, new in _RENAMED_SECTIONS.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ConfigError(
+                f"the config has both [{old}] and [{new}]; [{old}] is the old name of [{new}]: "
+                f"move its keys into [{new}] ({old}.KEY is now {new}.KEY)"
+            )
+        log.warning(
+            "config section [%s] is the old name of [%s]: read as [%s]; rename it "
+            "(%s.KEY is now %s.KEY)",
+            old,
+            new,
+            new,
+            old,
+            new,
+        )
+        data = {(new if key == old else key): value for key, value in data.items()}
+    return data
+
+
+def _rules() -> dict[str, Rule]:
     """Every range- or choice-checked key; a list value is checked item by item."""
-    # The registries live with the code that uses them. Imported here rather than at the top:
-    # they pull in torch, and model.methods itself imports this module.
+    # The backbone registry lives with its code. Imported here rather than at the top: it
+    # pulls in torch, which a config that is only read does not need.
     from model.backbones.efficientnet import VARIANTS
-    from model.losses import SIMILARITY_LOSSES
-    from model.methods import METHODS
 
-    at_least_0 = _at_least(0)
+    at_least_0 = at_least(0)
     rules = {
-        "method": _one_of(METHODS),
-        "bits": _Rule(
+        "method": one_of(METHODS),
+        "bits": Rule(
             lambda v: v % 8 == 0 and MIN_BITS <= v <= MAX_BITS,
             f"a multiple of 8 between {MIN_BITS} and {MAX_BITS} (what the index and service take)",
         ),
-        "seed": _between(0, MAX_SEED),
-        "split_seed": _between(0, MAX_SEED),
-        "data.kind": _one_of(DATA_KINDS),
-        "data.n_query": _at_least(1),
-        "data.n_train": _at_least(1),
-        "data.modalities": _one_of(MODALITIES),
-        "image.backbone": _one_of(VARIANTS),
-        "image.size": _between(32, 1024),
-        "image.finetune_blocks": _between(0, 16),
-        "text.encoder": _one_of(TEXT_ENCODERS),
-        "text.tokenizer": _one_of(TOKENIZER_MODES),
-        "text.ngram": _at_least(1),
-        "text.min_count": _at_least(1),
-        "text.max_vocab": _at_least(1),
-        "text.max_length": _between(3, 512),
-        "video.backbone": _one_of(VARIANTS),
-        "video.size": _between(32, 1024),
-        "video.frames": _at_least(1),
-        "video.clips": _at_least(1),
-        "video.temporal": _Rule(lambda v: v in ("conv3d", "mean"), "'conv3d' or 'mean'"),
-        "video.width": _at_least(1),
+        "seed": between(0, MAX_SEED),
+        "split_seed": between(0, MAX_SEED),
+        "data.kind": one_of(DATA_KINDS),
+        "data.n_query": at_least(1),
+        "data.n_train": at_least(1),
+        "data.modalities": one_of(MODALITIES),
+        "image.backbone": one_of(VARIANTS),
+        "image.size": between(32, 1024),
+        "image.finetune_blocks": between(0, 16),
+        "text.encoder": one_of(TEXT_ENCODERS),
+        "text.tokenizer": one_of(TOKENIZER_MODES),
+        "text.ngram": at_least(1),
+        "text.min_count": at_least(1),
+        "text.max_vocab": at_least(1),
+        "text.max_length": between(3, 512),
+        "video.backbone": one_of(VARIANTS),
+        "video.size": between(32, 1024),
+        "video.frames": at_least(1),
+        "video.clips": at_least(1),
+        "video.temporal": Rule(lambda v: v in ("conv3d", "mean"), "'conv3d' or 'mean'"),
+        "video.width": at_least(1),
         "video.blocks": at_least_0,
-        "video.time_bins": _at_least(1),
-        "video.workers": _at_least(1),
-        "loss.similarity": _one_of(SIMILARITY_LOSSES),
-        "loss.tanh_scale_growth": at_least_0,
-        "train.epochs": _at_least(1),
-        "train.batch_size": _at_least(1),
-        "train.lr": _Rule(lambda v: v > 0, "above 0"),
+        "video.time_bins": at_least(1),
+        "video.workers": at_least(1),
+        "train.epochs": at_least(1),
+        "train.batch_size": at_least(1),
+        "train.lr": Rule(lambda v: v > 0, "above 0"),
         "train.weight_decay": at_least_0,
-        "train.eval_every": _Rule(lambda v: v >= 0, "at least 0 (0: no evaluation while training)"),
-        "train.device": _Rule(
+        "train.eval_every": Rule(lambda v: v >= 0, "at least 0 (0: no evaluation while training)"),
+        "train.device": Rule(
             lambda v: re.fullmatch(r"cpu|cuda(:[0-9]+)?", v) is not None, "cpu, cuda or cuda:N"
         ),
         # torch.set_num_threads overflows on huge counts.
-        "train.threads": _Rule(lambda v: 0 <= v <= 1024, "between 0 (torch's default) and 1024"),
-        "eval.top_r": _at_least(1),
-        "eval.ks": _at_least(1),
+        "train.threads": Rule(lambda v: 0 <= v <= 1024, "between 0 (torch's default) and 1024"),
+        "eval.top_r": at_least(1),
+        "eval.ks": at_least(1),
     }
     for stream in ("image", "text", "video", "features"):
-        rules[f"{stream}.hidden"] = _at_least(1)
-        rules[f"{stream}.dropout"] = _Rule(lambda v: 0 <= v < 1, "at least 0 and below 1")
-    for weight in (f.name for f in dataclasses.fields(LossConfig) if f.name.startswith("w_")):
-        rules[f"loss.{weight}"] = at_least_0
-    share = _Rule(lambda v: 0 <= v <= 1, "between 0 and 1")
-    positive = _Rule(lambda v: v > 0, "above 0")
-    rules.update({"djsrh.beta": share, "djsrh.eta": share})
-    rules["djsrh.momentum"] = _Rule(lambda v: 0 <= v < 1, "at least 0 and below 1")
-    rules["djsrh.optimizer"] = _one_of(("sgd", "adam"))
-    for key in ("mu", "image_lr", "video_lr", "text_lr"):
-        rules[f"djsrh.{key}"] = positive
-    for key in ("lambda_media", "lambda_text", "weight_decay"):
-        rules[f"djsrh.{key}"] = at_least_0
+        rules[f"{stream}.hidden"] = at_least(1)
+        rules[f"{stream}.dropout"] = Rule(lambda v: 0 <= v < 1, "at least 0 and below 1")
     return rules
 
 
 def _check(config: RunConfig) -> None:
     """Refuse values that would crash a run later (or quietly do nothing useful)."""
     _check_finite(config, "")
-    for key, rule in _rules().items():
-        value: Any = config
-        for part in key.split("."):
-            value = getattr(value, part)
-        items = enumerate(value) if isinstance(value, list) else [(None, value)]
-        for i, item in items:
-            if not rule.ok(item):
-                name = key if i is None else f"{key}[{i}]"
-                raise ConfigError(f"{name} must be {rule.allowed}, got {_show(item)}")
+    check_rules(config, _rules())
     data, image, video = config.data, config.image, config.video
     if not data.modalities:
         raise ConfigError(f"data.modalities is empty; list some of {', '.join(MODALITIES)}")
@@ -393,19 +326,19 @@ def _check(config: RunConfig) -> None:
             )
         from model.data.synthetic_video import generate_video_dataset
 
-        data.generate = _check_arguments(
+        data.generate = check_arguments(
             data.generate, generate_video_dataset, "data.generate", "the synthetic_video generator"
         )
         seed = data.generate.get("seed", 0)
         if not 0 <= seed <= MAX_SEED:
             raise ConfigError(f"data.generate.seed must be between 0 and {MAX_SEED}, got {seed}")
-    _check_similarity(config.loss)
 
 
 def _check_finite(node: Any, name: str) -> None:
     """Refuse nan and infinities anywhere (TOML and --set both accept `nan` and `inf`)."""
     if dataclasses.is_dataclass(node):
-        for f in dataclasses.fields(node):
+        # A method's section (not an init field) is checked under its own name.
+        for f in (f for f in dataclasses.fields(node) if f.init):
             _check_finite(getattr(node, f.name), f"{name}.{f.name}" if name else f.name)
     elif isinstance(node, dict):
         for key, value in node.items():
@@ -415,50 +348,6 @@ def _check_finite(node: Any, name: str) -> None:
             _check_finite(value, f"{name}[{i}]")
     elif isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(f"{name} must be a finite number, got {node!r}")
-
-
-def _check_arguments(
-    params: dict[str, Any], target: Callable[..., Any], where: str, label: str
-) -> dict[str, Any]:
-    """Check a table of keyword arguments against `target`'s signature: names, then types.
-
-    A function's first parameter (the generator's output folder) is not the user's to set;
-    a class's signature already leaves out `self`.
-    """
-    parameters = inspect.signature(target).parameters
-    names = [
-        name
-        for i, (name, p) in enumerate(parameters.items())
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and not (i == 0 and inspect.isfunction(target))
-    ]
-    checked = {}
-    for key, value in params.items():
-        if key not in names:
-            raise ConfigError(
-                f"unknown key '{where}.{key}' for {label}; accepted: {', '.join(names) or 'none'}"
-            )
-        default = parameters[key].default
-        if default is not inspect.Parameter.empty and default is not None:
-            value = _check_type(value, default, f"{where}.{key}")
-        checked[key] = value
-    return checked
-
-
-def _check_similarity(loss: LossConfig) -> None:
-    """loss.similarity_params must be arguments the chosen loss takes, with values it accepts."""
-    from model.losses import SIMILARITY_LOSSES, make_similarity_loss
-
-    loss.similarity_params = _check_arguments(
-        loss.similarity_params,
-        SIMILARITY_LOSSES[loss.similarity],
-        "loss.similarity_params",
-        f"loss.similarity = {loss.similarity!r}",
-    )
-    try:  # the loss's own checks (e.g. alpha > 0) now, not after feature extraction
-        make_similarity_loss(loss.similarity, **loss.similarity_params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"loss.similarity_params for {loss.similarity!r}: {exc}") from None
 
 
 def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:

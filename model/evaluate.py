@@ -17,13 +17,14 @@ import torch
 from model import metrics
 from model.fileio import write_json
 from model.hashing import signs
+from model.methods.base import Method
 from model.plots import plot_pr_curves, plot_precision_at_k
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def embed(method: Any, modality: str, x: torch.Tensor, batch: int = 4096) -> np.ndarray:
+def embed(method: Method, modality: str, x: torch.Tensor, batch: int = 4096) -> np.ndarray:
     """Continuous codes of `x` in eval mode."""
     method.eval()
     # Wide inputs (a clip's per-frame maps) get smaller batches: bounded memory.
@@ -35,7 +36,7 @@ def embed(method: Any, modality: str, x: torch.Tensor, batch: int = 4096) -> np.
 
 
 def _embeddings(
-    method: Any, prepared: Any, device: torch.device
+    method: Method, prepared: Any, device: torch.device
 ) -> dict[str, dict[str, np.ndarray]]:
     """Codes of the queries, the database and (for the report by group) both together,
     each item encoded once."""
@@ -52,7 +53,7 @@ def _embeddings(
     return out
 
 
-def quick_map(method: Any, prepared: Any, device: torch.device) -> dict[str, float]:
+def quick_map(method: Method, prepared: Any, device: torch.device) -> dict[str, float]:
     """mAP@all of binary codes for every direction (used during training); by group when the
     data has no labels."""
     emb = _embeddings(method, prepared, device)
@@ -69,7 +70,7 @@ def quick_map(method: Any, prepared: Any, device: torch.device) -> dict[str, flo
     return result
 
 
-def evaluate(method: Any, prepared: Any, config: Any, device: torch.device) -> dict[str, Any]:
+def evaluate(method: Method, prepared: Any, config: Any, device: torch.device) -> dict[str, Any]:
     """Full report: mAP@all, mAP@R, P@K and PR curves, binary and continuous, every direction."""
     emb = _embeddings(method, prepared, device)
     labels = prepared.data.labels

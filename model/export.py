@@ -37,7 +37,7 @@ from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.images import load_image
 from model.data.records import DataError, PairedData
 from model.hashing import PixelNormalize, pack_bits
-from model.methods.dsmhn import DSMHN
+from model.methods.base import Method
 from model.prepare import load_dataset
 from model.text import Vocabulary
 
@@ -147,7 +147,7 @@ class RunState:
     run_dir: Path
     config: RunConfig
     state: dict[str, Any]
-    method: DSMHN
+    method: Method
 
 
 def load_run(run_dir: Path | str) -> RunState:
@@ -187,7 +187,7 @@ def build_encoders(run: RunState) -> dict[str, ModalityExport]:
     data, rows = _sample_source(config)
     exports: dict[str, ModalityExport] = {}
     for modality, kind in sorted(state["kinds"].items()):
-        stream = run.method.streams[modality]
+        stream = run.method.stream(modality)
         dim = int(state["input_dims"][modality])
         assets: dict[str, Path] = {}
         if kind == "pixels":

@@ -1,17 +1,13 @@
-"""DSMHN training losses.
+"""Training losses: pure functions and modules over codes, labels and similarities.
 
-The building blocks (similarity losses, semantic, quantization, balance) return a
-scalar tensor so methods can combine them freely; :class:`DSMHNLoss` combines them over
-one batch and returns a dict of named scalar terms plus ``"total"``. (The trainer's
-DSMHN method, model.methods.dsmhn, matches each batch against memory banks instead.)
+Each returns a scalar tensor so methods can combine them freely (DSMHN's objective,
+model.methods.dsmhn, weights them into named terms and their "total").
 
 Codes are the continuous tanh outputs of the hash layers, shape (n, bits).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from itertools import combinations
 from typing import Any
 
 import torch
@@ -21,7 +17,6 @@ from torch import Tensor, nn
 __all__ = [
     "SIMILARITY_LOSSES",
     "ContrastiveLoss",
-    "DSMHNLoss",
     "PairwiseNLLLoss",
     "TieAwareAPLoss",
     "TripletLoss",
@@ -234,74 +229,3 @@ def quantization_loss(h: Tensor) -> Tensor:
 def bit_balance_loss(h: Tensor) -> Tensor:
     """Return the mean over bits of (batch mean of the bit)^2: 0 when bits are balanced."""
     return h.mean(dim=0).square().mean()
-
-
-class DSMHNLoss(nn.Module):
-    """DSMHN objective over any number of modalities; forward returns named terms and total."""
-
-    def __init__(
-        self,
-        similarity: float = 1.0,
-        semantic: float = 1.0,
-        quantization: float = 0.1,
-        balance: float = 0.1,
-        intra: float = 0.0,
-        similarity_loss: str = "pairwise_nll",
-        similarity_params: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        self.weights = {
-            "sim": similarity,
-            "intra": intra,
-            "sem": semantic,
-            "quant": quantization,
-            "balance": balance,
-        }
-        self.similarity_loss = make_similarity_loss(similarity_loss, **(similarity_params or {}))
-
-    def _pair_term(self, u: Tensor, v: Tensor, s: Tensor) -> Tensor:
-        # Average both directions so the term does not depend on modality order; this only
-        # matters for the asymmetric triplet loss (anchors come from the first argument).
-        return 0.5 * (self.similarity_loss(u, v, s) + self.similarity_loss(v, u, s.T))
-
-    def forward(
-        self,
-        codes: Mapping[str, Tensor],
-        logits: Mapping[str, Tensor],
-        labels: Tensor,
-        multi_label: bool,
-    ) -> dict[str, Tensor]:
-        """Return {"sim/a-b", "intra/a", "sem/a", "quant/a", "balance/a", ..., "total"}."""
-        if not codes:
-            raise ValueError("codes is empty: need at least one modality")
-        n = labels.shape[0]
-        for name, h in codes.items():
-            if h.dim() != 2 or h.shape[0] != n:
-                raise ValueError(
-                    f"codes[{name!r}] must be ({n}, bits) to match labels; got {tuple(h.shape)}"
-                )
-        unknown = set(logits) - set(codes)
-        if unknown:
-            raise ValueError(f"logits for modalities without codes: {sorted(unknown)}")
-
-        # Items at the same row are paired across modalities, so they share one label set.
-        s = label_similarity(labels, labels)
-        terms: dict[str, Tensor] = {}
-        # Each unordered pair once (dict order names it); the term is direction-symmetric.
-        for a, b in combinations(codes, 2):
-            terms[f"sim/{a}-{b}"] = self._pair_term(codes[a], codes[b], s)
-        if self.weights["intra"] != 0:
-            for a, h in codes.items():
-                terms[f"intra/{a}"] = self._pair_term(h, h, s)
-        for a, z in logits.items():
-            terms[f"sem/{a}"] = semantic_label_loss(z, labels, multi_label)
-        for a, h in codes.items():
-            terms[f"quant/{a}"] = quantization_loss(h)
-        for a, h in codes.items():
-            terms[f"balance/{a}"] = bit_balance_loss(h)
-
-        # Sum over pairs/modalities (not mean): each stream gets the same pull per term
-        # whatever the number of modalities, as in the two-modality formulation.
-        weighted = [self.weights[key.split("/", 1)[0]] * value for key, value in terms.items()]
-        terms["total"] = torch.stack(weighted).sum()
-        return terms

@@ -123,11 +123,11 @@ def load_dataset(config: RunConfig) -> tuple[PairedData, Split]:
 
 def require_labels(config: RunConfig, data: PairedData) -> None:
     """Refuse unlabelled data for a method that trains on labels, naming one that needs none."""
-    from model.methods import METHODS, needs_labels  # the networks; only for a training run
+    from model.methods.registry import METHODS, method_class  # imports the method's networks
 
-    if data.labelled or not needs_labels(config.method):
+    if data.labelled or not method_class(config.method).needs_labels:
         return
-    free = [name for name in METHODS if not needs_labels(name)]
+    free = [name for name in METHODS if not method_class(name).needs_labels]
     raise DataError(
         f"method {config.method!r} trains on labels, but {config.data.path or config.data.kind} "
         "has none (no 'labels' column); add labels, or train a method that needs none: "

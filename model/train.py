@@ -20,21 +20,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from model.build import build_method, standardize_inputs
 from model.checkpoint import (
     CHECKPOINT,
     RESUME_KEYS,
+    Position,
     corrupt,
     finite_weights,
     load_checkpoint,
+    resume_position,
     run_config,
     save_checkpoint,
+    saved_train_size,
+    saved_training_state,
 )
 from model.config import ConfigError, RunConfig
 from model.data.records import DataError
 from model.evaluate import quick_map
 from model.fileio import write_json
-from model.methods import build_method, standardize_inputs
-from model.methods.djsrh import DJSRH
+from model.methods.base import Batch, Method, Stage, TrainingSet
 from model.prepare import Prepared, data_fingerprint, prepare
 
 log = logging.getLogger(__name__)
@@ -92,12 +96,6 @@ def train(
     state = load_checkpoint(run_dir, require=RESUME_KEYS) if resume else None
     if state is not None:
         config = run_config(state, run_dir, data)
-        if state["epoch"] >= config.train.epochs:
-            log.info(
-                "%s finished all its %d epochs; nothing is left to resume", run_dir, state["epoch"]
-            )
-        else:
-            log.info("resuming %s from epoch %d", run_dir, state["epoch"])
     # Before any data is prepared: a wrong device should not cost a feature extraction.
     device = _device(config, run_dir if resume else None)
     if config.train.threads:
@@ -121,101 +119,48 @@ def train(
     standardize_inputs(method, prepared.inputs, prepared.kinds, split.train)
     method.to(device)
     inputs = {m: torch.from_numpy(x).to(device) for m, x in prepared.inputs.items()}
-    labels = torch.from_numpy(data.labels.astype(np.float32)).to(device)
-    train_rows = torch.from_numpy(split.train).to(device)
-    train_labels = labels[train_rows]
-    optimizer = (
-        method.optimizer()
-        if isinstance(method, DJSRH)
-        else torch.optim.Adam(
-            method.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
-        )
+    # A method that needs no labels gets none: nothing it does can depend on them.
+    labels = (
+        torch.from_numpy(data.labels.astype(np.float32)).to(device) if method.needs_labels else None
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.train.epochs)
-    method.init_banks(len(split.train), device)
+    train_rows = torch.from_numpy(split.train).to(device)
+    training = TrainingSet(inputs, train_rows, None if labels is None else labels[train_rows])
+    method.start_training(training)
+    stages = method.stages()
     history: list[dict[str, Any]] = []
-    first_epoch = 0
+    at = Position(0, 0, 0)
     if state is not None:
         try:
             method.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            method.banks = {m: b.to(device) for m, b in state["banks"].items()}
+            method.load_training_state(saved_training_state(state), device)
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
-            # Weights of another model, or state saved by a different optimiser or version.
-            detail = " ".join(str(exc).split())[:200]
-            raise corrupt(
-                run_dir / CHECKPOINT, f"its state does not fit the run: {detail}"
-            ) from None
+            raise _does_not_fit(run_dir, exc) from None
         history = state["history"]
-        first_epoch = state["epoch"]
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    n = len(split.train)
-    bounds = batch_bounds(n, config.train.batch_size, has_batch_norm(method))
-    bar = tqdm(range(first_epoch, config.train.epochs), desc="training", unit="epoch")
-    for epoch in bar:
-        method.train()
-        method.set_epoch(epoch)
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        order = torch.randperm(
-            n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        )
-        sums: dict[str, float] = {}
-        for start, stop in pairwise(bounds):
-            positions = order[start:stop].to(device)
-            rows = train_rows[positions]
+        at = resume_position(state, stages, run_dir)
+        if at.stage == len(stages):
+            log.info("%s finished all its %d epochs; nothing is left to resume", run_dir, at.done)
+        else:
+            log.info("resuming %s from epoch %d", run_dir, at.done)
+    loop = _Loop(config, method, prepared, inputs, labels, training, device, run_dir)
+    loop.fingerprint, loop.history, loop.total = fingerprint, history, total_epochs(stages)
+    for index in range(at.stage, len(stages)):
+        stage = stages[index]
+        optimizer = stage.optimizer(stage.parameters)
+        scheduler = stage.schedule(optimizer) if stage.schedule else None
+        first = at.epoch if index == at.stage else 0
+        if first and state is not None:
             try:
-                with amp:
-                    terms = method.training_loss(
-                        {m: x[rows] for m, x in inputs.items()},
-                        positions,
-                        labels[rows],
-                        train_labels,
-                    )
-            except ValueError as exc:
-                if "more than 1 value per channel" not in str(exc):
-                    raise
-                raise ConfigError(
-                    f"batches of one item (train.batch_size {config.train.batch_size}, {n} "
-                    "training item(s)) cannot train the batch norm layers of "
-                    "image.finetune_blocks or the video network at this input size; use "
-                    "train.batch_size 2 or more, on 2 or more training items"
-                ) from None
-            # Checked before the step: one nan loss would turn every weight into nan.
-            total = float(terms["total"].detach())
-            if not math.isfinite(total):
-                raise diverged(config, epoch, f"its loss became {total}")
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            try:
-                optimizer.step()
-            except RuntimeError as exc:
-                # Adam's step of lr / bias correction does not fit a float32 (lr ~1e38).
-                if "overflow" not in str(exc):
-                    raise
-                raise diverged(config, epoch, "its step overflowed float32") from None
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-        if not finite_weights(method):
-            # A finite loss with overflowing gradients: never checkpoint such weights.
-            raise diverged(config, epoch, "its weights became nan or infinite")
-        scheduler.step()
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": {k: v / (len(bounds) - 1) for k, v in sums.items()},
-        }
-        last = epoch + 1 == config.train.epochs
-        if config.train.eval_every and ((epoch + 1) % config.train.eval_every == 0 or last):
-            record["map"] = quick_map(method, prepared, device)
-            log.info("epoch %d: %s", epoch + 1, record["map"])
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']['total']:.4f}")
-        save_checkpoint(
-            checkpoint_state(
-                config, method, prepared, fingerprint, optimizer, scheduler, epoch + 1, history
-            ),
-            run_dir,
-        )
+                optimizer.load_state_dict(state["optimizer"])
+                if scheduler is not None:
+                    scheduler.load_state_dict(state["scheduler"])
+            except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+                raise _does_not_fit(run_dir, exc) from None
+        else:
+            # Seeded: a run resumed between stages starts the next one as an uninterrupted run.
+            torch.manual_seed(config.seed * 100_003 + 50_021 * (index + 1))
+            method.start_stage(stage.name, training)
+        before = total_epochs(stages[:index])
+        loop.run_stage(stage, len(stages), before, first, optimizer, scheduler)
     seconds = time.perf_counter() - started
     write_json(
         run_dir / "metrics.json",
@@ -227,8 +172,140 @@ def train(
         },
     )
     return TrainResult(
-        run_dir=run_dir, epochs=config.train.epochs, history=history, seconds=seconds
+        run_dir=run_dir, epochs=total_epochs(stages), history=history, seconds=seconds
     )
+
+
+def total_epochs(stages: list[Stage]) -> int:
+    return sum(stage.epochs for stage in stages)
+
+
+def _does_not_fit(run_dir: Path, exc: BaseException) -> DataError:
+    """Weights of another model, or state saved by a different optimiser or version."""
+    detail = " ".join(str(exc).split())[:200]
+    return corrupt(run_dir / CHECKPOINT, f"its state does not fit the run: {detail}")
+
+
+class _Loop:
+    """The epochs of one run: steps, checks, evaluation, checkpoints."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        method: Method,
+        prepared: Prepared,
+        inputs: dict[str, torch.Tensor],
+        labels: torch.Tensor | None,
+        training: TrainingSet,
+        device: torch.device,
+        run_dir: Path,
+    ) -> None:
+        self.config, self.method, self.prepared = config, method, prepared
+        self.inputs, self.labels, self.training = inputs, labels, training
+        self.device, self.run_dir = device, run_dir
+        self.fingerprint = ""
+        self.history: list[dict[str, Any]] = []
+        self.total = 0
+        self.bounds = batch_bounds(len(training), config.train.batch_size, has_batch_norm(method))
+
+    def run_stage(
+        self,
+        stage: Stage,
+        n_stages: int,
+        before: int,
+        first: int,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+    ) -> None:
+        """Epochs `first` .. of `stage`, which follows `before` epochs of earlier stages."""
+        config, method, device = self.config, self.method, self.device
+        amp = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+        )
+        n = len(self.training)
+        desc = "training" if n_stages == 1 else f"training: {stage.name}"
+        bar = tqdm(range(first, stage.epochs), desc=desc, unit="epoch")
+        for epoch in bar:
+            done = before + epoch  # epochs of the whole run before this one
+            method.train()
+            method.start_epoch(stage.name, epoch)
+            torch.manual_seed(config.seed * 100_003 + done)
+            order = torch.randperm(
+                n, generator=torch.Generator().manual_seed(config.seed * 100_003 + done)
+            )
+            sums: dict[str, float] = {}
+            for start, stop in pairwise(self.bounds):
+                positions = order[start:stop].to(device)
+                batch = self._batch(positions, stage.name, epoch)
+                try:
+                    with amp:
+                        terms = method.training_step(batch)
+                except ValueError as exc:
+                    if "more than 1 value per channel" not in str(exc):
+                        raise
+                    raise ConfigError(
+                        f"batches of one item (train.batch_size {config.train.batch_size}, {n} "
+                        "training item(s)) cannot train the batch norm layers of "
+                        "image.finetune_blocks or the video network at this input size; use "
+                        "train.batch_size 2 or more, on 2 or more training items"
+                    ) from None
+                # Checked before the step: one nan loss would turn every weight into nan.
+                total = float(terms["total"].detach())
+                if not math.isfinite(total):
+                    raise diverged(config, done, f"its loss became {total}")
+                optimizer.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                try:
+                    optimizer.step()
+                except RuntimeError as exc:
+                    # Adam's step of lr / bias correction does not fit a float32 (lr ~1e38).
+                    if "overflow" not in str(exc):
+                        raise
+                    raise diverged(config, done, "its step overflowed float32") from None
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+            if not finite_weights(method):
+                # A finite loss with overflowing gradients: never checkpoint such weights.
+                raise diverged(config, done, "its weights became nan or infinite")
+            if scheduler is not None:
+                scheduler.step()
+            record: dict[str, Any] = {
+                "epoch": done + 1,
+                "stage": stage.name,
+                "loss": {k: v / (len(self.bounds) - 1) for k, v in sums.items()},
+            }
+            last = done + 1 == self.total
+            every = config.train.eval_every
+            if every and ((done + 1) % every == 0 or last):
+                record["map"] = quick_map(method, self.prepared, device)
+                log.info("epoch %d: %s", done + 1, record["map"])
+            self.history.append(record)
+            bar.set_postfix(loss=f"{record['loss']['total']:.4f}")
+            if epoch + 1 == stage.epochs:
+                method.end_stage(stage.name, self.training)
+            save_checkpoint(
+                checkpoint_state(
+                    config,
+                    method,
+                    self.prepared,
+                    self.fingerprint,
+                    Progress(stage.name, epoch + 1, done + 1, optimizer, scheduler),
+                    self.history,
+                ),
+                self.run_dir,
+            )
+
+    def _batch(self, positions: torch.Tensor, stage: str, epoch: int) -> Batch:
+        rows = self.training.rows[positions]
+        labels = self.labels
+        return Batch(
+            inputs={m: x[rows] for m, x in self.inputs.items()},
+            positions=positions,
+            labels=None if labels is None else labels[rows],
+            train_labels=self.training.labels,
+            stage=stage,
+            epoch=epoch,
+        )
 
 
 def has_batch_norm(method: torch.nn.Module) -> bool:
@@ -261,10 +338,9 @@ def diverged(config: RunConfig, epoch: int, what: str) -> ConfigError:
 def _check_same_data(
     state: dict[str, Any], prepared: Prepared, fingerprint: str, run_dir: Path, config: RunConfig
 ) -> None:
-    """Refuse to resume on other data than the run began on: its weights and banks fit only that."""
+    """Refuse to resume on other data than the run began on: its weights and state fit only that."""
     data, n_train = prepared.data, len(prepared.split.train)
-    banks = state["banks"]
-    then_train = len(next(iter(banks.values()))) if banks else n_train
+    then_train = saved_train_size(state, n_train)
     changed = None
     if list(state["label_names"]) != data.label_names:
         changed = (
@@ -284,25 +360,38 @@ def _check_same_data(
         )
 
 
+@dataclass
+class Progress:
+    """Where a checkpoint stands: its stage, epochs done in it and in all, and its optimiser."""
+
+    stage: str
+    stage_epoch: int
+    epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+
 def checkpoint_state(
     config: RunConfig,
-    method: torch.nn.Module,
+    method: Method,
     prepared: Prepared,
     fingerprint: str,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    epoch: int,
+    progress: Progress,
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Everything needed to resume, evaluate and export."""
+    scheduler = progress.scheduler
     return {
         "format": 1,
         "config": config.to_dict(),
-        "epoch": epoch,
+        "epoch": progress.epoch,
+        "stage": progress.stage,
+        "stage_epoch": progress.stage_epoch,
         "model": method.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "banks": {m: b.cpu() for m, b in method.banks.items()},  # type: ignore[attr-defined]
+        "optimizer": progress.optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+        "method_state": method.training_state(),
+        "n_train": len(prepared.split.train),
         "history": history,
         "input_dims": {m: int(x.shape[1]) for m, x in prepared.inputs.items()},
         "kinds": prepared.kinds,

@@ -178,12 +178,12 @@ def test_set_overrides_top_level_and_nested_keys(tmp_path: Path) -> None:
     config_file = write_config(tmp_path, extra="split_seed = 3")
     config = load_config(
         config_file,
-        ["bits=64", "split_seed=7", "train.epochs=3", 'data.kind="wikipedia"', "loss.w_intra=0.5"],
+        ["bits=64", "split_seed=7", "train.epochs=3", 'data.kind="wikipedia"', "dsmhn.w_intra=0.5"],
     )
     assert (config.bits, config.split_seed, config.seed) == (64, 7, 0)
     assert config.train.epochs == 3 and config.train.batch_size == 8
     assert config.data.kind == "wikipedia"
-    assert config.loss.w_intra == 0.5
+    assert config.options.w_intra == 0.5
     # A relative data path is resolved against the config file's folder.
     assert config.data.path == str((tmp_path / "m.csv").resolve())
     # Without overrides the file's values stand; without a file, the defaults.

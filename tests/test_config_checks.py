@@ -83,25 +83,29 @@ BAD_OVERRIDES = [
     # method and losses
     (['method="dsmh"'], "method must be one of dsmhn, got 'dsmh'"),
     (
-        ['loss.similarity="cosine"'],
-        "loss.similarity must be one of pairwise_nll, contrastive, triplet, tie_aware_ap",
+        ['dsmhn.similarity="cosine"'],
+        "dsmhn.similarity must be one of pairwise_nll, contrastive, triplet, tie_aware_ap",
     ),
     (
-        ["loss.similarity_params={margin=0.3}"],
-        "unknown key 'loss.similarity_params.margin' for loss.similarity = 'pairwise_nll'; "
+        ["dsmhn.similarity_params={margin=0.3}"],
+        "unknown key 'dsmhn.similarity_params.margin' for dsmhn.similarity = 'pairwise_nll'; "
         "accepted: alpha, balance",
     ),
     (
-        ['loss.similarity="tie_aware_ap"', "loss.similarity_params={alpha=1}"],
+        ['dsmhn.similarity="tie_aware_ap"', "dsmhn.similarity_params={alpha=1}"],
         "accepted: none",
     ),
-    (['loss.similarity_params={alpha="big"}'], "'loss.similarity_params.alpha' must be a number"),
-    (["loss.similarity_params={balance=1}"], "'loss.similarity_params.balance' must be true"),
-    (["loss.similarity_params={alpha=0}"], "alpha must be positive"),
-    (["loss.similarity_params={alpha=nan}"], "loss.similarity_params.alpha must be a finite"),
-    (["loss.w_quantization=-0.1"], "loss.w_quantization must be at least 0"),
-    (["loss.w_similarity=inf"], "loss.w_similarity must be a finite number"),
-    (["loss.tanh_scale_growth=-1"], "loss.tanh_scale_growth must be at least 0"),
+    (['dsmhn.similarity_params={alpha="big"}'], "'dsmhn.similarity_params.alpha' must be a number"),
+    (["dsmhn.similarity_params={balance=1}"], "'dsmhn.similarity_params.balance' must be true"),
+    (["dsmhn.similarity_params={alpha=0}"], "alpha must be positive"),
+    (["dsmhn.similarity_params={alpha=nan}"], "dsmhn.similarity_params.alpha must be a finite"),
+    (["dsmhn.w_quantization=-0.1"], "dsmhn.w_quantization must be at least 0"),
+    (["dsmhn.w_similarity=inf"], "dsmhn.w_similarity must be a finite number"),
+    (["dsmhn.tanh_scale_growth=-1"], "dsmhn.tanh_scale_growth must be at least 0"),
+    (["dsmhn.w_foo=1"], "unknown config key 'dsmhn.w_foo'; known: binary_bank, shared_label_head"),
+    (["dsmhn=5"], "'dsmhn' must be a table"),
+    (["dsmhn.shared_label_head=1"], "'dsmhn.shared_label_head' must be true or false, got 1"),
+    (["loss.w_intra=0.5", "dsmhn.w_intra=0.5"], "the config has both [loss] and [dsmhn]"),
     # data
     (['data.kind="coco"'], "data.kind must be one of manifest, mirflickr, wikipedia"),
     (["data.modalities=[]"], "data.modalities is empty; list some of image, text, video"),
@@ -124,6 +128,7 @@ BAD_OVERRIDES = [
     (["eval.top_r=0"], "eval.top_r must be at least 1"),
     (["eval.ks=[]"], "eval.ks is empty"),
     (["eval.ks=[0, 10]"], "eval.ks[0] must be at least 1, got 0"),
+    (["evaluation.top_r=1"], "unknown config key 'evaluation'; known: bits, data, dsmhn, eval"),
 ]
 
 
@@ -225,12 +230,32 @@ def test_edge_values_that_are_allowed(config_file: Path) -> None:
             "image.dropout=0.0",
             "text.hidden=[]",
             "video.blocks=0",
-            'loss.similarity="contrastive"',
-            "loss.similarity_params={margin=1}",
+            'dsmhn.similarity="contrastive"',
+            "dsmhn.similarity_params={margin=1}",
             SYNTHETIC,
             "data.generate={n=60, seed=4294967295, query_fraction=0.2}",
         ],
     )
     assert config.bits == 128 and config.train.device == "cuda:1"
-    assert config.loss.similarity_params == {"margin": 1.0}
+    assert config.options.similarity_params == {"margin": 1.0}
     assert config.data.generate == {"n": 60, "seed": 4294967295, "query_fraction": 0.2}
+
+
+def test_the_old_loss_section_is_read_as_dsmhn_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text(VALID + "[loss]\nw_intra = 0.5\nsimilarity_params = { balance = true }\n")
+    with caplog.at_level("WARNING", logger="model.config"):
+        config = load_config(path, ["loss.w_semantic=0"])
+    assert config.options.w_intra == 0.5 and config.options.w_semantic == 0.0
+    assert config.options.similarity_params == {"balance": True}
+    assert "[loss] is the old name of [dsmhn]" in caplog.text
+    assert "loss.KEY is now dsmhn.KEY" in caplog.text
+    # What a run stores is the new name only.
+    saved = config.to_dict()
+    assert "loss" not in saved and saved["dsmhn"]["w_intra"] == 0.5
+    both = tmp_path / "both.toml"
+    both.write_text(VALID + "[loss]\nw_intra = 0.5\n[dsmhn]\nw_semantic = 0.0\n")
+    message = refused(both)
+    assert "move its keys into [dsmhn]" in message

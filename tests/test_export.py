@@ -32,13 +32,13 @@ from PIL import Image, ImageDraw
 from hashbridge.cli import main as cli_main
 from index.codes import pack_signs
 from model.backbones.efficientnet import load_pretrained
+from model.build import build_method
 from model.checkpoint import load_checkpoint
 from model.config import config_from_dict
 from model.data.images import load_image
 from model.export import ExportError, ModalityExport, build_encoders, export_bundle, load_run
 from model.features import extract_image_features
 from model.hashing import PixelNormalize, pack_bits
-from model.methods import build_method
 from model.text import Vocabulary
 from model.train import train
 from service.encoders import load_bundle
@@ -192,7 +192,7 @@ class EagerModel:
 
     @torch.inference_mode()
     def codes(self, modality: str, x: torch.Tensor) -> np.ndarray:
-        return pack_bits(self.method.streams[modality](x)).numpy()
+        return pack_bits(self.method.stream(modality)(x)).numpy()
 
     def image_codes(self, pixels: np.ndarray) -> np.ndarray:
         return self.codes("image", self.image_features(pixels))
@@ -314,7 +314,7 @@ def test_flip_averaged_image_encoder_matches_the_feature_cache(
         )
         batch = torch.from_numpy(pixels[some])
         with torch.inference_mode():
-            expected = pack_bits(run.method.streams["image"](torch.from_numpy(flipped))).numpy()
+            expected = pack_bits(run.method.stream("image")(torch.from_numpy(flipped))).numpy()
             exported = item.encoder(batch).numpy()
             traced = torch.jit.trace(item.encoder, batch[:2], check_trace=False)
             assert np.array_equal(traced(batch).numpy(), exported)

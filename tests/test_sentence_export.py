@@ -24,11 +24,11 @@ import pytest
 import torch
 
 from model.backbones.minilm import Tokens, load_minilm, tokenizer_path
+from model.build import build_method
 from model.checkpoint import load_checkpoint
 from model.config import config_from_dict
 from model.export import export_bundle
 from model.hashing import pack_bits
-from model.methods import build_method
 from model.prepare import prepare
 from model.sentence_features import extract_sentence_features
 from model.train import train
@@ -137,7 +137,7 @@ class EagerText:
             state["multi_label"],
         )
         method.load_state_dict(state["model"])
-        self.stream = method.eval().streams["text"]
+        self.stream = method.eval().stream("text")
         self.minilm = load_minilm()
         self.tokens = Tokens(tokenizer_path(), self.config.text.max_length)
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from model.backbones.minilm import EMBEDDING_DIM, Tokens, load_minilm, tokenizer_path
+from model.build import build_method
 from model.config import ConfigError, config_from_dict
 from model.features import FeatureCache
-from model.methods import build_method
 from model.sentence_features import extract_sentence_features, text_digest
 from model.streams import MLPStream
 
@@ -100,7 +100,7 @@ def test_sentence_kind_builds_an_mlp_from_the_text_section() -> None:
     )
     assert (config.text.encoder, config.text.max_length) == ("minilm", 64)
     method = build_method(config, {"text": EMBEDDING_DIM}, {"text": "sentence"}, 3, False)
-    stream = method.streams["text"]
+    stream = method.stream("text")
     assert isinstance(stream, MLPStream)
     widths = [m.out_features for m in stream.body if isinstance(m, torch.nn.Linear)]
     assert widths == [32, 24] and stream.hash.bits == 16

@@ -20,6 +20,7 @@ from PIL import Image
 import model.features
 import model.train
 from model import metrics
+from model.build import build_method, standardize_inputs
 from model.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.records import DataError
@@ -27,7 +28,6 @@ from model.data.synthetic import write_synthetic_images
 from model.evaluate import distinct_codes, evaluate, evaluate_run, quick_map
 from model.export import export_bundle
 from model.features import extract_image_features
-from model.methods import build_method, standardize_inputs
 from model.prepare import prepare
 from model.train import TrainResult, seed_everything, train
 
@@ -80,7 +80,8 @@ def test_training_writes_checkpoint_and_metrics(trained: TrainResult, config: Ru
     assert state["kinds"] == {"image": "pixels", "text": "bag_of_words"}
     assert state["input_dims"]["image"] == 1280
     assert state["input_dims"]["text"] == len(state["vocabulary"]["tokens"])
-    assert state["banks"]["image"].shape == (90, 16)
+    assert state["method_state"]["banks"]["image"].shape == (90, 16)
+    assert (state["stage"], state["stage_epoch"], state["n_train"]) == ("joint", 4, 90)
 
     saved = json.loads((run / "metrics.json").read_text())
     assert (saved["bits"], saved["split_seed"]) == (16, 0)
@@ -153,14 +154,48 @@ def test_resume_after_interruption_is_bit_identical(
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    for modality in a["banks"]:
-        assert torch.equal(a["banks"][modality], b["banks"][modality]), modality
+    banks_a, banks_b = a["method_state"]["banks"], b["method_state"]["banks"]
+    for modality in banks_a:
+        assert torch.equal(banks_a[modality], banks_b[modality]), modality
     _assert_same(a["optimizer"], b["optimizer"])
     assert a["scheduler"] == b["scheduler"]
     assert a["history"] == b["history"]
     saved_a = json.loads((trained.run_dir / "metrics.json").read_text())
     saved_b = json.loads((run_b / "metrics.json").read_text())
     assert saved_a["history"] == saved_b["history"]
+
+
+def test_a_checkpoint_from_before_method_stages_resumes_the_same(
+    trained: TrainResult, config: RunConfig, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint as hashbridge wrote them before: [loss], bare banks, no stage."""
+    run = workdir / "run-old-format"
+    real_save = model.train.save_checkpoint
+
+    def save_old_format_then_interrupt(state: dict[str, Any], run_dir: Path) -> Path:
+        old = dict(state)
+        config = dict(old["config"])
+        config["loss"] = config.pop("dsmhn")
+        old["config"] = config
+        old["banks"] = old.pop("method_state")["banks"]
+        for key in ("stage", "stage_epoch", "n_train"):
+            del old[key]
+        path = real_save(old, run_dir)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(model.train, "save_checkpoint", save_old_format_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run)
+    monkeypatch.undo()
+    assert "banks" in load_checkpoint(run) and "stage" not in load_checkpoint(run)
+    resumed = train(config_from_dict({}), run, resume=True)
+    assert resumed.history == trained.history
+    a, b = load_checkpoint(trained.run_dir), load_checkpoint(run)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert b["config"] == a["config"]  # written back under the new section name
 
 
 @pytest.mark.parametrize(

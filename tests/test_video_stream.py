@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from model.backbones.video import Conv3dTemporal, FrameMean, clip_map_shape
+from model.build import build_method
 from model.config import ConfigError, config_from_dict
-from model.methods import build_method
 from model.streams import VideoStream
 from model.video_features import channel_statistics
 
@@ -93,7 +93,7 @@ def test_build_method_makes_the_configured_video_stream() -> None:
     assert shape == (2, 4, 1280, 2, 2)
     dims = {"video": int(np.prod(shape)), "text": 5}
     method = build_method(config, dims, {"video": "clip", "text": "bag_of_words"}, 3, False)
-    video = method.streams["video"]
+    video = method.stream("video")
     assert isinstance(video, VideoStream) and isinstance(video.temporal, Conv3dTemporal)
     assert video.map_shape == shape
     with torch.no_grad():

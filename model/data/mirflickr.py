@@ -1,4 +1,4 @@
-"""MIRFlickr-25K (20,015 image/tag pairs, 24 concepts) from its manifest or standard .mat files."""
+"""MIRFlickr-25K (20,015 image/tag pairs, 24 concepts) from its manifest."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data.records import DataError, PairedData, read_mat
+from model.data.records import DataError, PairedData
 
 # Column order of the standard mirflickr25k-lall.mat (LAll); concepts.txt holds the same list.
 MIRFLICKR_CONCEPTS = (
@@ -86,42 +86,6 @@ def load_mirflickr(root: str | Path, require_images: bool = True) -> PairedData:
         image_paths=image_paths,
         text_features=_multi_hot(tag_cells, len(vocab)),
     )
-
-
-def load_mirflickr_mat(root: str | Path) -> PairedData:
-    """Labels (LAll) and tag one-hots (YAll, as `text_features`) from the standard .mat files."""
-    root = Path(root)
-    labels = read_mat(root / "mirflickr25k-lall.mat", ["LAll"])["LAll"]
-    tags = read_mat(root / "mirflickr25k-yall.mat", ["YAll"])["YAll"]
-    n = labels.shape[0]
-    if labels.shape != (n, len(MIRFLICKR_CONCEPTS)) or tags.ndim != 2 or tags.shape[0] != n:
-        raise DataError(
-            f"LAll {labels.shape} and YAll {tags.shape} do not match: expected (n, 24) and "
-            "(n, 1386) with the same n",
-            path=root,
-        )
-    concepts_file = root / "concepts.txt"
-    names = _read_list(concepts_file) if concepts_file.is_file() else list(MIRFLICKR_CONCEPTS)
-    labels = (labels != 0).astype(np.uint8)
-    return PairedData(
-        ids=_manifest_ids(root / "manifest.csv", n),
-        label_names=names,
-        labels=labels,
-        multi_label=bool((labels.sum(axis=1) > 1).any()),
-        text_features=(tags != 0).astype(np.uint8),
-    )
-
-
-def _manifest_ids(path: Path, n: int) -> list[str]:
-    # The .mat files carry no ids: borrow the manifest's image ids so both loaders join on id,
-    # and fall back to row numbers for users who only downloaded the .mat files.
-    if not path.is_file():
-        return [str(i) for i in range(n)]
-    with path.open(newline="", encoding="utf-8") as f:
-        ids = [rec["image_id"] for rec in csv.DictReader(f)]
-    if len(ids) != n:
-        raise DataError(f"{len(ids)} rows but the .mat files have {n}", path=path)
-    return ids
 
 
 def _read_list(path: Path) -> list[str]:

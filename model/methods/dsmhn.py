@@ -8,10 +8,12 @@ the cost of slightly stale codes on the bank side.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
-from model.config import LossConfig
 from model.hashing import HashHead, LabelHead
 from model.losses import (
     TieAwareAPLoss,
@@ -21,24 +23,21 @@ from model.losses import (
     quantization_loss,
     semantic_label_loss,
 )
+from model.methods.base import Batch, Method, MethodSetup, Stage, TrainingSet
+from model.methods.options import DSMHNConfig
 
 
-class DSMHN(nn.Module):
-    """Streams + label heads + the DSMHN objective."""
+class DSMHN(Method):
+    """Streams + label heads + the DSMHN objective; one stage, Adam with a cosine schedule."""
 
-    def __init__(
-        self,
-        streams: dict[str, nn.Module],
-        bits: int,
-        num_labels: int,
-        multi_label: bool,
-        loss: LossConfig,
-    ) -> None:
-        super().__init__()
+    def __init__(self, streams: Mapping[str, nn.Module], setup: MethodSetup) -> None:
+        super().__init__(streams)
+        loss: DSMHNConfig = setup.options
+        bits, num_labels = setup.bits, setup.num_labels
         self.bits = bits
-        self.multi_label = multi_label
-        self.streams = nn.ModuleDict(streams)
+        self.multi_label = setup.multi_label
         self.cfg = loss
+        self.train_config = setup.train
         if loss.shared_label_head:
             # One classifier for every modality pulls same-label codes of all modalities together.
             shared = LabelHead(bits, num_labels)
@@ -51,41 +50,60 @@ class DSMHN(nn.Module):
         self.ranking = TieAwareAPLoss()
         self.banks: dict[str, torch.Tensor] = {}
 
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.streams)
+    def stages(self) -> list[Stage]:
+        train = self.train_config
+        return [
+            Stage(
+                name="joint",
+                epochs=train.epochs,
+                parameters=list(self.parameters()),
+                optimizer=lambda params: torch.optim.Adam(
+                    params, lr=train.lr, weight_decay=train.weight_decay
+                ),
+                schedule=lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(
+                    optimizer, T_max=train.epochs
+                ),
+            )
+        ]
 
-    def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """Continuous (tanh) codes of one modality."""
-        return self.streams[modality](x)
-
-    def set_epoch(self, epoch: int) -> None:
+    def start_epoch(self, stage: str, epoch: int) -> None:
         """Sharpen every hash layer's tanh for this epoch (continuation)."""
         beta = (1.0 + self.cfg.tanh_scale_growth * epoch) ** 0.5
         for module in self.modules():
             if isinstance(module, HashHead):
                 module.beta.fill_(beta)
 
-    def init_banks(self, n_train: int, device: torch.device) -> None:
+    def start_training(self, data: TrainingSet) -> None:
         """Start every modality's memory bank at random signs."""
         gen = torch.Generator().manual_seed(0)
         for m in self.modalities:
-            bank = torch.randint(0, 2, (n_train, self.bits), generator=gen).float() * 2 - 1
-            self.banks[m] = bank.to(device)
+            bank = torch.randint(0, 2, (len(data), self.bits), generator=gen).float() * 2 - 1
+            self.banks[m] = bank.to(data.device)
 
-    def training_loss(
-        self,
-        batch: dict[str, torch.Tensor],
-        index: torch.Tensor,
-        labels: torch.Tensor,
-        all_labels: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """Named loss terms for a batch of paired items (`index` are their training-set rows)."""
-        cfg = self.cfg
-        codes = {m: self.encode(m, x) for m, x in batch.items()}
+    def training_state(self) -> dict[str, Any]:
+        return {"banks": {m: b.cpu() for m, b in self.banks.items()}}
+
+    def load_training_state(self, state: dict[str, Any], device: torch.device) -> None:
+        self.banks = {m: b.to(device) for m, b in state["banks"].items()}
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Encode the batch, write its codes into the banks, then the objective's terms."""
+        assert batch.labels is not None and batch.train_labels is not None  # needs_labels
+        codes = {m: self.encode(m, x) for m, x in batch.inputs.items()}
         for m, h in codes.items():
             # Under mixed precision h is bfloat16; the bank keeps float32.
-            self.banks[m][index] = h.detach().to(self.banks[m].dtype)
+            self.banks[m][batch.positions] = h.detach().to(self.banks[m].dtype)
+        return self.objective(codes, batch.labels, batch.train_labels)
+
+    def objective(
+        self, codes: dict[str, torch.Tensor], labels: torch.Tensor, all_labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Named loss terms and their weighted "total" for a batch's codes against the banks.
+
+        Each modality's codes are matched to every other modality's bank (and to its own
+        with w_intra), rows of the bank being the training items of `all_labels`.
+        """
+        cfg = self.cfg
         s_all = label_similarity(labels, all_labels)
         terms: dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=labels.device)

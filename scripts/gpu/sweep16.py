@@ -42,21 +42,21 @@ BROAD: dict[str, list[Any]] = {
     "image.dropout": [0.1, 0.2, 0.4],
     "alpha": [0.25, 0.5, 0.75, 1.0],
     "balance": [True, False],
-    "loss.w_semantic": [0.5, 1.0, 2.0],
-    "loss.w_quantization": [0.0, 0.05, 0.1, 0.3],
-    "loss.w_balance": [0.0, 0.01, 0.1],
-    "loss.w_intra": [0.0, 0.5, 1.0],
-    "loss.binary_bank": [False, True],
-    "loss.tanh_scale_growth": [0.0, 0.5, 2.0],
-    "loss.shared_label_head": [True, False],
+    "dsmhn.w_semantic": [0.5, 1.0, 2.0],
+    "dsmhn.w_quantization": [0.0, 0.05, 0.1, 0.3],
+    "dsmhn.w_balance": [0.0, 0.01, 0.1],
+    "dsmhn.w_intra": [0.0, 0.5, 1.0],
+    "dsmhn.binary_bank": [False, True],
+    "dsmhn.tanh_scale_growth": [0.0, 0.5, 2.0],
+    "dsmhn.shared_label_head": [True, False],
 }
 #: Around the broad stage's best run that kept image->text >= 0.80 (its first draw).
 FOCUSED_START = {
     "train.lr": 1e-3, "train.epochs": 90, "train.batch_size": 256, "train.weight_decay": 1e-4,
     "text.hidden": [2048], "text.dropout": 0.3, "image.hidden": [1024], "image.dropout": 0.4,
-    "alpha": 0.5, "balance": False, "loss.w_semantic": 0.5, "loss.w_quantization": 0.1,
-    "loss.w_balance": 0.01, "loss.w_intra": 1.0, "loss.binary_bank": False,
-    "loss.tanh_scale_growth": 0.0, "loss.shared_label_head": False,
+    "alpha": 0.5, "balance": False, "dsmhn.w_semantic": 0.5, "dsmhn.w_quantization": 0.1,
+    "dsmhn.w_balance": 0.01, "dsmhn.w_intra": 1.0, "dsmhn.binary_bank": False,
+    "dsmhn.tanh_scale_growth": 0.0, "dsmhn.shared_label_head": False,
 }  # fmt: skip
 FOCUSED: dict[str, list[Any]] = {
     "train.lr": [7e-4, 1e-3, 1.5e-3],
@@ -69,16 +69,16 @@ FOCUSED: dict[str, list[Any]] = {
     "image.dropout": [0.2, 0.4],
     "alpha": [0.5, 0.75],
     "balance": [False],
-    "loss.w_semantic": [0.5, 1.0],
-    "loss.w_quantization": [0.05, 0.1],
-    "loss.w_balance": [0.01],
-    "loss.w_intra": [0.5, 1.0],
-    "loss.binary_bank": [False, True],
-    "loss.tanh_scale_growth": [0.0, 0.5],
-    "loss.shared_label_head": [False, True],
+    "dsmhn.w_semantic": [0.5, 1.0],
+    "dsmhn.w_quantization": [0.05, 0.1],
+    "dsmhn.w_balance": [0.01],
+    "dsmhn.w_intra": [0.5, 1.0],
+    "dsmhn.binary_bank": [False, True],
+    "dsmhn.tanh_scale_growth": [0.0, 0.5],
+    "dsmhn.shared_label_head": [False, True],
 }
 #: Draw names that are not config paths.
-PATHS = {"alpha": "loss.similarity_params.alpha", "balance": "loss.similarity_params.balance"}
+PATHS = {"alpha": "dsmhn.similarity_params.alpha", "balance": "dsmhn.similarity_params.balance"}
 STAGES = {"broad": ({}, BROAD, 1234), "focused": (FOCUSED_START, FOCUSED, 99)}
 
 

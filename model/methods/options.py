@@ -1,0 +1,95 @@
+"""Every method's own config section: `[dsmhn]` in a config file, `--set dsmhn.KEY=VALUE`.
+
+Torch-free (model.config reads them through model.methods.registry). A section is a
+dataclass deriving from `Section`: its fields are the keys (types checked from their
+defaults), `rules()` gives ranges and choices, `check()` anything that spans keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from model.checks import ConfigError, Rule, Section, at_least, check_arguments, one_of
+
+
+@dataclass
+class DSMHNConfig(Section):
+    """[dsmhn]: DSMHN's loss terms, their weights and the tanh continuation."""
+
+    similarity: str = "pairwise_nll"  # pairwise_nll | contrastive | triplet | tie_aware_ap
+    similarity_params: dict[str, Any] = field(default_factory=dict)
+    w_similarity: float = 1.0
+    w_ranking: float = 0.0  # a tie-aware AP term added to the similarity loss; 0: off
+    w_intra: float = 0.0
+    w_semantic: float = 1.0
+    w_quantization: float = 0.1
+    w_balance: float = 0.01
+    shared_label_head: bool = True
+    binary_bank: bool = False  # match each batch against the signs of the other modality's codes
+    tanh_scale_growth: float = 0.0  # tanh(beta x) with beta = sqrt(1 + growth * epoch); 0: off
+
+    def rules(self) -> dict[str, Rule]:
+        from model.losses import SIMILARITY_LOSSES  # torch: only once a config is checked
+
+        rules = {"similarity": one_of(SIMILARITY_LOSSES), "tanh_scale_growth": at_least(0)}
+        for f in dataclasses.fields(self):
+            if f.name.startswith("w_"):
+                rules[f.name] = at_least(0)
+        return rules
+
+    def check(self, where: str) -> None:
+        """similarity_params must be arguments the chosen loss takes, with values it accepts."""
+        from model.losses import SIMILARITY_LOSSES, make_similarity_loss
+
+        self.similarity_params = check_arguments(
+            self.similarity_params,
+            SIMILARITY_LOSSES[self.similarity],
+            f"{where}similarity_params",
+            f"{where}similarity = {self.similarity!r}",
+        )
+        try:  # the loss's own checks (e.g. alpha > 0) now, not after feature extraction
+            make_similarity_loss(self.similarity, **self.similarity_params)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}similarity_params for {self.similarity!r}: {exc}") from None
+
+
+@dataclass
+class DJSRHConfig(Section):
+    """[djsrh]: DJSRH's joint-semantics matrix, loss weights, optimiser and schedule.
+
+    Defaults are the reference code's MIRFlickr setting (zzs1994/DJSRH settings.py), but for
+    the cosine schedule (the reference keeps its learning rates constant).
+    """
+
+    beta: float = 0.9  # weight of the media (image/video) similarity in the fused matrix
+    eta: float = 0.4  # weight of the second-order (neighbourhood) term
+    mu: float = 1.5  # scale of the joint-semantics matrix
+    lambda_media: float = 0.1  # intra-modal term of the image / video codes (lambda1)
+    lambda_text: float = 0.1  # intra-modal term of the text codes (lambda2)
+    optimizer: str = "sgd"  # sgd (the reference's, with momentum) | adam
+    image_lr: float = 0.001  # learning rates per stream (train.lr is DSMHN's)
+    video_lr: float = 0.001
+    text_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine (annealed over train.epochs) | constant (the reference)
+
+    def rules(self) -> dict[str, Rule]:
+        share = Rule(lambda v: 0 <= v <= 1, "between 0 and 1")
+        positive = Rule(lambda v: v > 0, "above 0")
+        return {
+            "beta": share,
+            "eta": share,
+            "mu": positive,
+            "lambda_media": at_least(0),
+            "lambda_text": at_least(0),
+            "optimizer": one_of(("sgd", "adam")),
+            "image_lr": positive,
+            "video_lr": positive,
+            "text_lr": positive,
+            "momentum": Rule(lambda v: 0 <= v < 1, "at least 0 and below 1"),
+            "weight_decay": at_least(0),
+            "schedule": one_of(("cosine", "constant")),
+        }
