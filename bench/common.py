@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bundle.fileio import write_bytes
 from index.codes import check_bits
 from index.errors import CodeError
-from index.fileio import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -173,7 +173,7 @@ def emit(result: dict[str, Any], out: Path | None) -> None:
     sys.stdout.flush()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, [text.encode()])
+        write_bytes(out, text.encode())
 
 
 def log(message: str) -> None:

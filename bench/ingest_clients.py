@@ -190,7 +190,7 @@ def main() -> int:
             "server": {k: DEFAULTS[k] for k in ("workers", "worker_threads", "batch_window_ms")},
         },
         "notes": {
-            "baseline": "bare: the bundle's TextVectorizer + TorchScript text encoder in this "
+            "baseline": "bare: the bundle's vocabulary + TorchScript text encoder in this "
             "process, one thread, on the same texts, timed before and after each HTTP run",
             "http": "python -m service on loopback with default settings (thumbnails off: "
             "texts have none); each client is its own process with one httpx client posting "

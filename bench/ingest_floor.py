@@ -78,10 +78,10 @@ def serve(port: int) -> None:
     uvicorn.run(floor_app(), host="127.0.0.1", port=port, log_level="warning")
 
 
-def start_floor_server() -> tuple[subprocess.Popen[bytes], str]:
-    """Start the floor app in a child process and wait until it answers."""
+def start_floor_server(module: str = "bench.ingest_floor") -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``python -m module --serve PORT`` (a floor app) and wait until it answers."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.ingest_floor", "--serve", str(port)])
+    proc = subprocess.Popen([sys.executable, "-m", module, "--serve", str(port)])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -172,7 +172,7 @@ def main() -> int:
         "environment": env,
         "settings": {"bits": args.bits, "seed": args.seed, "bundle": kind},
         "notes": {
-            "baseline": "bare: the bundle's TextVectorizer + TorchScript text encoder in this "
+            "baseline": "bare: the bundle's vocabulary + TorchScript text encoder in this "
             "process, one thread (bench.serving's bare text path)",
             "http_floor": "a FastAPI route on uvicorn (own process, loopback) that json-parses "
             "the body and answers an id and a fixed code per text; one httpx client, one "

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from bundle.text import Vocabulary
 from model.build import build_method
 from model.checkpoint import save_checkpoint
 from model.config import config_from_dict
 from model.export import ModalityExport, build_encoders, export_bundle, load_run
-from model.text import Vocabulary
 
 VOCAB_SIZE = 1386  # MIRFlickr-25K's tag vocabulary in this project's runs
 NUM_LABELS = 24

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,6 @@ from bench.common import (
     ms,
     positive_int,
     ratio,
-    repeat,
     set_threads,
     timed,
 )
@@ -70,12 +70,20 @@ MEMORY_NOTE = (
     "what one service snapshot costs."
 )
 TIMING_NOTE = (
-    "batch: one search call with 100 queries, k=10, median of 3 to 50 calls (as many as fit "
-    "in about 1 s, at least 3); single: one "
-    "query per call over {singles} queries (after 5 warm-up calls). speedup_* = float32 "
-    "baseline time / this time; memory_ratio = float32 baseline bytes / this index's bytes. "
-    "build_s for the wrapper includes its Python bookkeeping and, for IVF, k-means training "
-    "(nlist = index.faiss_index.choose_nlist(n), FAISS's 25 k-means iterations)."
+    "All indexes of one (n, bits) are built first, then timed in {rounds} interleaved rounds: "
+    "each round runs, for every method in an order rotated per round, one search call with "
+    "100 queries (k=10) and its share of the {singles} single-query calls (after a warm-up "
+    "batch and 5 single calls). batch100.median_s is the median over rounds and "
+    "seconds_by_round its min/max and (max-min)/median; single pools every single call "
+    "(median_ms_by_round: the spread of the rounds' medians). overhead_vs_raw_* and "
+    "speedup_vs_float32_by_round are ratios taken round by round (calls seconds apart, so a "
+    "load change on the shared CPU hits both sides) and their median; speedup_* elsewhere = "
+    "float32 baseline median / this median; memory_ratio = float32 baseline bytes / this "
+    "index's bytes. build_s for the wrapper includes its Python bookkeeping and, for IVF, "
+    "k-means training (nlist = index.faiss_index.choose_nlist(n), FAISS's 25 k-means "
+    "iterations). blas records the BLAS libraries loaded (threadpoolctl) and the SIMD levels "
+    "the FAISS build carries: the float32 baseline runs through BLAS sgemm for batches of 20 "
+    "queries or more, and its speed is the kernel's."
 )
 GPU_NOTE = (
     "--gpu: float32 baseline faiss.GpuIndexFlatIP, raw binary faiss.GpuIndexBinaryFlat, the "
@@ -86,6 +94,22 @@ GPU_NOTE = (
     "top10_ids_equal_cpu_fraction is the share of queries whose float32 top-10 ids equal "
     "the CPU IndexFlatIP's. No IVF rows: FAISS has no GPU binary IVF."
 )
+
+
+def kernels() -> dict[str, Any]:
+    """The BLAS libraries loaded (each with its kernel architecture) and FAISS's SIMD build."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # a dev extra; the figures stand without it, the kernel goes unnamed
+        blas: Any = "unknown (threadpoolctl not installed)"
+    else:
+        keys = ("internal_api", "version", "architecture", "threading_layer", "num_threads")
+        blas = [
+            {"library": Path(lib["filepath"]).name, **{k: lib.get(k) for k in keys}}
+            for lib in threadpool_info()
+            if lib.get("user_api") == "blas"
+        ]
+    return {"blas": blas, "faiss_compile_options": faiss.get_compile_options().strip()}
 
 
 def gpu_resources() -> Any:
@@ -116,28 +140,80 @@ def make_data(
     return items, queries
 
 
-def single_latencies(search: Any, queries: np.ndarray, warmup: int = 5) -> list[float]:
-    """Per-call seconds of one-query searches (after a few warm-up calls)."""
-    for i in range(min(warmup, len(queries))):
-        search(queries[i : i + 1])
-    return [timed(lambda q=queries[i : i + 1]: search(q))[0] for i in range(len(queries))]
+class Interleaved:
+    """Time several search functions in alternating rounds, so load drifts hit all alike.
+
+    Each round times one batch call and a slice of the single queries of every method, the
+    methods in an order rotated per round. A method's figure is the median over rounds and
+    its spread the min/max of the rounds; ratios between methods are taken round by round
+    (each from calls seconds apart) and their median reported.
+    """
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        self.methods: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
+
+    def add(self, name: str, search: Any, batch: np.ndarray, singles: np.ndarray) -> None:
+        """Register a search function (queries -> anything) with its queries; warm it up."""
+        search(batch)
+        for i in range(min(5, len(singles))):
+            search(singles[i : i + 1])
+        self.methods[name] = (search, batch, singles)
+
+    def run(self) -> dict[str, dict[str, Any]]:
+        """Per method: batch seconds per round, single-query seconds per round."""
+        names = list(self.methods)
+        batch: dict[str, list[float]] = {n: [] for n in names}
+        single: dict[str, list[list[float]]] = {n: [] for n in names}
+        for r in range(self.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                search, queries, singles = self.methods[name]
+                batch[name].append(timed(lambda s=search, b=queries: s(b))[0])
+                part = np.array_split(np.arange(len(singles)), self.rounds)[r]
+                single[name].append(
+                    [timed(lambda q=singles[i : i + 1], s=search: s(q))[0] for i in part]
+                )
+        return {n: {"batch": batch[n], "single": single[n]} for n in names}
 
 
-def measure(search: Any, batch: np.ndarray, singles: np.ndarray, quick: bool) -> dict[str, Any]:
-    """Batch-of-100 timing and single-query latency of one search function."""
-    batch_times = repeat(
-        lambda: search(batch), min_runs=2 if quick else 3, max_runs=50, budget_s=1.0
-    )
-    med = float(np.median(batch_times))
-    single = single_latencies(search, singles)
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median, min, max and the relative spread (max - min) / median of per-round figures."""
+    med = float(np.median(values))
+    return {
+        "rounds": len(values),
+        "median": round(med, 6),
+        "min": round(min(values), 6),
+        "max": round(max(values), 6),
+        "spread_of_median": ratio(max(values) - min(values), med),
+    }
+
+
+def report_of(timings: dict[str, Any]) -> dict[str, Any]:
+    """The batch and single figures of one method from its interleaved rounds."""
+    med = float(np.median(timings["batch"]))
+    per_round = [float(np.median(r)) * 1000 for r in timings["single"] if r]
+    pooled = [t for r in timings["single"] for t in r]
     return {
         "batch100": {
-            "runs": len(batch_times),
+            "runs": len(timings["batch"]),
             "median_s": round(med, 6),
             "queries_per_s": round(BATCH / med, 1),
+            "seconds_by_round": spread(timings["batch"]),
         },
-        "single": latency_summary(single),
+        "single": {**latency_summary(pooled), "median_ms_by_round": spread(per_round)},
     }
+
+
+def paired_ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """a / b round by round (batch, and single-query medians): median and range."""
+    batch = [x / y for x, y in zip(a["batch"], b["batch"], strict=True)]
+    single = [
+        float(np.median(x)) / float(np.median(y))
+        for x, y in zip(a["single"], b["single"], strict=True)
+        if x and y
+    ]
+    return {"batch": spread(batch), "single_median": spread(single)}
 
 
 def add_speedups(report: dict[str, Any], base: dict[str, Any]) -> None:
@@ -164,14 +240,14 @@ def snapshot_save(index: FaissHammingIndex) -> dict[str, Any]:
 
 
 def bench_float(
-    x: np.ndarray, batch: np.ndarray, singles: np.ndarray, quick: bool, gpu: Any = None
+    timer: Interleaved, x: np.ndarray, batch: np.ndarray, singles: np.ndarray, gpu: Any = None
 ) -> dict[str, Any]:
     """The float32 inner-product baseline over the continuous vectors (on `gpu` if given)."""
     cpu = faiss.IndexFlatIP(x.shape[1])
     index = cpu if gpu is None else faiss.GpuIndexFlatIP(gpu, x.shape[1])
     build_s, _ = timed(lambda: index.add(x))
-    report = measure(lambda b: index.search(b, K), batch, singles, quick)
-    out = {"build_s": round(build_s, 4), **report}
+    timer.add("float32_flat_ip", lambda b: index.search(b, K), batch, singles)
+    out = {"build_s": round(build_s, 4)}
     if gpu is not None:
         cpu.add(x)
         same = index.search(batch, K)[1] == cpu.search(batch, K)[1]
@@ -180,11 +256,11 @@ def bench_float(
 
 
 def bench_raw(
+    timer: Interleaved,
     codes: np.ndarray,
     batch: np.ndarray,
     singles: np.ndarray,
     everything: np.ndarray,
-    quick: bool,
     gpu: Any = None,
 ) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
     """Raw IndexBinaryFlat (on `gpu` if given): report, exact top-k distances, tie statistics."""
@@ -192,20 +268,19 @@ def bench_raw(
     cpu = faiss.IndexBinaryFlat(bits)
     index = cpu if gpu is None else faiss.GpuIndexBinaryFlat(gpu, bits)
     build_s, _ = timed(lambda: index.add(codes))
-    report = measure(lambda b: index.search(b, K), batch, singles, quick)
+    timer.add("binary_flat_raw_faiss", lambda b: index.search(b, K), batch, singles)
     if gpu is not None:
         cpu.add(codes)
-    report = {
+    report: dict[str, Any] = {
         "build_s": round(build_s, 4),
         "bytes": len(faiss.serialize_index_binary(cpu)),
-        **report,
     }
     exact_d, _ = cpu.search(everything, K)
     if gpu is not None:
         gpu_d, _ = index.search(everything, K)
         report["distances_equal_cpu"] = bool(np.array_equal(gpu_d, exact_d))
     wide_d, _ = index.search(batch, 2 * K)
-    # The wrapper asks FAISS for 2k and widens while the k-th distance's ties run past them.
+    # IVF and the GPU path ask FAISS for 2k and widen while the k-th distance's ties run past.
     ties = {
         "fraction_of_batch_queries_needing_wider_pass": round(
             float(np.mean(wide_d[:, -1] == wide_d[:, K - 1])), 3
@@ -216,25 +291,23 @@ def bench_raw(
 
 
 def bench_wrapper_flat(
+    timer: Interleaved,
     codes: np.ndarray,
     batch: np.ndarray,
     singles: np.ndarray,
     everything: np.ndarray,
     exact_d: np.ndarray,
-    quick: bool,
     gpu: bool = False,
 ) -> dict[str, Any]:
     """FaissHammingIndex(kind="flat"), checked against raw FAISS's distances."""
     index = FaissHammingIndex(codes.shape[1] * 8, "flat", use_gpu=gpu)
     build_s, _ = timed(lambda: index.add(np.arange(len(codes)), codes))
-    if gpu:
-        index.search(batch[:1], K)  # builds the GPU mirror of the codes, outside the timings
-    report = measure(lambda b: index.search(b, K), batch, singles, quick)
+    # Registering warms the search up, which on the GPU builds its mirror outside the timings.
+    timer.add("binary_flat_wrapper", lambda b: index.search(b, K), batch, singles)
     return {
         "build_s": round(build_s, 4),
         "bytes": index.memory_bytes(),
         **snapshot_save(index),
-        **report,
         "distances_equal_raw_faiss": bool(
             np.array_equal(index.search(everything, K).distances, exact_d)
         ),
@@ -242,13 +315,13 @@ def bench_wrapper_flat(
 
 
 def bench_ivf(
+    timer: Interleaved,
     codes: np.ndarray,
     batch: np.ndarray,
     singles: np.ndarray,
     everything: np.ndarray,
     kth: np.ndarray,
     nprobes: list[int],
-    quick: bool,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """FaissHammingIndex(kind="ivf"): build report and one row per nprobe with recall@10."""
     bits = codes.shape[1] * 8
@@ -262,11 +335,11 @@ def bench_ivf(
     }
     rows = []
     for nprobe in nprobes:
-        log(f"n={len(codes)} bits={bits}: IVF nprobe={nprobe}")
-        report = measure(lambda b, p=nprobe: index.search(b, K, nprobe=p), batch, singles, quick)
+        search = partial(index.search, k=K, nprobe=nprobe)
+        timer.add(f"ivf_nprobe_{nprobe}", search, batch, singles)
         dist = index.search(everything, K, nprobe=nprobe).distances
         hits = (dist >= 0) & (dist <= kth[:, None])
-        rows.append({"nprobe": nprobe, **report, "recall_at_10": round(float(hits.mean()), 4)})
+        rows.append({"nprobe": nprobe, "recall_at_10": round(float(hits.mean()), 4)})
     return built, rows
 
 
@@ -277,7 +350,7 @@ def run_config(
     n_single: int,
     seed: int,
     noise: float,
-    quick: bool,
+    rounds: int,
     gpu: Any = None,
 ) -> dict[str, Any]:
     """All methods at one (n, bits); on the GPU (no IVF) when `gpu` resources are given."""
@@ -286,32 +359,41 @@ def run_config(
     codes, qcodes = pack_signs(x), pack_signs(q)
     batch_c, singles_c = qcodes[:BATCH], qcodes[BATCH:]
     result: dict[str, Any] = {"n": n, "bits": bits, "dim_float": bits}
+    timer = Interleaved(rounds)
 
-    log(f"n={n} bits={bits}: float32 IndexFlatIP")
-    base = bench_float(x, q[:BATCH], q[BATCH:], quick, gpu)
-    result["float32_flat_ip"] = base
+    log(f"n={n} bits={bits}: building float32 IndexFlatIP, IndexBinaryFlat, the wrapper")
+    base = bench_float(timer, x, q[:BATCH], q[BATCH:], gpu)
     del x
+    raw, exact_d, ties = bench_raw(timer, codes, batch_c, singles_c, qcodes, gpu)
+    flat = bench_wrapper_flat(timer, codes, batch_c, singles_c, qcodes, exact_d, gpu is not None)
+    built = rows = None
+    if gpu is None:
+        log(f"n={n} bits={bits}: FaissHammingIndex(kind='ivf') build (k-means)")
+        built, rows = bench_ivf(
+            timer, codes, batch_c, singles_c, qcodes, exact_d[:, K - 1], nprobes
+        )
+    log(f"n={n} bits={bits}: {rounds} interleaved rounds of {len(timer.methods)} methods")
+    timings = timer.run()
+    reports = {name: report_of(t) for name, t in timings.items()}
 
-    log(f"n={n} bits={bits}: raw IndexBinaryFlat")
-    raw, exact_d, ties = bench_raw(codes, batch_c, singles_c, qcodes, quick, gpu)
-    add_speedups(raw, base)
-    result["binary_flat_raw_faiss"] = raw
-    result["ties"] = ties
-
-    log(f"n={n} bits={bits}: FaissHammingIndex(kind='flat')")
-    flat = bench_wrapper_flat(codes, batch_c, singles_c, qcodes, exact_d, quick, gpu is not None)
-    add_speedups(flat, base)
-    flat["overhead_vs_raw_batch"] = ratio(flat["batch100"]["median_s"], raw["batch100"]["median_s"])
-    flat["overhead_vs_raw_single_median"] = ratio(
-        flat["single"]["median_ms"], raw["single"]["median_ms"]
+    base.update(reports["float32_flat_ip"])
+    raw.update(reports["binary_flat_raw_faiss"])
+    flat.update(reports["binary_flat_wrapper"])
+    for report in (raw, flat):
+        add_speedups(report, base)
+    against_raw = paired_ratio(timings["binary_flat_wrapper"], timings["binary_flat_raw_faiss"])
+    flat["overhead_vs_raw_batch"] = against_raw["batch"]["median"]
+    flat["overhead_vs_raw_single_median"] = against_raw["single_median"]["median"]
+    flat["overhead_vs_raw_by_round"] = against_raw
+    raw["speedup_vs_float32_by_round"] = paired_ratio(
+        timings["float32_flat_ip"], timings["binary_flat_raw_faiss"]
     )
+    result.update(float32_flat_ip=base, binary_flat_raw_faiss=raw, ties=ties)
     result["binary_flat_wrapper"] = flat
-    if gpu is not None:
+    if built is None or rows is None:
         return result
-
-    log(f"n={n} bits={bits}: FaissHammingIndex(kind='ivf') build (k-means)")
-    built, rows = bench_ivf(codes, batch_c, singles_c, qcodes, exact_d[:, K - 1], nprobes, quick)
     for row in rows:
+        row.update(reports[f"ivf_nprobe_{row['nprobe']}"])
         add_speedups(row, base)
         row["speedup_batch_vs_exact_binary_wrapper"] = ratio(
             flat["batch100"]["median_s"], row["batch100"]["median_s"]
@@ -337,6 +419,13 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "raw_flat_speedup_batch": r["binary_flat_raw_faiss"]["speedup_batch_vs_float32"],
                 "wrapper_flat_speedup_batch": r["binary_flat_wrapper"]["speedup_batch_vs_float32"],
                 "wrapper_overhead_vs_raw_batch": r["binary_flat_wrapper"]["overhead_vs_raw_batch"],
+                "wrapper_overhead_vs_raw_single": r["binary_flat_wrapper"][
+                    "overhead_vs_raw_single_median"
+                ],
+                "raw_flat_speedup_batch_range": [
+                    r["binary_flat_raw_faiss"]["speedup_vs_float32_by_round"]["batch"][key]
+                    for key in ("min", "max")
+                ],
                 "memory_ratio_raw_flat": r["binary_flat_raw_faiss"][
                     "memory_ratio_float32_over_this"
                 ],
@@ -373,6 +462,9 @@ def main() -> int:
     )
     parser.add_argument("--nprobe", type=positive_int, nargs="+", help="IVF nprobe values")
     parser.add_argument("--singles", type=positive_int, help="single queries timed per method")
+    parser.add_argument(
+        "--rounds", type=positive_int, help="interleaved timing rounds (default 9; quick 3)"
+    )
     parser.add_argument("--noise", type=float, default=0.5, help="cluster noise scale")
     parser.add_argument(
         "--gpu", action="store_true", help="search on the GPU (faiss-gpu); no IVF rows"
@@ -390,10 +482,12 @@ def main() -> int:
         for b in bits_list
         if n < 1_000_000 or b in (args.big_bits or bits_list)
     ]
-    env = environment(args.threads)
+    rounds = args.rounds or (3 if args.quick else 9)
+    n_single = max(n_single, rounds)
+    env = {**environment(args.threads), **kernels()}
     rows = []
     for n, bits in plan:
-        rows.append(run_config(n, bits, nprobes, n_single, args.seed, args.noise, args.quick, gpu))
+        rows.append(run_config(n, bits, nprobes, n_single, args.seed, args.noise, rounds, gpu))
     result = {
         "benchmark": "search",
         "command": command("bench.search"),
@@ -403,6 +497,7 @@ def main() -> int:
             "k": K,
             "batch_queries": BATCH,
             "single_queries": n_single,
+            "rounds": rounds,
             "seed": args.seed,
             "noise": args.noise,
             "cluster_centres": CENTRES,
@@ -413,7 +508,7 @@ def main() -> int:
             "data": DATA_NOTE.format(centres=CENTRES, noise=args.noise),
             "recall": RECALL_NOTE,
             "memory": MEMORY_NOTE,
-            "timing": TIMING_NOTE.format(singles=n_single),
+            "timing": TIMING_NOTE.format(singles=n_single, rounds=rounds),
             "baseline": "float32_flat_ip (exact inner product over the continuous vectors)",
             **({"gpu": GPU_NOTE} if gpu is not None else {}),
         },

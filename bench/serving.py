@@ -118,13 +118,13 @@ def bare_images(
 
     Files are decoded in a pool as large as the service's, as the service decodes them.
     """
-    size = int(bundle.inputs["image"]["size"])
+    image = bundle.inputs["image"]
     limit = DEFAULTS["max_image_pixels"]
     decode_s, pixels = timed(
         lambda: list(
             pool.map(
                 lambda item: decode_image(
-                    Upload(f"{item[0]}.jpg", "image/jpeg", item[1]), size, limit
+                    Upload(f"{item[0]}.jpg", "image/jpeg", item[1]), image, limit
                 ),
                 enumerate(files),
             )
@@ -373,7 +373,7 @@ def run_bundle(kind: str, root: Path, args: Any, sizes: Sizes) -> dict[str, Any]
     return {
         "bundle": kind,
         "bits": bundle.bits,
-        "image_size": bundle.inputs["image"]["size"],
+        "image_size": bundle.inputs["image"].size,
         "vocab_size": len(getattr(bundle.vectorizer, "tokens", ())) or None,
         "server": {
             "settings": server_settings,
@@ -463,7 +463,7 @@ def main() -> int:
             },
             "ingest": "Each batch is done in-process (service.media.decode_image in a "
             "thread pool as large as the service's (workers), or the bundle's "
-            "TextVectorizer; then the TorchScript encoder via service.encoders.load_bundle, "
+            "vocabulary; then the TorchScript encoder via service.encoders.load_bundle, "
             "one torch thread) and POSTed to /v1/items (multipart JPEGs 320x240, or a JSON "
             "body of texts), alternating which goes first, one client, one request at a "
             "time, after one warm-up batch each. HTTP time covers the client, "

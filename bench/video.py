@@ -11,7 +11,7 @@ and clips/s for decoding and for the exported encoder; JSON out.
 `accuracy` trains each temporal model (runs go under runs/bench/video/; a finished run is
 re-evaluated, not retrained, unless --retrain) and reports every direction's mAP@all of the
 binary codes on the run's own held-out split. `speed` decodes every clip of the run's dataset
-with `hashbridge.clips` (one process, then a pool of worker processes, as training does),
+with `bundle.clips` (one process, then a pool of worker processes, as training does),
 exports the run and times its TorchScript video encoder as the service loads it.
 """
 
@@ -113,10 +113,10 @@ def _with_validation_queries(run_dir: Path) -> dict[str, Any] | None:
     Small datasets such as kinetics-tiny (5 test clips) give a mAP over very few queries;
     their 15 validation clips make a second, larger held-out query set.
     """
+    from bundle.text import Vocabulary
     from model.evaluate import evaluate
     from model.export import load_run
     from model.prepare import prepare
-    from model.text import Vocabulary
 
     run = load_run(run_dir)
     vocab = run.state.get("vocabulary")
@@ -135,7 +135,7 @@ def _with_validation_queries(run_dir: Path) -> dict[str, Any] | None:
 
 def clip_speed(args: argparse.Namespace) -> dict[str, Any]:
     """Decode every clip of the run's dataset, then encode them with the exported encoder."""
-    from hashbridge.clips import ClipError, decode_clip
+    from bundle.clips import ClipError, decode_clip
     from model.data.clip_decoding import decode_clips
     from model.export import export_bundle, load_run
     from model.prepare import load_dataset

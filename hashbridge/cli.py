@@ -172,6 +172,7 @@ def _is_eval_report(path: Path) -> bool:
 
 @_model_command
 def _export(args: argparse.Namespace) -> int:
+    from bundle.manifest import Manifest
     from model.export import ExportError, export_bundle
 
     # The bundle is built beside --out and renamed into place: say so before the tracing.
@@ -180,12 +181,9 @@ def _export(args: argparse.Namespace) -> int:
         bundle = export_bundle(args.run, args.out, overwrite=args.force)
     except ExportError as exc:
         raise UsageError(str(exc)) from None
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    summary = {
-        "bundle": str(bundle),
-        "bits": manifest["bits"],
-        "modalities": sorted(manifest["modalities"]),
-    }
+    manifest = Manifest.read(bundle)
+    modalities = sorted(manifest.modalities)
+    summary = {"bundle": str(bundle), "bits": manifest.bits, "modalities": modalities}
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -259,6 +257,38 @@ def _serve(args: argparse.Namespace) -> int:
     except DataDirError as exc:
         raise UsageError(str(exc)) from None
     return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from hashbridge.ingest import IngestError, IngestOptions, ingest
+    from hashbridge.ingest_sources import SourceError, collect
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    for name, value in (("--batch", args.batch), ("--concurrency", args.concurrency)):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    if args.retries < 0:
+        raise UsageError(f"--retries must be 0 or more, got {args.retries}")
+    if not args.url.startswith(("http://", "https://")):
+        raise UsageError(f"--url must start with http:// or https://, got {args.url!r}")
+    try:
+        entries = collect(args.paths, args.prefix)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+    options = IngestOptions(
+        url=args.url,
+        api_key=args.api_key or os.environ.get("HASHBRIDGE_API_KEY") or None,
+        batch_items=args.batch,
+        concurrency=args.concurrency,
+        retries=args.retries,
+    )
+    try:
+        report = ingest(entries, options)
+    except IngestError as exc:
+        raise UsageError(str(exc)) from None
+    for line in report.summary_lines():
+        print(line, flush=True)
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,6 +391,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="clip and still side in pixels (default 112)")
     p.add_argument("--epochs", type=int, help="training epochs (default 20)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "ingest",
+        help="send a folder of media, or a manifest, to a running service",
+        description="Ingest images, clips and texts into a running service: folders are "
+        "walked recursively (a .txt beside an image or clip is its caption, stored as a text), "
+        "manifests (.csv, .jsonl) are read like training's (extra columns become metadata). "
+        "Items are named by their relative path (a manifest's by row id and column), so a "
+        "rerun skips what is stored. Exit status 1 when any item was refused or not sent.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="folder or manifest")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("HASHBRIDGE_URL", "http://127.0.0.1:8080"),
+        help="the service (HASHBRIDGE_URL, default http://127.0.0.1:8080)",
+    )
+    p.add_argument("--api-key", help="the service's key (default: HASHBRIDGE_API_KEY)")
+    p.add_argument("--batch", type=int, default=32, help="items per request (default 32)")
+    p.add_argument(
+        "--concurrency", type=int, default=2, help="requests in flight at once (default 2)"
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=8,
+        help="retries of a request on 503 or a dropped connection, with backoff (default 8)",
+    )
+    p.add_argument(
+        "--prefix", default="", help="put before every client id, to keep two sources apart"
+    )
+    p.set_defaults(func=_ingest)
     return parser
 
 

@@ -19,9 +19,9 @@ import av
 from PIL import Image
 from tqdm import tqdm
 
+from bundle.fileio import atomic_open, write_json
 from hashbridge.demo_service import SHOWN_LABELS_FILE
 from model.data.synthetic_video import CLASS_BY_NAME, CLASSES, generate_video_dataset
-from model.fileio import atomic_open, write_json
 
 log = logging.getLogger(__name__)
 

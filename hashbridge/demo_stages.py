@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bundle.digests import file_sha256
+from bundle.fileio import write_bytes
 from hashbridge.demo_service import DemoError
-from hashbridge.digests import file_sha256
-from index.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class State:
                 "folder"
             )
         workdir.mkdir(parents=True, exist_ok=True)
-        atomic_write(workdir / STATE_FILE, [b"{}"])
+        write_bytes(workdir / STATE_FILE, b"{}")
 
     def done(self, stage: str, fingerprint: str) -> dict[str, Any] | None:
         """The stage's record when it finished with these inputs, else None."""
@@ -70,7 +70,7 @@ class State:
 
     def _save(self) -> None:
         text = json.dumps(self.records, indent=2, sort_keys=True)
-        atomic_write(self.path, [text.encode()])
+        write_bytes(self.path, text.encode())
 
 
 def fingerprint(value: Any) -> str:

@@ -12,9 +12,12 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from bundle.widths import MAX_BITS, MIN_BITS
 from index.errors import CodeError
 
 __all__ = [
+    "MAX_BITS",
+    "MIN_BITS",
     "CodeError",
     "check_bits",
     "codes_from_hex",
@@ -28,9 +31,6 @@ __all__ = [
 _HEX = re.compile(r"[0-9a-fA-F]*")
 #: Number of set bits of every byte value; Hamming distance is the popcount of a xor.
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-MIN_BITS = 8
-MAX_BITS = 128
 
 
 def check_bits(bits: int) -> int:

@@ -1,7 +1,12 @@
 """FAISS-backed Hamming index (flat, IVF, or auto-switching); the only module importing faiss.
 
 Results match ``NumpyHammingIndex`` exactly for the flat kind and for IVF probed
-with ``nprobe >= nlist``: FAISS candidates are re-ranked by (distance, insertion
+with ``nprobe >= nlist``. On the CPU, ``IndexBinaryFlat`` already returns the top k
+in (distance, slot) order: it scans slots in ascending order per query and its heap
+admits an item only when strictly nearer, evicting the largest (distance, slot) first
+(``tests/test_index_backends.py`` holds it to the reference on tie-heavy codes), so
+its answer is used as is. IVF (lists scanned out of slot order) and the GPU mirror
+break ties their own way: their candidates are re-ranked by (distance, insertion
 sequence), widening the candidate set until the k-th distance's tie group is
 complete (see ``index.ranking``).
 
@@ -24,7 +29,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from index.base import PathLike, SearchResult, check_ids, check_k, empty_result
+from index.base import PAD, PathLike, SearchResult, check_ids, check_k, empty_result
 from index.codes import check_bits, validate_codes
 from index.errors import IndexFileError
 from index.fileio import check_header, read_container, write_container
@@ -190,6 +195,9 @@ class FaissHammingIndex:
             params = faiss.SearchParameters()
             params.sel = faiss.IDSelectorBitmap(alive.size, faiss.swig_ptr(alive))
 
+        if not self.is_ivf and self._gpu_res is None:
+            return self._flat_search(queries, k, params)
+
         def candidates(
             rows: npt.NDArray[np.intp], kk: int
         ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
@@ -201,6 +209,15 @@ class FaissHammingIndex:
         # Slots are insertion sequences, so they rank ties directly.
         found = top_k_by_sequence(candidates, queries.shape[0], n, k, lambda slots: slots)
         return SearchResult(ids=self._runs.ids_of(found.ids), distances=found.distances)
+
+    def _flat_search(self, queries: npt.NDArray[np.uint8], k: int, params: Any) -> SearchResult:
+        """One FAISS call; its (distance, slot) order is the tie rule, so no re-ranking."""
+        dist, slots = self._index.search(queries, k, params=params)
+        ids = self._runs.ids_of_live(slots)  # FAISS returns live slots only (and -1 pads)
+        if k > len(self):  # slots FAISS could not fill come back as -1, distance int max
+            pad = slots < 0
+            ids[pad], dist[pad] = PAD, PAD
+        return SearchResult(ids=ids, distances=dist)
 
     def save(self, path: PathLike, *, extra: Mapping[str, Any] | None = None) -> None:
         """Write the FAISS index and the id runs atomically."""

@@ -1,4 +1,4 @@
-"""Atomic writes and the small self-describing container used for index files.
+"""The small self-describing container used for index files, written atomically.
 
 Layout: 8-byte magic, uint32 little-endian header length, a JSON header, then
 the payload blobs back to back. The header lists the blob lengths and a CRC32
@@ -10,38 +10,16 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bundle.fileio import write_bytes
 from index.errors import BitsMismatchError, IndexFileError
 
 MAGIC = b"HBIDX\x00\x01\n"
 _LEN = struct.Struct("<I")
-
-
-def atomic_write(path: str | os.PathLike[str], chunks: Sequence[bytes]) -> None:
-    """Write chunks to path via a temp file in the same directory, fsync and rename."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # The rename is only durable once the directory entry itself is on disk.
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_container(
@@ -53,7 +31,7 @@ def write_container(
         crc = zlib.crc32(blob, crc)
     full = {**header, "blob_sizes": [len(b) for b in blobs], "crc32": crc}
     head = json.dumps(full, sort_keys=True).encode()
-    atomic_write(path, [MAGIC, _LEN.pack(len(head)), head, *blobs])
+    write_bytes(path, MAGIC, _LEN.pack(len(head)), head, *blobs)
 
 
 def _read_head(f: Any, path: Path) -> dict[str, Any]:

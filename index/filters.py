@@ -17,6 +17,10 @@ from typing import Any
 # json_each's type names for each Python JSON value; numbers stay loose (1e400 and ints
 # past int64 are "real" to SQLite) and the exact test settles them.
 _NUMBER_TYPES = ("integer", "real")
+#: Keys the SQL prefilter tests; the exact test settles any others. Each key is a subquery,
+#: and SQLite refuses a statement past its expression-depth limit ("Expression tree is too
+#: large" at about 1,000 keys), so a filter of any size must not become one clause per key.
+PREFILTER_KEYS = 16
 
 
 def matches(metadata: Mapping[str, Any] | None, where: Mapping[str, Any] | None) -> bool:
@@ -33,7 +37,7 @@ def sql_prefilter(where: Mapping[str, Any]) -> tuple[str, list[Any]]:
     """(condition, parameters) met by every row whose JSON ``metadata`` matches where."""
     clauses: list[str] = []
     params: list[Any] = []
-    for key, value in where.items():
+    for key, value in list(where.items())[:PREFILTER_KEYS]:
         types: tuple[str, ...]
         atom = None
         if value is None:

@@ -92,7 +92,8 @@ def build_method(
             )
         streams[modality] = STREAMS[kinds[modality]].build(config, dim)
     setup = MethodSetup(config.bits, num_labels, multi_label, config.options, config.train)
-    return method_class(config.method)(streams, setup)
+    cls: type[Method] = method_class(config.method)
+    return cls(streams, setup)
 
 
 def standardize_inputs(

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
+from bundle.fileio import atomic_write
 from model.config import ConfigError, RunConfig, config_from_dict
 from model.data.records import DataError
-from model.fileio import atomic_write
 
 if TYPE_CHECKING:
     from model.methods.base import Method, Stage

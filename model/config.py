@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Code widths: only what the Hamming index (and so the service) takes.
-from index.codes import MAX_BITS, MIN_BITS
+from bundle.text import TOKENIZER_MODES
+from bundle.widths import MAX_BITS, MIN_BITS  # code widths: what the index and service take
 from model.checks import (
     ConfigError,
     Rule,
@@ -32,7 +32,6 @@ from model.checks import (
     show,
 )
 from model.methods.registry import METHODS
-from model.text import TOKENIZER_MODES
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "config_from_dict", "load_config"]
 

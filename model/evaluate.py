@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bundle.fileio import write_json
 from model import metrics
-from model.fileio import write_json
 from model.hashing import signs
 from model.methods.base import Method
 from model.plots import plot_pr_curves, plot_precision_at_k
@@ -178,10 +178,10 @@ def evaluate_run(
 
     ``data``: where the run's data is now, when it has moved since training.
     """
+    from bundle.text import Vocabulary
     from model.checkpoint import load_checkpoint, run_config, trained_method
     from model.data.records import DataError
     from model.prepare import data_fingerprint, prepare
-    from model.text import Vocabulary
 
     state = load_checkpoint(run_dir)
     config = run_config(state, run_dir, data)

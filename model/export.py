@@ -1,23 +1,21 @@
 """Export a trained run as a bundle: one TorchScript encoder per modality plus manifest.json.
 
-The bundle is the whole contract with `service/` (see `service/encoders.py`, which loads it
-without importing `model/`): encoders take prepared inputs (uint8 pixels, a float32 bag of
-words, int64 token ids and attention mask, or float32 feature vectors) and return packed
-uint8 codes, MSB-first; files an input needs (a tokenizer) are copied in beside them. The bundle is
-written into a temporary folder and renamed into place only after every traced encoder has
-been reloaded from disk and shown to give the eager model's codes bit for bit.
+The bundle is the whole contract with `service/` (its format lives in `bundle/`, which both
+sides import; the service never imports `model/`): encoders take prepared inputs (uint8
+pixels, a float32 bag of words, int64 token ids and attention mask, or float32 feature
+vectors) and return packed uint8 codes, MSB-first; files an input needs (a tokenizer) are
+copied in beside them. Each input kind (`bundle.inputs`) has one builder here: its eager
+encoder and sample inputs. `bundle.writer.BundleWriter` writes the bundle into a temporary
+folder, renamed into place only after every traced encoder has been reloaded from disk and
+shown to give the eager model's codes bit for bit.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
-import os
-import shutil
-import tempfile
-import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashbridge.bundle_format import FORMAT_VERSION, MANIFEST, SPEC_DIGEST, spec_digest
-from hashbridge.clips import decode_clip
-from hashbridge.digests import file_sha256
+from bundle.encoders import trace
+from bundle.inputs import BagOfWords, Clip, Features, InputKind, Pixels, Sentence
+from bundle.manifest import MANIFEST
+from bundle.sentence import SentenceTokenizer
+from bundle.text import Vocabulary
+from bundle.writer import BundleWriter
 from model.backbones.efficientnet import TrunkFront, load_pretrained
-from model.backbones.minilm import MODEL_NAME, Tokens, load_minilm, tokenizer_path
+from model.backbones.minilm import MODEL_NAME, load_minilm, tokenizer_path
 from model.backbones.video import FrameMaps
 from model.checkpoint import load_checkpoint, trained_method
 from model.config import ConfigError, RunConfig, config_from_dict
@@ -39,17 +40,13 @@ from model.data.records import DataError, PairedData
 from model.hashing import PixelNormalize, pack_bits
 from model.methods.base import Method
 from model.prepare import load_dataset
-from model.text import Vocabulary
 
 log = logging.getLogger(__name__)
 
-#: Kinds of model input (see model/prepare.py); each is also the manifest's "input" name.
-KINDS = ("pixels", "clip", "bag_of_words", "sentence", "features")
 #: Real items and synthetic inputs each encoder is verified on.
 REAL_SAMPLES = 12
 RANDOM_SAMPLES = 4
 VIDEO_SAMPLES = 4  # each is frames x clips images through the trunk
-SENTENCE_TOKENIZER = "tokenizer.json"
 _REQUIRED_STATE = ("config", "model", "input_dims", "kinds", "label_names", "multi_label")
 
 
@@ -129,15 +126,12 @@ class VectorEncoder(nn.Module):
 
 @dataclass
 class ModalityExport:
-    """One modality's eager encoder, its manifest entry and its verification inputs."""
+    """One modality's eager encoder, the input it takes and its verification inputs."""
 
     modality: str
-    kind: str
     encoder: nn.Module
-    spec: dict[str, Any]
+    kind: InputKind
     samples: torch.Tensor
-    #: Files copied into the bundle beside the encoder (bundle name -> source).
-    assets: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,6 +142,24 @@ class RunState:
     config: RunConfig
     state: dict[str, Any]
     method: Method
+
+
+@dataclass
+class _Source:
+    """What an export builder draws on: the run, and some of its data when it is readable."""
+
+    run: RunState
+    modality: str
+    data: PairedData | None
+    rows: np.ndarray
+
+    @property
+    def stream(self) -> nn.Module:
+        return self.run.method.stream(self.modality)
+
+    @property
+    def dim(self) -> int:
+        return int(self.run.state["input_dims"][self.modality])
 
 
 def load_run(run_dir: Path | str) -> RunState:
@@ -172,7 +184,7 @@ def load_run(run_dir: Path | str) -> RunState:
     except ConfigError as exc:
         raise ExportError(f"checkpoint in {run_dir} holds an invalid config: {exc}") from None
     for modality, kind in state["kinds"].items():
-        if kind not in KINDS:
+        if kind not in _BUILDERS:
             raise ExportError(f"{modality} input kind {kind!r} cannot be exported")
     try:
         method = trained_method(state, config, run_dir)
@@ -182,59 +194,12 @@ def load_run(run_dir: Path | str) -> RunState:
 
 
 def build_encoders(run: RunState) -> dict[str, ModalityExport]:
-    """The eager encoder of every trained modality, with its manifest entry and sample inputs."""
-    config, state = run.config, run.state
-    data, rows = _sample_source(config)
-    exports: dict[str, ModalityExport] = {}
-    for modality, kind in sorted(state["kinds"].items()):
-        stream = run.method.stream(modality)
-        dim = int(state["input_dims"][modality])
-        assets: dict[str, Path] = {}
-        if kind == "pixels":
-            backbone = load_pretrained(config.image.backbone)
-            spec_b = backbone.spec
-            tail = config.image.finetune_blocks
-            # With fine-tuning, the stream holds the trained tail; the frozen front feeds it.
-            trunk: nn.Module = TrunkFront(backbone, tail) if tail else backbone
-            encoder: nn.Module = ImageEncoder(
-                trunk, spec_b.mean, spec_b.std, stream, config.image.flip_features
-            )
-            spec = {
-                "input": "pixels",
-                "size": config.image.size,
-                "dtype": "uint8",
-                "layout": "NCHW RGB",
-                "resize": "EXIF transpose, shorter side bilinear to size, centre crop",
-                "backbone": config.image.backbone,
-                "mean": list(spec_b.mean),
-                "std": list(spec_b.std),
-                "flip_features": config.image.flip_features,
-            }
-            samples = _pixel_samples(data, rows, config.image.size)
-        elif kind == "clip":
-            encoder, spec = _video_encoder(config, stream)
-            samples = _clip_samples(data, rows, config)
-        elif kind == "bag_of_words":
-            if not state.get("vocabulary"):
-                raise ExportError(
-                    f"checkpoint in {run.run_dir} has a text stream but no vocabulary"
-                )
-            vocabulary = Vocabulary.from_json(state["vocabulary"])
-            encoder = VectorEncoder(stream)
-            spec = {"input": "bag_of_words", "dim": dim, "vocabulary": vocabulary.to_json()}
-            samples = _text_samples(data, rows, vocabulary)
-        elif kind == "sentence":
-            tokens = Tokens(tokenizer_path(), config.text.max_length)
-            encoder = SentenceCodeEncoder(load_minilm(), stream)
-            spec = _sentence_spec(tokens)
-            samples = _sentence_samples(data, rows, tokens)
-            assets = {SENTENCE_TOKENIZER: tokens.path}
-        else:
-            encoder = VectorEncoder(stream)
-            spec = {"input": "features", "dim": dim, "dtype": "float32"}
-            samples = _feature_samples(data, rows, modality, stream, dim)
-        exports[modality] = ModalityExport(modality, kind, encoder.eval(), spec, samples, assets)
-    return exports
+    """The eager encoder of every trained modality, with its input kind and sample inputs."""
+    data, rows = _sample_source(run.config)
+    return {
+        modality: _BUILDERS[name](_Source(run, modality, data, rows))
+        for modality, name in sorted(run.state["kinds"].items())
+    }
 
 
 def export_bundle(run_dir: Path | str, out_dir: Path | str, *, overwrite: bool = False) -> Path:
@@ -255,47 +220,25 @@ def export_bundle(run_dir: Path | str, out_dir: Path | str, *, overwrite: bool =
         )
     run = load_run(run_dir)
     exports = build_encoders(run)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-", suffix=".tmp"))
-    try:
-        files: dict[str, str] = {}
-        modalities: dict[str, dict[str, Any]] = {}
-        verified: dict[str, int] = {}
+    verified: dict[str, int] = {}
+    with BundleWriter(out) as writer:
         for modality, item in exports.items():
-            name = f"{modality}.pt"
-            _trace(item, tmp / name)
-            verified[modality] = _verify(item, tmp / name)
-            files[name] = file_sha256(tmp / name)
-            for asset, source in item.assets.items():
-                shutil.copyfile(source, tmp / asset)
-                _fsync(tmp / asset)
-                files[asset] = file_sha256(tmp / asset)
-            modalities[modality] = {"file": name, **item.spec}
-        manifest = _manifest(run, modalities, files, verified)
-        _write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        _install(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            path = writer.add(modality, trace(item.encoder, item.samples[:2]), item.kind)
+            verified[modality] = _verify(item, path)
+        writer.finish(
+            run.config.bits,
+            method=run.config.method,
+            label_names=list(run.state["label_names"]),
+            multi_label=bool(run.state["multi_label"]),
+            provenance=_provenance(run, verified),
+        )
     log.info("exported %s to %s: %d bits, %s", run.run_dir, out, run.config.bits, sorted(exports))
     return out
 
 
-def _manifest(
-    run: RunState,
-    modalities: dict[str, dict[str, Any]],
-    files: dict[str, str],
-    verified: dict[str, int],
-) -> dict[str, Any]:
+def _provenance(run: RunState, verified: dict[str, int]) -> dict[str, Any]:
     config, state = run.config, run.state
     return {
-        "format_version": FORMAT_VERSION,
-        "method": config.method,
-        "bits": config.bits,
-        "label_names": list(state["label_names"]),
-        "multi_label": bool(state["multi_label"]),
-        "modalities": modalities,
-        "files": files,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "hashbridge_version": _version(),
         "torch_version": torch.__version__,
@@ -307,17 +250,6 @@ def _manifest(
         },
         "verified_samples": verified,
     }
-
-
-def _trace(item: ModalityExport, path: Path) -> None:
-    example = item.samples[:2]
-    # Shape-dependent Python values (TF 'SAME' padding) are fixed by the input size, which
-    # the manifest pins; the batch axis stays dynamic and _verify checks several batch sizes.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(item.encoder, example, check_trace=False)
-    traced.save(str(path), _extra_files={SPEC_DIGEST: spec_digest(item.spec)})
-    _fsync(path)
 
 
 def _verify(item: ModalityExport, path: Path) -> int:
@@ -356,158 +288,122 @@ def _sample_source(config: RunConfig) -> tuple[PairedData | None, np.ndarray]:
     return data, np.asarray(split.train[:REAL_SAMPLES], dtype=np.int64)
 
 
-def _pixel_samples(data: PairedData | None, rows: np.ndarray, size: int) -> torch.Tensor:
-    images: list[np.ndarray] = []
+def _pixels(source: _Source) -> ModalityExport:
+    image = source.run.config.image
+    backbone = load_pretrained(image.backbone)
+    tail = image.finetune_blocks
+    # With fine-tuning, the stream holds the trained tail; the frozen front feeds it.
+    trunk: nn.Module = TrunkFront(backbone, tail) if tail else backbone
+    mean, std = backbone.spec.mean, backbone.spec.std
+    encoder = ImageEncoder(trunk, mean, std, source.stream, image.flip_features)
+    kind = Pixels(image.size, image.backbone, mean, std, image.flip_features)
+    data, real = source.data, []
     if data is not None and data.image_paths is not None:
-        for row in rows:
+        for row in source.rows:
             path = data.image_paths[row]
             if path is not None and Path(path).is_file():
-                images.append(load_image(Path(path), size))
-    if not images:
+                real.append(load_image(Path(path), image.size))
+    if not real:
         log.warning("no image files of the run are readable; verifying on random pixels only")
-    rng = np.random.default_rng(0)
-    images += list(rng.integers(0, 256, size=(RANDOM_SAMPLES, 3, size, size), dtype=np.uint8))
-    return torch.from_numpy(np.stack(images))
+    return _export(source, encoder, kind, real)
 
 
-def _video_encoder(config: RunConfig, stream: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
-    video = config.video
+def _clip(source: _Source) -> ModalityExport:
+    video = source.run.config.video
     backbone = load_pretrained(video.backbone)
-    encoder = VideoEncoder(FrameMaps(backbone), backbone.spec.mean, backbone.spec.std, stream)
-    spec = {
-        "input": "clip",
-        "frames": video.frames,
-        "size": video.size,
-        "clips": video.clips,
-        "dtype": "uint8",
-        "layout": "N clips frames C H W, RGB",
-        "sampling": "clips equal windows end to end; frames at the centres of equal segments "
-        "of each, by presentation time (hashbridge.clips.decode_clip)",
-        "resize": "display matrix applied, shorter side bilinear to size, centre crop",
-        "backbone": video.backbone,
-        "temporal": video.temporal,
-        "mean": list(backbone.spec.mean),
-        "std": list(backbone.spec.std),
-    }
-    return encoder, spec
-
-
-def _clip_samples(data: PairedData | None, rows: np.ndarray, config: RunConfig) -> torch.Tensor:
-    video = config.video
-    clips: list[np.ndarray] = []
+    mean, std = backbone.spec.mean, backbone.spec.std
+    encoder = VideoEncoder(FrameMaps(backbone), mean, std, source.stream)
+    kind = Clip(
+        frames=video.frames,
+        size=video.size,
+        clips=video.clips,
+        backbone=video.backbone,
+        temporal=video.temporal,
+        mean=mean,
+        std=std,
+    )
+    data, real = source.data, []
     if data is not None and data.video_paths is not None:
-        for row in rows[:VIDEO_SAMPLES]:
+        for row in source.rows[:VIDEO_SAMPLES]:
             path = data.video_paths[row]
             if path is not None and Path(path).is_file():
-                clips.append(
-                    decode_clip(path, frames=video.frames, size=video.size, clips=video.clips)
-                )
-    if not clips:
+                real.append(kind.prepare(path))
+    if not real:
         log.warning("no video files of the run are readable; verifying on random clips only")
-    rng = np.random.default_rng(0)
-    shape = (RANDOM_SAMPLES, video.clips, video.frames, 3, video.size, video.size)
-    clips += list(rng.integers(0, 256, size=shape, dtype=np.uint8))
-    return torch.from_numpy(np.stack(clips))
+    return _export(source, encoder, kind, real)
 
 
-def _text_samples(
-    data: PairedData | None, rows: np.ndarray, vocabulary: Vocabulary
-) -> torch.Tensor:
-    texts = [] if data is None or data.texts is None else [data.texts[r] for r in rows]
+def _bag_of_words(source: _Source) -> ModalityExport:
+    stored = source.run.state.get("vocabulary")
+    if not stored:
+        raise ExportError(f"checkpoint in {source.run.run_dir} has a text stream but no vocabulary")
+    kind = BagOfWords(Vocabulary.from_json(stored))
+    texts = _texts(source)
     if not texts:
         log.warning("no texts of the run are readable; verifying on random bags of words only")
-    rng = np.random.default_rng(0)
-    bags = [vocabulary.encode(texts)] if texts else []
-    rand = (rng.random((RANDOM_SAMPLES, len(vocabulary))) < 0.05).astype(np.float32)
-    rand[0] = 0.0  # a text with no known word
-    return torch.from_numpy(np.concatenate([*bags, rand]))
+    # With the texts, a text with no known word.
+    real = [*kind.vocabulary.encode(texts), np.zeros(len(kind.vocabulary), np.float32)]
+    return _export(source, VectorEncoder(source.stream), kind, real)
 
 
-def _sentence_spec(tokens: Tokens) -> dict[str, Any]:
-    return {
-        "input": "sentence",
-        "encoder": MODEL_NAME,
-        "tokenizer": SENTENCE_TOKENIZER,
-        "max_length": tokens.max_length,
-        "pad_id": tokens.pad_id,
-        "dtype": "int64",
-        "layout": "N 2 max_length: token ids, then the attention mask (1 = token, 0 = padding)",
-        "truncation": "to max_length tokens, [CLS] and [SEP] included; padded on the right",
-    }
-
-
-def _sentence_samples(data: PairedData | None, rows: np.ndarray, tokens: Tokens) -> torch.Tensor:
-    texts = [] if data is None or data.texts is None else [data.texts[r] for r in rows]
+def _sentence(source: _Source) -> ModalityExport:
+    tokenizer = SentenceTokenizer(tokenizer_path(), source.run.config.text.max_length)
+    kind = Sentence(tokenizer, encoder=MODEL_NAME)
+    texts = _texts(source)
     if not texts:
         log.warning("no texts of the run are readable; verifying on made-up sentences only")
     # An empty text, one cut at max_length, and characters outside the vocabulary.
-    texts += ["", "a photo " * tokens.max_length, "Çà et là, 猫 🐈 — ok?", "two dogs play"]
-    ids, mask = tokens.encode(texts)
-    return torch.from_numpy(np.stack([ids, mask], axis=1))
+    texts += ["", "a photo " * tokenizer.max_length, "Çà et là, 猫 🐈 — ok?", "two dogs play"]
+    encoder = SentenceCodeEncoder(load_minilm(), source.stream)
+    return _export(source, encoder, kind, list(kind.vectorize(texts)[0]))
 
 
-def _feature_samples(
-    data: PairedData | None, rows: np.ndarray, modality: str, stream: nn.Module, dim: int
-) -> torch.Tensor:
-    parts: list[np.ndarray] = []
-    if data is not None:
-        features = getattr(data, f"{modality}_features", None)
-        if features is not None and features.shape[1] == dim:
-            parts.append(np.asarray(features[rows], dtype=np.float32))
-    if not parts:
-        log.warning("no %s feature rows of the run are readable; using synthetic ones", modality)
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.randn(RANDOM_SAMPLES, dim, generator=gen)
-    synthetic = stream.shift + noise * stream.scale  # type: ignore[operator]
-    return torch.cat([torch.from_numpy(p) for p in parts] + [synthetic.float()])
+def _features(source: _Source) -> ModalityExport:
+    kind, stream = Features(source.dim), source.stream
+    features = getattr(source.data, f"{source.modality}_features", None)
+    real: list[np.ndarray] = []
+    if features is not None and features.shape[1] == kind.dim:
+        real = list(np.asarray(features[source.rows], dtype=np.float32))
+    if not real:
+        log.warning(
+            "no %s feature rows of the run are readable; using synthetic ones", source.modality
+        )
+    # Probes standardised the other way round: vectors where the trained stream expects them.
+    probe = torch.from_numpy(kind.probe(RANDOM_SAMPLES))
+    synthetic = (stream.shift + probe * stream.scale).float().numpy()  # type: ignore[operator]
+    return ModalityExport(
+        source.modality,
+        VectorEncoder(stream).eval(),
+        kind,
+        torch.from_numpy(np.stack(real + list(synthetic))),
+    )
+
+
+def _export(
+    source: _Source, encoder: nn.Module, kind: InputKind, real: list[np.ndarray]
+) -> ModalityExport:
+    """The encoder checked on the run's own items (when readable) and on the kind's probes."""
+    samples = np.concatenate([*([np.stack(real)] if real else []), kind.probe(RANDOM_SAMPLES)])
+    return ModalityExport(source.modality, encoder.eval(), kind, torch.from_numpy(samples))
+
+
+def _texts(source: _Source) -> list[str]:
+    data = source.data
+    return [] if data is None or data.texts is None else [data.texts[r] for r in source.rows]
+
+
+#: How each input kind a run trained on is exported: its eager encoder and samples.
+_BUILDERS: dict[str, Callable[[_Source], ModalityExport]] = {
+    Pixels.name: _pixels,
+    Clip.name: _clip,
+    BagOfWords.name: _bag_of_words,
+    Sentence.name: _sentence,
+    Features.name: _features,
+}
 
 
 def _occupied(out: Path) -> bool:
     return out.exists() and (not out.is_dir() or any(out.iterdir()))
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an old bundle is replaced only once the new is whole."""
-    # mkdtemp makes the folder private (0700); a bundle is meant to be read by a service that
-    # may run as another user (the container's), so give it the usual umask'd permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    _fsync_dir(tmp)
-    old = None
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        else:
-            old = out.with_name(f".{out.name}-old-{os.getpid()}")
-            os.replace(out, old)
-    os.replace(tmp, out)
-    _fsync_dir(out.parent)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()  # a file, or a link to the earlier bundle (left where it points)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _version() -> str:

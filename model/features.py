@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hashbridge.digests import file_sha256
+from bundle.digests import file_sha256
 from model.backbones.efficientnet import TrunkFront, load_pretrained
 from model.data.images import load_image
 from model.hashing import PixelNormalize

@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from model.fileio import atomic_write
+from bundle.fileio import atomic_write
 
 
 def _save_atomic(fig: Figure, path: str | os.PathLike[str]) -> Path:

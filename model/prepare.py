@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bundle.inputs import BagOfWords, Clip, Features, Pixels, Sentence
+from bundle.text import Vocabulary
 from model.config import DATA_KINDS, ConfigError, RunConfig
 from model.data.flickr8k import flickr8k_split, load_flickr8k
 from model.data.kinetics import load_kinetics
@@ -36,7 +38,6 @@ from model.data.synthetic_video import generate_video_dataset
 from model.data.wikipedia import load_wikipedia
 from model.features import extract_image_features
 from model.sentence_features import extract_sentence_features
-from model.text import Vocabulary
 from model.video_features import extract_clip_maps
 
 #: Where data.kind "synthetic_video" writes its clips unless data.path names a folder.
@@ -52,7 +53,7 @@ class Prepared:
     data: PairedData
     split: Split
     inputs: dict[str, np.ndarray]
-    kinds: dict[str, str]  # modality -> pixels | clip | bag_of_words | sentence | features
+    kinds: dict[str, str]  # modality -> the name of its input kind (bundle.inputs.KINDS)
     vocabulary: Vocabulary | None = None
 
 
@@ -164,7 +165,10 @@ def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared
             )
         if modality == "image":
             if data.image_features is not None:
-                inputs["image"], kinds["image"] = data.image_features.astype(np.float32), "features"
+                inputs["image"], kinds["image"] = (
+                    data.image_features.astype(np.float32),
+                    Features.name,
+                )
             else:
                 assert data.image_paths is not None
                 missing = [i for i, p in enumerate(data.image_paths) if p is None]
@@ -181,10 +185,10 @@ def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared
                     flip=config.image.flip_features,
                     tail_blocks=config.image.finetune_blocks,
                 )[rows]
-                kinds["image"] = "pixels"
+                kinds["image"] = Pixels.name
         elif modality == "text":
             if config.text.encoder != "bag_of_words":
-                inputs["text"], kinds["text"] = _sentence_embeddings(config, data), "sentence"
+                inputs["text"], kinds["text"] = _sentence_embeddings(config, data), Sentence.name
             elif data.texts is not None:
                 if vocabulary is None:
                     vocabulary = Vocabulary.build(
@@ -194,12 +198,12 @@ def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared
                         min_count=config.text.min_count,
                         max_size=config.text.max_vocab,
                     )
-                inputs["text"], kinds["text"] = vocabulary.encode(data.texts), "bag_of_words"
+                inputs["text"], kinds["text"] = vocabulary.encode(data.texts), BagOfWords.name
             else:
                 assert data.text_features is not None
-                inputs["text"], kinds["text"] = data.text_features.astype(np.float32), "features"
+                inputs["text"], kinds["text"] = data.text_features.astype(np.float32), Features.name
         elif modality == "video":
-            inputs["video"], kinds["video"] = _clip_maps(config, data), "clip"
+            inputs["video"], kinds["video"] = _clip_maps(config, data), Clip.name
         else:
             raise ConfigError(f"unknown modality {modality!r}; use image, video and text")
     return Prepared(data=data, split=split, inputs=inputs, kinds=kinds, vocabulary=vocabulary)

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.backbones.minilm import EMBEDDING_DIM, MODEL_NAME, Tokens, load_minilm, tokenizer_path
+from bundle.sentence import SentenceTokenizer
+from model.backbones.minilm import EMBEDDING_DIM, MODEL_NAME, load_minilm, tokenizer_path
 from model.features import FeatureCache
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def extract_sentence_features(
     if missing:
         log.info("embedding %d texts with %s (%d cached)", len(missing), name, len(known))
         model = load_minilm()
-        tokens = Tokens(tokenizer_path(), max_length)
+        tokens = SentenceTokenizer(tokenizer_path(), max_length)
         lengths = tokens.lengths([t for _, t in missing])
         order = np.argsort(lengths, kind="stable")
         with tqdm(total=len(missing), desc="sentences") as bar:

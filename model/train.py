@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bundle.fileio import write_json
 from model.build import build_method, standardize_inputs
 from model.checkpoint import (
     CHECKPOINT,
@@ -37,7 +38,6 @@ from model.checkpoint import (
 from model.config import ConfigError, RunConfig
 from model.data.records import DataError
 from model.evaluate import quick_map
-from model.fileio import write_json
 from model.methods.base import Batch, Method, Stage, TrainingSet
 from model.prepare import Prepared, data_fingerprint, prepare
 
@@ -120,19 +120,21 @@ def train(
     method.to(device)
     inputs = {m: torch.from_numpy(x).to(device) for m, x in prepared.inputs.items()}
     # A method that needs no labels gets none: nothing it does can depend on them.
-    labels = (
-        torch.from_numpy(data.labels.astype(np.float32)).to(device) if method.needs_labels else None
+    labels = data.labels[split.train].astype(np.float32) if method.needs_labels else None
+    training = TrainingSet(
+        inputs,
+        torch.from_numpy(split.train).to(device),
+        None if labels is None else torch.from_numpy(labels).to(device),
     )
-    train_rows = torch.from_numpy(split.train).to(device)
-    training = TrainingSet(inputs, train_rows, None if labels is None else labels[train_rows])
     method.start_training(training)
     stages = method.stages()
     history: list[dict[str, Any]] = []
     at = Position(0, 0, 0)
     if state is not None:
+        saved = saved_training_state(state)  # outside the try: a lacking entry says so itself
         try:
             method.load_state_dict(state["model"])
-            method.load_training_state(saved_training_state(state), device)
+            method.load_training_state(saved, device)
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
             raise _does_not_fit(run_dir, exc) from None
         history = state["history"]
@@ -141,8 +143,7 @@ def train(
             log.info("%s finished all its %d epochs; nothing is left to resume", run_dir, at.done)
         else:
             log.info("resuming %s from epoch %d", run_dir, at.done)
-    loop = _Loop(config, method, prepared, inputs, labels, training, device, run_dir)
-    loop.fingerprint, loop.history, loop.total = fingerprint, history, total_epochs(stages)
+    loop = _Loop(config, method, prepared, training, device, run_dir, fingerprint, history, stages)
     for index in range(at.stage, len(stages)):
         stage = stages[index]
         optimizer = stage.optimizer(stage.parameters)
@@ -160,7 +161,7 @@ def train(
             torch.manual_seed(config.seed * 100_003 + 50_021 * (index + 1))
             method.start_stage(stage.name, training)
         before = total_epochs(stages[:index])
-        loop.run_stage(stage, len(stages), before, first, optimizer, scheduler)
+        loop.run_stage(stage, before, first, optimizer, scheduler)
     seconds = time.perf_counter() - started
     write_json(
         run_dir / "metrics.json",
@@ -186,32 +187,28 @@ def _does_not_fit(run_dir: Path, exc: BaseException) -> DataError:
     return corrupt(run_dir / CHECKPOINT, f"its state does not fit the run: {detail}")
 
 
+@dataclass
 class _Loop:
     """The epochs of one run: steps, checks, evaluation, checkpoints."""
 
-    def __init__(
-        self,
-        config: RunConfig,
-        method: Method,
-        prepared: Prepared,
-        inputs: dict[str, torch.Tensor],
-        labels: torch.Tensor | None,
-        training: TrainingSet,
-        device: torch.device,
-        run_dir: Path,
-    ) -> None:
-        self.config, self.method, self.prepared = config, method, prepared
-        self.inputs, self.labels, self.training = inputs, labels, training
-        self.device, self.run_dir = device, run_dir
-        self.fingerprint = ""
-        self.history: list[dict[str, Any]] = []
-        self.total = 0
-        self.bounds = batch_bounds(len(training), config.train.batch_size, has_batch_norm(method))
+    config: RunConfig
+    method: Method
+    prepared: Prepared
+    training: TrainingSet
+    device: torch.device
+    run_dir: Path
+    fingerprint: str
+    history: list[dict[str, Any]]
+    stages: list[Stage]
+
+    def __post_init__(self) -> None:
+        self.total = total_epochs(self.stages)
+        batch_size = self.config.train.batch_size
+        self.bounds = batch_bounds(len(self.training), batch_size, has_batch_norm(self.method))
 
     def run_stage(
         self,
         stage: Stage,
-        n_stages: int,
         before: int,
         first: int,
         optimizer: torch.optim.Optimizer,
@@ -223,7 +220,7 @@ class _Loop:
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         )
         n = len(self.training)
-        desc = "training" if n_stages == 1 else f"training: {stage.name}"
+        desc = "training" if len(self.stages) == 1 else f"training: {stage.name}"
         bar = tqdm(range(first, stage.epochs), desc=desc, unit="epoch")
         for epoch in bar:
             done = before + epoch  # epochs of the whole run before this one
@@ -296,13 +293,12 @@ class _Loop:
             )
 
     def _batch(self, positions: torch.Tensor, stage: str, epoch: int) -> Batch:
-        rows = self.training.rows[positions]
-        labels = self.labels
+        labels = self.training.labels
         return Batch(
-            inputs={m: x[rows] for m, x in self.inputs.items()},
+            inputs=self.training.inputs_at(positions),
             positions=positions,
-            labels=None if labels is None else labels[rows],
-            train_labels=self.training.labels,
+            labels=None if labels is None else labels[positions],
+            train_labels=labels,
             stage=stage,
             epoch=epoch,
         )

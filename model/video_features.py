@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hashbridge.clips import ClipError
-from hashbridge.digests import file_sha256
+from bundle.clips import ClipError
+from bundle.digests import file_sha256
 from model.backbones.efficientnet import load_pretrained
 from model.backbones.video import FrameMaps, clip_map_shape
 from model.data.clip_decoding import decode_clips

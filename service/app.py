@@ -13,11 +13,11 @@ from service import openapi
 from service.encoders import Bundle
 from service.errors import install_error_handlers
 from service.metrics import Metrics
-from service.middleware import BodyLimit, RequestMetrics
+from service.middleware import AllowedHosts, BodyLimit, RequestMetrics
 from service.routes import docs, encode, health, items, page, search
 from service.runtime import open_runtime
-from service.schemas import EncodeRequest, IngestRequest, SearchRequest
-from service.settings import Settings
+from service.schemas import EncodeRequest, IngestRequest, LookupRequest, SearchRequest
+from service.settings import Settings, allowed_host_names
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ def create_app(settings: Settings, *, bundle: Bundle | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await open_runtime(settings, bundle, metrics)
         app.state.runtime = runtime
+        for modality in runtime.bundle.modalities:
+            # Each series exists at 0 from the start, so its first increment shows in rate().
+            metrics.items_written.inc(0, modality=modality)
+            metrics.items_deleted.inc(0, modality=modality)
         # The bundle, torch and FAISS leave millions of long-lived objects that every full
         # garbage collection would traverse again: 80-130 ms pauses in the middle of
         # requests. Frozen, collections only walk what requests allocate.
@@ -74,10 +78,12 @@ def create_app(settings: Settings, *, bundle: Bundle | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    # Outermost: a refused Host reaches nothing else (it is not counted under any route).
+    app.add_middleware(AllowedHosts, allowed=allowed_host_names(settings))
     for module in (items, search, encode, health, docs):
         app.include_router(module.router)
     page.install(app)
-    openapi.install(app, [IngestRequest, SearchRequest, EncodeRequest])
+    openapi.install(app, [IngestRequest, SearchRequest, EncodeRequest, LookupRequest], settings)
     if settings.api_key is None:
         log.warning("no HASHBRIDGE_API_KEY set: write endpoints are open to anyone who can connect")
     return app

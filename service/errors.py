@@ -41,6 +41,29 @@ class InvalidInput(ServiceError):
     slug = "invalid-input"
 
 
+class OutOfRange(InvalidInput):
+    """A number (k, nprobe, an id) is outside what the parameter takes."""
+
+    title = "Out of range"
+    slug = "out-of-range"
+
+
+class MalformedBody(ServiceError):
+    """The body cannot be parsed at all (not JSON, or a broken multipart body)."""
+
+    status = 400
+    title = "Malformed body"
+    slug = "malformed-body"
+
+
+class HostNotAllowed(ServiceError):
+    """The Host header names a host this service does not answer for (DNS rebinding)."""
+
+    status = 400
+    title = "Host not allowed"
+    slug = "host-not-allowed"
+
+
 class MediaError(InvalidInput):
     """An uploaded file is not a readable image or clip."""
 
@@ -176,6 +199,11 @@ async def _index_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(422, "Invalid input", str(exc), slug="invalid-input", instance=request.url.path)
 
 
+#: pydantic's error types for a number outside its bounds: answered as OutOfRange, the
+#: problem type the service's own range checks (k past max_k) use, so a client reads one.
+RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
@@ -184,11 +212,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     ]
     summary = "; ".join(f"{'.'.join(e['loc']) or 'body'}: {e['msg']}" for e in errors[:5])
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    out_of_range = all(e["type"] in RANGE_ERRORS for e in errors)
     return problem(
         422,
-        "Invalid request",
+        OutOfRange.title if out_of_range else "Invalid request",
         f"{summary}{more}",
-        slug="invalid-request",
+        slug=OutOfRange.slug if out_of_range else "invalid-request",
         instance=request.url.path,
         errors=errors,
     )

@@ -12,7 +12,7 @@ from pydantic_core import from_json
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.errors import InvalidInput, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from service.media import Upload
 from service.settings import Settings
 
@@ -20,16 +20,21 @@ M = TypeVar("M", bound=BaseModel)
 BodyKind = Literal["json", "multipart"]
 
 
-def body_kind(request: Request) -> BodyKind:
+_MEDIA_TYPES: dict[BodyKind, str] = {
+    "json": "application/json",
+    "multipart": "multipart/form-data",
+}
+
+
+def body_kind(request: Request, accept: Sequence[BodyKind] = ("json", "multipart")) -> BodyKind:
     """Whether the request carries JSON or multipart/form-data; refuse anything else."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json":
-        return "json"
-    if ctype == "multipart/form-data":
-        return "multipart"
+    for kind in accept:
+        if ctype == _MEDIA_TYPES[kind]:
+            return kind
     raise UnsupportedMediaType(
         f"content type {ctype or '(none)'!r} is not accepted here; "
-        "send application/json or multipart/form-data"
+        f"send {' or '.join(_MEDIA_TYPES[kind] for kind in accept)}"
     )
 
 
@@ -47,7 +52,7 @@ async def read_json(request: Request, model: type[M]) -> M:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         if first["type"] == "json_invalid":
-            raise InvalidInput(f"request body is not valid JSON: {first['msg']}") from None
+            raise MalformedBody(f"request body is not valid JSON: {first['msg']}") from None
         raise _located(exc, ("body",)) from None
 
 
@@ -93,7 +98,7 @@ async def read_form(request: Request, settings: Settings, fields: Sequence[str])
                 f"the request holds more than {settings.max_batch_items} files; the limit is "
                 f"{settings.max_batch_items} per call (HASHBRIDGE_MAX_BATCH_ITEMS): split it"
             ) from None
-        raise InvalidInput(f"the multipart body could not be read: {exc.detail}") from None
+        raise MalformedBody(f"the multipart body could not be read: {exc.detail}") from None
     unknown = sorted(set(form.keys()) - set(fields))
     if unknown:
         raise InvalidInput(

@@ -2,23 +2,24 @@
 
 Image preprocessing mirrors the model side exactly (EXIF transpose, RGB, shorter side
 resized bilinearly to ``size``, centre crop) because codes are only comparable if the
-pixels are. Video clips are decoded by ``hashbridge.clips``, the very code that sampled
+pixels are. Video clips are decoded by ``bundle.clips``, the very code that sampled
 the training clips, so frame times, orientation and resizing match by construction.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from hashbridge.clips import ClipError, ClipLimits
-from hashbridge.clips import decode_clip as clip_pixels
-from hashbridge.pixels import prepare_image, resized_dims
+from bundle.clips import ClipError, ClipLimits
+from bundle.inputs import Clip, Pixels
+from bundle.pixels import resized_dims
 from service.errors import (
     MediaError,
     PayloadTooLarge,
@@ -85,8 +86,29 @@ def sniff_kind(upload: Upload) -> MediaKind:
     return "video" if ctype.startswith(("video/", "audio/")) else "image"
 
 
-def decode_image(upload: Upload, size: int, max_pixels: int) -> npt.NDArray[np.uint8]:
-    """Decode an uploaded image into encoder pixels, refusing bombs and unreadable bytes."""
+def decode_image(
+    upload: Upload, kind: Pixels, max_pixels: int, *, reduce: bool = True
+) -> npt.NDArray[np.uint8]:
+    """Decode an uploaded image into `kind`'s pixels, refusing bombs and unreadable bytes."""
+    return encoder_pixels(open_image(upload, kind.size, max_pixels, reduce=reduce), kind)
+
+
+def encoder_pixels(image: Image.Image, kind: Pixels) -> npt.NDArray[np.uint8]:
+    """An image from ``open_image`` -> `kind`'s (3, size, size) uint8, as training prepares it."""
+    return kind.prepare(image)
+
+
+def open_image(
+    upload: Upload, size: int, max_pixels: int, cover: int = 0, *, reduce: bool = True
+) -> Image.Image:
+    """Decode an uploaded image, oriented by its EXIF tag, at the smallest scale that serves.
+
+    A JPEG decodes straight to 1/2, 1/4 or 1/8 of its size (Pillow's draft mode: the
+    inverse DCT skips the detail), as long as the shorter side stays at least ``size`` and
+    the longer at least ``cover`` (a thumbnail's side): a 12 MP photo bound for a 128 px
+    encoder then costs a small fraction of a full decode. The codes shift a little against
+    a full decode (``bench.photos`` measures how many bits); ``reduce=False`` decodes whole.
+    """
     name = upload.filename
     try:
         with Image.open(io.BytesIO(upload.data), formats=IMAGE_FORMATS) as image:
@@ -100,8 +122,10 @@ def decode_image(upload: Upload, size: int, max_pixels: int) -> npt.NDArray[np.u
                     f"would be {nw}x{nh} = {nw * nh} pixels; the limit is {max_pixels} pixels "
                     "(HASHBRIDGE_MAX_IMAGE_PIXELS); crop it to a less elongated shape"
                 )
+            if reduce:
+                reduce_decode(image, size, cover)
             image.load()
-            return prepare_image(image, size)
+            return ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as exc:
         # Pillow's own hard limit (twice Image.MAX_IMAGE_PIXELS) tripped before ours.
         raise PayloadTooLarge(f"image {name!r} is too large to decode safely: {exc}") from None
@@ -111,6 +135,40 @@ def decode_image(upload: Upload, size: int, max_pixels: int) -> npt.NDArray[np.u
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise MediaError(f"image {name!r} is corrupt or truncated: {exc}") from None
+
+
+def reduce_decode(image: Image.Image, size: int, cover: int = 0) -> None:
+    """Ask a not yet loaded JPEG to decode at a reduced scale that keeps the sides asked for.
+
+    Pillow picks the largest of 1/2, 1/4, 1/8 whose result is at least the requested size;
+    other formats ignore the request. ``image.size`` is the decoded size afterwards.
+    """
+    if image.format != "JPEG":
+        return
+    w, h = image.size
+    short, long = min(w, h), max(w, h)
+    scale = max(size / short, cover / long)
+    if scale < 1:
+        # Requested (w, h) keep the aspect ratio: draft then honours both sides.
+        image.draft(image.mode, (math.ceil(w * scale), math.ceil(h * scale)))
+
+
+def decoded_pixels(upload: Upload, size: int, cover: int = 0, *, reduce: bool = True) -> int:
+    """Pixels ``open_image`` would decode for this upload (0 when it is no readable image).
+
+    Read from the header alone, so a request's total decode work is known before any
+    decode starts; an unreadable file counts 0 here and is refused by its decode.
+    """
+    try:
+        with Image.open(io.BytesIO(upload.data), formats=IMAGE_FORMATS) as image:
+            if reduce:
+                reduce_decode(image, size, cover)
+            w, h = image.size
+            return w * h
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError):
+        return 0
+    except (ValueError, EOFError):
+        return 0
 
 
 def clip_limits(settings: Settings) -> ClipLimits:
@@ -123,14 +181,10 @@ def clip_limits(settings: Settings) -> ClipLimits:
     )
 
 
-def decode_clip(
-    upload: Upload, frames: int, size: int, clips: int, limits: ClipLimits
-) -> npt.NDArray[np.uint8]:
-    """Decode a video clip into (clips, frames, 3, size, size) uint8 pixels, as the model did."""
+def decode_clip(upload: Upload, kind: Clip, limits: ClipLimits) -> npt.NDArray[np.uint8]:
+    """Decode a video clip into `kind`'s (clips, frames, 3, size, size) uint8 pixels."""
     try:
-        return clip_pixels(
-            upload.data, frames=frames, size=size, clips=clips, limits=limits, name=upload.filename
-        )
+        return kind.prepare(upload.data, limits, upload.filename)
     except ClipError as exc:
         status, setting = _CLIP_ERRORS.get(exc.reason, (MediaError, None))
         hint = f" (service setting {setting})" if setting else ""

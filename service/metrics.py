@@ -135,7 +135,9 @@ class Metrics:
         self.items_written = Counter(
             "hashbridge_items_written_total", "Items upserted, by modality.", ("modality",)
         )
-        self.items_deleted = Counter("hashbridge_items_deleted_total", "Items deleted.")
+        self.items_deleted = Counter(
+            "hashbridge_items_deleted_total", "Items deleted, by modality.", ("modality",)
+        )
 
     def observe_encode(self, modality: str, seconds: float, items: int) -> None:
         """Record one encoder call."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge
+from service.errors import HostNotAllowed, PayloadTooLarge, problem
 from service.metrics import Metrics
 
 #: No endpoint reads a body of these: the only receive() there is a file response's
@@ -86,3 +86,49 @@ class RequestMetrics:
                 route=getattr(route, "path", "unmatched"),
                 status=str(status),
             )
+
+
+class AllowedHosts:
+    """Answer only requests whose Host is allowed: 400 for any other, before any route runs.
+
+    A page on another site can rebind its own domain to 127.0.0.1 and then send requests
+    that carry its Host and Origin, which the cross-site guard cannot tell from ours.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str] | None) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.allowed is None:
+            await self.app(scope, receive, send)
+            return
+        raw = dict(scope["headers"]).get(b"host")
+        name = host_name(raw.decode("latin-1")) if raw is not None else None
+        # No Host at all (HTTP/1.0) is no browser's request: rebinding needs one.
+        if name is None or _allowed(name, self.allowed):
+            await self.app(scope, receive, send)
+            return
+        response = problem(
+            HostNotAllowed.status,
+            HostNotAllowed.title,
+            f"this service does not answer for host {name!r}; add it to "
+            "HASHBRIDGE_ALLOWED_HOSTS if it is really this service's name",
+            slug=HostNotAllowed.slug,
+            instance=scope.get("path"),
+        )
+        await response(scope, receive, send)
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header value, lower-cased: no port, brackets or final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0].rstrip(".") if ":" in host else host.rstrip(".")
+
+
+def _allowed(name: str, allowed: frozenset[str]) -> bool:
+    if name in allowed:
+        return True
+    return any(p.startswith("*.") and name.endswith(p[1:]) for p in allowed)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bundle.inputs import Clip, InputKind, Pixels
 from index.codes import codes_from_hex, hamming
 from index.errors import CodeError
 from index.filters import matches as metadata_matches
@@ -25,6 +26,7 @@ from service.encoders import Bundle
 from service.errors import (
     InvalidInput,
     NotFound,
+    OutOfRange,
     PayloadTooLarge,
     ServiceError,
     UnsupportedModality,
@@ -34,16 +36,15 @@ from service.media import (
     check_upload_size,
     clip_limits,
     decode_clip,
-    decode_image,
+    decoded_pixels,
+    encoder_pixels,
+    open_image,
     sniff_kind,
 )
 from service.runtime import Runtime
+from service.schemas import MAX_CLIENT_ID_CHARS, RESERVED_KEYS
 from service.settings import Settings
-from service.thumbnails import thumbnails_for
-
-#: Metadata keys the service fills in itself so results can show what an item was.
-RESERVED_KEYS = ("text", "filename")
-MAX_CLIENT_ID_CHARS = 256
+from service.thumbnails import posters_for, thumbnail_of
 
 Source = str | Upload
 
@@ -65,6 +66,8 @@ class Encoded:
     code: npt.NDArray[np.uint8]
     known_tokens: int | None = None
     filename: str | None = None
+    #: JPEG thumbnail of an image, made from the decode its code came from (when asked for).
+    thumbnail: bytes | None = None
 
     @property
     def hex(self) -> str:
@@ -103,11 +106,18 @@ def check_count(settings: Settings, n: int) -> None:
         )
 
 
-async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded]:
-    """Validate, decode and encode texts and files; any problem refuses the whole batch."""
+async def encode_sources(
+    rt: Runtime, sources: Sequence[Source], *, thumbnails: bool = False
+) -> list[Encoded]:
+    """Validate, decode and encode texts and files; any problem refuses the whole batch.
+
+    With ``thumbnails``, each image's thumbnail is made from its decode too.
+    """
     checked = [_precheck(rt, s) for s in sources]
     _raise_all([(i, c) for i, c in enumerate(checked) if isinstance(c, ServiceError)], len(sources))
     modalities = [str(c) for c in checked]
+    cover = rt.settings.thumbnail_size if thumbnails else 0
+    await rt.run(_check_request_pixels, rt, sources, modalities, cover)
     groups: dict[str, list[int]] = {}
     for i, modality in enumerate(modalities):
         groups.setdefault(modality, []).append(i)
@@ -115,7 +125,7 @@ async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded
         # Tell each encoder's batcher these items are coming, so it waits for them while
         # they decode instead of encoding other requests' items alone.
         submit = [announced.enter_context(rt.batchers[m].expect()) for m in groups]
-        arrays, bags, known = await _prepare(rt, sources, modalities)
+        arrays, thumbs, bags, known = await _prepare(rt, sources, modalities, cover)
         # The text group is exactly the texts, in order: their bags are already one batch.
         batches = {
             m: bags if m == "text" and bags is not None else np.stack([arrays[i] for i in members])
@@ -133,20 +143,25 @@ async def encode_sources(rt: Runtime, sources: Sequence[Source]) -> list[Encoded
             codes[i],
             known_tokens=known.get(i),
             filename=s.filename if isinstance(s, Upload) else None,
+            thumbnail=thumbs.get(i),
         )
         for i, s in enumerate(sources)
     ]
 
 
 async def _prepare(
-    rt: Runtime, sources: Sequence[Source], modalities: Sequence[str]
-) -> tuple[list[Any], npt.NDArray[Any] | None, dict[int, int]]:
-    """Decode the uploads and vectorise the texts: (per-item arrays, text bags, known tokens)."""
+    rt: Runtime, sources: Sequence[Source], modalities: Sequence[str], cover: int
+) -> tuple[list[Any], dict[int, bytes], npt.NDArray[Any] | None, dict[int, int]]:
+    """Decode uploads, vectorise texts: (per-item arrays, thumbnails, text bags, known tokens)."""
     prepared: list[Any] = list(sources)
+    thumbs: dict[int, bytes] = {}
     uploads = [i for i, s in enumerate(sources) if isinstance(s, Upload)]
-    specs = rt.bundle.inputs
+    kinds = rt.bundle.inputs
     decoded = await asyncio.gather(
-        *(rt.run(_decode, specs[modalities[i]], rt.settings, sources[i]) for i in uploads),
+        *(
+            rt.run_media(_decode, kinds[modalities[i]], rt.settings, sources[i], cover)
+            for i in uploads
+        ),
         return_exceptions=True,
     )
     problems: list[tuple[int, ServiceError | None]] = []
@@ -156,20 +171,47 @@ async def _prepare(
         elif isinstance(result, BaseException):
             raise result
         else:
-            prepared[i] = result
+            prepared[i], thumbnail = result
+            if thumbnail is not None:
+                thumbs[i] = thumbnail
     _raise_all(problems, len(sources))
     texts = [i for i, s in enumerate(sources) if isinstance(s, str)]
     if not texts:
-        return prepared, None, {}
+        return prepared, thumbs, None, {}
     assert rt.bundle.vectorizer is not None  # _precheck refused text without an encoder
     bags, counts = await rt.run(rt.bundle.vectorizer.vectorize, [sources[i] for i in texts])
-    return prepared, bags, dict(zip(texts, counts, strict=True))
+    return prepared, thumbs, bags, dict(zip(texts, counts, strict=True))
+
+
+def _check_request_pixels(
+    rt: Runtime, sources: Sequence[Source], modalities: Sequence[str], cover: int
+) -> None:
+    """Refuse a request whose images would decode to more than ``max_request_pixels`` in all.
+
+    Each image is bounded by max_image_pixels, but forty just under it kept both cores busy
+    for 27 s; the sum, read from the headers, bounds one request's decode work.
+    """
+    limit = rt.settings.max_request_pixels
+    total = 0
+    for source, modality in zip(sources, modalities, strict=True):
+        if isinstance(source, Upload) and modality == "image":
+            kind = rt.bundle.inputs[modality]
+            assert isinstance(kind, Pixels)  # load_bundle gives images the pixels kind
+            total += decoded_pixels(
+                source, kind.size, cover, reduce=rt.settings.reduced_jpeg_decode
+            )
+    if total > limit:
+        raise PayloadTooLarge(
+            f"the request's images decode to {total} pixels in all; the limit is {limit} "
+            "per request (HASHBRIDGE_MAX_REQUEST_PIXELS): send fewer or smaller images per call"
+        )
 
 
 async def ingest(rt: Runtime, items: Sequence[ItemInput]) -> list[Written]:
     """Encode and upsert a batch in one write; re-sent client ids replace their items."""
     check_count(rt.settings, len(items))
-    _raise_all([(i, _check_item(item)) for i, item in enumerate(items)], len(items))
+    checks = [(i, _check_item(rt.settings, item)) for i, item in enumerate(items)]
+    _raise_all(checks, len(items))
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
         if item.client_id is not None and item.client_id in seen:
@@ -180,11 +222,11 @@ async def ingest(rt: Runtime, items: Sequence[ItemInput]) -> list[Written]:
         if item.client_id is not None:
             seen[item.client_id] = i
     sources = [item.source for item in items]
-    encoded = await encode_sources(rt, sources)
-    thumbs = await thumbnails_for(rt, sources, [e.modality for e in encoded])
+    encoded = await encode_sources(rt, sources, thumbnails=rt.settings.thumbnails)
+    posters = await posters_for(rt, sources, [e.modality for e in encoded])
     new = [
-        NewItem(e.modality, e.code, item.client_id, _stored_metadata(item), thumbnail)
-        for item, e, thumbnail in zip(items, encoded, thumbs, strict=True)
+        NewItem(e.modality, e.code, item.client_id, _stored_metadata(item), e.thumbnail or poster)
+        for item, e, poster in zip(items, encoded, posters, strict=True)
     ]
     ids = await rt.run(rt.collection.upsert, new)
     for modality, count in Counter(e.modality for e in encoded).items():
@@ -219,7 +261,7 @@ async def search(
 ) -> list[Found]:
     """Return up to k stored items nearest to the query code, with their metadata."""
     if not 1 <= k <= rt.settings.max_k:
-        raise InvalidInput(f"k must be between 1 and {rt.settings.max_k}, got {k}")
+        raise OutOfRange(f"k must be between 1 and {rt.settings.max_k} (HASHBRIDGE_MAX_K), got {k}")
     if modalities is not None:
         if not modalities:
             raise InvalidInput("modalities is empty; omit it to search every modality")
@@ -245,10 +287,18 @@ async def get_item(rt: Runtime, item_id: int) -> StoredItem:
 
 async def delete_item(rt: Runtime, item_id: int) -> None:
     """Delete a stored item or raise NotFound."""
-    if not await rt.run(rt.collection.delete, [item_id]):
+    item = await rt.run(rt.collection.get, item_id)
+    # Another request may delete it between the two calls: only a delete that found it counts.
+    if item is None or not await rt.run(rt.collection.delete, [item_id]):
         raise NotFound(f"no item with id {item_id}")
-    rt.metrics.items_deleted.inc()
+    rt.metrics.items_deleted.inc(modality=item.modality)
     rt.wrote(1)
+
+
+async def lookup(rt: Runtime, client_ids: Sequence[str]) -> list[tuple[str, int, str]]:
+    """(client id, id, modality) of the given client ids that are stored, in request order."""
+    found = await rt.run(rt.collection.store.lookup_client_ids, list(dict.fromkeys(client_ids)))
+    return [(cid, *found[cid]) for cid in dict.fromkeys(client_ids) if cid in found]
 
 
 def _search(
@@ -311,14 +361,23 @@ def _modality_of(bundle: Bundle, source: Source) -> str:
     return modality
 
 
-def _decode(spec: Mapping[str, Any], settings: Settings, upload: Upload) -> npt.NDArray[np.uint8]:
-    if "frames" in spec:
-        limits = clip_limits(settings)
-        return decode_clip(upload, spec["frames"], spec["size"], spec["clips"], limits)
-    return decode_image(upload, spec["size"], settings.max_image_pixels)
+def _decode(
+    kind: InputKind, settings: Settings, upload: Upload, cover: int
+) -> tuple[npt.NDArray[np.uint8], bytes | None]:
+    """Encoder input of one upload, decoded within the service's limits and prepared by its
+    input kind, and an image's thumbnail from the same decode when ``cover`` (its side) is set."""
+    if isinstance(kind, Clip):
+        return decode_clip(upload, kind, clip_limits(settings)), None
+    if isinstance(kind, Pixels):
+        reduce = settings.reduced_jpeg_decode
+        image = open_image(upload, kind.size, settings.max_image_pixels, cover, reduce=reduce)
+        pixels = encoder_pixels(image, kind)
+        return pixels, thumbnail_of(image, cover) if cover else None
+    # load_bundle refuses kinds that take no upload; one that takes another is a bug here.
+    raise TypeError(f"no upload decoder for input kind {kind.name!r} ({kind.media} media)")
 
 
-def _check_item(item: ItemInput) -> ServiceError | None:
+def _check_item(settings: Settings, item: ItemInput) -> ServiceError | None:
     cid = item.client_id
     if cid is not None and not (0 < len(cid) <= MAX_CLIENT_ID_CHARS):
         return InvalidInput(f"client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters")
@@ -332,10 +391,22 @@ def _check_item(item: ItemInput) -> ServiceError | None:
             f"metadata key {taken[0]!r} is reserved (the service stores the item's "
             f"{' and '.join(RESERVED_KEYS)} there); rename it"
         )
+    if len(item.metadata) > settings.max_metadata_keys:
+        return PayloadTooLarge(
+            f"metadata has {len(item.metadata)} keys; the limit is {settings.max_metadata_keys} "
+            "per item (HASHBRIDGE_MAX_METADATA_KEYS)"
+        )
     try:
-        json.dumps(dict(item.metadata), allow_nan=False)
+        size = len(json.dumps(dict(item.metadata), allow_nan=False, ensure_ascii=False).encode())
     except (TypeError, ValueError) as exc:
         return InvalidInput(f"metadata is not plain JSON: {exc}")
+    if size > settings.max_metadata_bytes:
+        # Stored metadata comes back in every search that finds the item: unbounded, one
+        # item could make every answer megabytes long.
+        return PayloadTooLarge(
+            f"metadata is {size} bytes as JSON; the limit is {settings.max_metadata_bytes} "
+            "per item (HASHBRIDGE_MAX_METADATA_BYTES)"
+        )
     return None
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,11 +17,11 @@ from typing import Any, TypeVar
 
 import torch
 
+from bundle.fileio import write_bytes
 from index.collection import STORE_FILE, Collection
 from index.errors import BitsMismatchError
 from index.factory import IndexConfig
 from index.faiss_index import set_num_threads
-from index.fileio import atomic_write
 from index.store import CodeStore
 from service.batcher import MicroBatcher
 from service.encoders import Bundle, load_bundle
@@ -46,6 +47,8 @@ class Runtime:
     pool: ThreadPoolExecutor
     metrics: Metrics
     batchers: dict[str, MicroBatcher]
+    #: Decodes and image/clip encodes, at a lower CPU priority than ``pool`` (see open_runtime).
+    media_pool: ThreadPoolExecutor
     _writes_since_snapshot: int = 0
     _items_at_snapshot: int = 0
     _snapshot_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -55,6 +58,11 @@ class Runtime:
         """Run CPU-heavy or blocking work in the bounded pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, partial(fn, *args, **kwargs))
+
+    async def run_media(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a decode (or other per-upload pixel work) in the media pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.media_pool, partial(fn, *args, **kwargs))
 
     def wrote(self, n: int) -> None:
         """Count writes; snapshot in the background once enough accumulate.
@@ -93,15 +101,30 @@ class Runtime:
         await self.snapshot()
         await self.run(self.collection.close)
         self.pool.shutdown(wait=True)
+        self.media_pool.shutdown(wait=True)
 
 
 async def open_runtime(settings: Settings, bundle: Bundle | None, metrics: Metrics) -> Runtime:
-    """Load the bundle (unless given), open the collection and start the batchers."""
+    """Load the bundle (unless given), open the collection and start the batchers.
+
+    Two pools: searches, texts, reads and writes in ``pool``; decoding uploads and
+    encoding images and clips in ``media_pool``, whose threads run at a higher niceness.
+    A request of forty huge PNGs then keeps the media threads busy while a search still
+    gets a thread at once (separate pools) and most of the CPU when it needs it (the
+    kernel favours the less nice thread), instead of queueing behind the decodes.
+    """
+    threads = threads_per_worker(settings)
     pool = ThreadPoolExecutor(
         max_workers=settings.workers,
         thread_name_prefix="hashbridge",
         initializer=configure_worker_thread,
-        initargs=(threads_per_worker(settings),),
+        initargs=(threads,),
+    )
+    media_pool = ThreadPoolExecutor(
+        max_workers=settings.media_workers,
+        thread_name_prefix="hashbridge-media",
+        initializer=configure_worker_thread,
+        initargs=(threads, settings.media_nice),
     )
     loop = asyncio.get_running_loop()
     try:
@@ -120,12 +143,13 @@ async def open_runtime(settings: Settings, bundle: Bundle | None, metrics: Metri
         )
     except BaseException:
         pool.shutdown(wait=False)
+        media_pool.shutdown(wait=False)
         raise
     log.info("collection %s opened: %s", settings.data_dir, collection.open_report)
     batchers = {
         modality: MicroBatcher(
             encoder,
-            pool,
+            pool if modality == "text" else media_pool,
             max_items=(
                 settings.text_batch_max_items if modality == "text" else settings.batch_max_items
             ),
@@ -138,7 +162,14 @@ async def open_runtime(settings: Settings, bundle: Bundle | None, metrics: Metri
         batcher.start()
     # The snapshot cadence scales with the collection as opened, not from zero after a restart.
     return Runtime(
-        settings, bundle, collection, pool, metrics, batchers, _items_at_snapshot=len(collection)
+        settings,
+        bundle,
+        collection,
+        pool,
+        metrics,
+        batchers,
+        media_pool,
+        _items_at_snapshot=len(collection),
     )
 
 
@@ -152,14 +183,21 @@ def threads_per_worker(settings: Settings) -> int:
     return settings.worker_threads or max(1, len(os.sched_getaffinity(0)) // settings.workers)
 
 
-def configure_worker_thread(threads: int) -> None:
-    """Set one pool thread's OpenMP thread count, for torch and FAISS alike.
+def configure_worker_thread(threads: int, nice: int = 0) -> None:
+    """Set one pool thread's OpenMP thread count (torch and FAISS alike) and its niceness.
 
     OpenMP counts are per thread (set in the event loop's thread they never reached the
     pool), and torch and FAISS share the one OpenMP runtime, so they get the same count.
+    Linux keeps a niceness per thread, and threads this one starts (OpenMP's) inherit it.
     """
     torch.set_num_threads(threads)
     set_num_threads(threads)
+    if nice:
+        try:
+            me = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + nice))
+        except OSError as exc:  # not Linux, or a sandbox that forbids it: pools still split
+            log.warning("could not lower the media threads' priority: %s", exc)
 
 
 def check_data_dir(data_dir: Path, bundle: Bundle) -> None:
@@ -210,4 +248,4 @@ def check_bundle_record(data_dir: Path, bundle: Bundle) -> None:
                 "models are not comparable: use a new data dir and re-ingest"
             )
         return
-    atomic_write(path, [json.dumps(record, indent=2).encode()])
+    write_bytes(path, json.dumps(record, indent=2).encode())

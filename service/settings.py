@@ -34,11 +34,21 @@ class Settings(BaseSettings):
         "printable ASCII",
     )
     protect_reads: bool = Field(False, description="Require the API key on read endpoints too")
+    allowed_hosts: str | None = Field(
+        None,
+        description="Comma-separated host names requests may name in Host (*.example.com: its "
+        "subdomains; *: any); the loopback names are always allowed. Unset: only those when "
+        "bound to a loopback address, else any",
+    )
 
     max_upload_bytes: int = Field(20 * MiB, gt=0, description="Largest single uploaded file")
     max_request_bytes: int = Field(256 * MiB, gt=0, description="Largest request body")
     max_text_chars: int = Field(10_000, gt=0)
     max_batch_items: int = Field(256, gt=0, description="Most items in one ingest/encode call")
+    max_metadata_keys: int = Field(64, gt=0, description="Most metadata keys per item")
+    max_metadata_bytes: int = Field(
+        16 * 1024, gt=0, description="Largest metadata of one item, in bytes as JSON (UTF-8)"
+    )
     max_image_pixels: int = Field(50_000_000, gt=0, description="Decompression-bomb limit")
     max_clip_seconds: float = Field(600.0, gt=0, description="Longest video clip, in seconds")
     max_clip_pixels: int = Field(3840 * 2160, gt=0, description="Most pixels per video frame")
@@ -62,7 +72,26 @@ class Settings(BaseSettings):
     encoder_device: Literal["cpu", "cuda"] = Field(
         "cpu", description="Where the encoders run; cuda needs a GPU that torch sees"
     )
-    workers: int = Field(2, gt=0, description="Threads for decode, encode and search")
+    workers: int = Field(2, gt=0, description="Threads for searches, texts, reads and writes")
+    media_workers: int = Field(
+        2, gt=0, description="Threads decoding and encoding images and clips (a pool of their own)"
+    )
+    media_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness added to the media threads': heavy uploads yield the CPU to searches",
+    )
+    reduced_jpeg_decode: bool = Field(
+        True,
+        description="Decode JPEGs at 1/2..1/8 scale when the encoder's input size allows "
+        "(codes then differ from a full decode in a few bits)",
+    )
+    max_request_pixels: int = Field(
+        400_000_000,
+        gt=0,
+        description="Most pixels one request may decode, summed over its images (413 past it)",
+    )
     worker_threads: int = Field(
         0,
         ge=0,
@@ -100,7 +129,7 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "allowed_hosts", mode="before")
     @classmethod
     def _empty_key_is_no_key(cls, value: object) -> object:
         # docker-compose passes an unset variable as "": that means no key, not the key "".
@@ -125,6 +154,21 @@ class Settings(BaseSettings):
         if self.protect_reads and self.api_key is None:
             raise ValueError("protect_reads=true needs api_key (HASHBRIDGE_API_KEY) to be set")
         return self
+
+
+#: Host names that only this machine can put in a request's Host: a DNS-rebinding page's
+#: requests carry its own domain, so these are safe to answer whatever the allow-list says.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def allowed_host_names(settings: Settings) -> frozenset[str] | None:
+    """The Host names the service answers for (patterns allowed), or None for any."""
+    if settings.allowed_hosts is None:
+        loopback = settings.host in LOOPBACK_NAMES or settings.host.startswith("127.")
+        return LOOPBACK_NAMES | {settings.host} if loopback else None
+    names = {n.strip().lower().rstrip(".") for n in settings.allowed_hosts.split(",")}
+    names.discard("")
+    return None if "*" in names else LOOPBACK_NAMES | names
 
 
 #: Settings that `python -m service` and `hashbridge serve` also take as flags.

@@ -1,9 +1,10 @@
 """Small JPEG thumbnails of ingested images and clips, stored with the item for result pages.
 
-An image's thumbnail keeps its aspect ratio (unlike the encoder's centre crop); a clip's is
-its middle frame (a square poster, decoded like the encoder's frames). Thumbnails are made
-after the batch has been decoded and encoded, so an unreadable file has already refused the
-batch, and are written in the same store transaction as their items.
+An image's thumbnail keeps its aspect ratio (unlike the encoder's centre crop) and is made
+from the decode the encoder's pixels come from; a clip's is its middle frame (a square
+poster, decoded like the encoder's frames), made after the batch has been decoded and
+encoded, so an unreadable file has already refused the batch. Thumbnails are written in the
+same store transaction as their items.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import math
 from collections.abc import Sequence
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from service.errors import MediaError, NotFound, PayloadTooLarge, ServiceError
-from service.media import IMAGE_FORMATS, Upload, clip_limits, decode_clip
+from bundle.inputs import Clip
+from service.errors import NotFound, ServiceError
+from service.media import Upload, clip_limits, decode_clip
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -27,60 +28,50 @@ JPEG_QUALITY = 80
 MEDIA_TYPE = "image/jpeg"
 
 
-def image_thumbnail(upload: Upload, max_side: int, max_pixels: int) -> bytes:
-    """JPEG bytes of an uploaded image: oriented, RGB on white, longest side <= ``max_side``."""
-    name = upload.filename
-    try:
-        with Image.open(io.BytesIO(upload.data), formats=IMAGE_FORMATS) as opened:
-            w, h = opened.size
-            if w * h > max_pixels:
-                raise PayloadTooLarge(f"image {name!r} is {w}x{h} pixels, over {max_pixels}")
-            # JPEG decodes straight to a reduced scale (1/2 .. 1/8) that still covers the
-            # thumbnail: a 12 MP photo costs a fraction of a full decode.
-            scale = max_side / max(w, h)
-            if scale < 1:
-                opened.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
-            image = _on_white(ImageOps.exif_transpose(opened))
-            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise MediaError(f"image {name!r} could not be thumbnailed: {exc}") from None
-    return _jpeg(image)
+def thumbnail_of(image: Image.Image, max_side: int) -> bytes:
+    """JPEG bytes of a decoded, oriented image: RGB on white, longest side <= ``max_side``.
+
+    The service hands over the image its encoder's pixels came from (decoded at a reduced
+    scale that still covers ``max_side``: ``service.media.open_image``), so an upload is
+    decoded once for both.
+    """
+    small = _on_white(image)
+    small.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return _jpeg(small)
 
 
 def clip_poster(upload: Upload, settings: Settings) -> bytes:
     """JPEG of the frame in the middle of a clip, a centre-cropped square of thumbnail_size."""
     # One clip of one frame, the middle one: (1, 1, 3, s, s).
-    pixels = decode_clip(upload, 1, settings.thumbnail_size, 1, clip_limits(settings))
+    poster = Clip(frames=1, size=settings.thumbnail_size)
+    pixels = decode_clip(upload, poster, clip_limits(settings))
     return _jpeg(Image.fromarray(pixels[0, 0].transpose(1, 2, 0)))
 
 
-def thumbnail(upload: Upload, modality: str, settings: Settings) -> bytes | None:
-    """The thumbnail of one upload of ``modality`` (None for kinds without one, or on failure).
+def clip_thumbnail(upload: Upload, settings: Settings) -> bytes | None:
+    """A clip's poster (None on failure; images get theirs from their decode).
 
     The encoder has already accepted the upload; a thumbnail is a convenience, so one that
     cannot be made (e.g. a clip too elongated at thumbnail size, though not at the model's)
     leaves the item without one rather than refusing it.
     """
     try:
-        if modality == "image":
-            return image_thumbnail(upload, settings.thumbnail_size, settings.max_image_pixels)
-        if modality == "video":
-            return clip_poster(upload, settings)
+        return clip_poster(upload, settings)
     except ServiceError as exc:
         log.warning("no thumbnail for %r: %s", upload.filename, exc.detail)
     return None
 
 
-async def thumbnails_for(
+async def posters_for(
     rt: Runtime, sources: Sequence[str | Upload], modalities: Sequence[str]
 ) -> list[bytes | None]:
-    """Thumbnails of a batch's uploads (None for texts, or for all when turned off)."""
+    """Posters of a batch's clips (None for the rest, or for all when turned off)."""
     out: list[bytes | None] = [None] * len(sources)
     if not rt.settings.thumbnails:
         return out
-    todo = [i for i, s in enumerate(sources) if isinstance(s, Upload)]
+    todo = [i for i, (s, m) in enumerate(zip(sources, modalities, strict=True)) if m == "video"]
     made = await asyncio.gather(
-        *(rt.run(thumbnail, sources[i], modalities[i], rt.settings) for i in todo)
+        *(rt.run_media(clip_thumbnail, sources[i], rt.settings) for i in todo)
     )
     for i, data in zip(todo, made, strict=True):
         out[i] = data

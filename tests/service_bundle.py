@@ -1,14 +1,13 @@
 """Helpers for the service tests: real small bundles, test images, settings, a server process.
 
 Bundles are built without model/'s trainer: each encoder is a tiny seeded torch module
-(conv + linear, or linear) ending in sign-and-pack, traced with torch.jit.trace and
-written with a manifest.json that follows the bundle contract (format_version 1, sha256
-per file).
+(conv + linear, or linear) ending in sign-and-pack, traced and written through bundle/'s
+writer, so they are in the current format (sha256 per file, each encoder carrying the
+digest of its manifest entry).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -27,6 +26,10 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
 from torch import nn
 
+from bundle.encoders import trace
+from bundle.inputs import BagOfWords, Clip, InputKind, Pixels
+from bundle.text import Vocabulary
+from bundle.writer import BundleWriter
 from service.app import create_app
 from service.encoders import Bundle
 from service.settings import Settings
@@ -105,48 +108,21 @@ def build_bundle(
     seed: int = 0,
     encoder_bits: int | None = None,
 ) -> Path:
-    """Write a bundle folder and return it; ``encoder_bits`` makes encoders disagree."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Write a bundle folder through bundle/ and return it; ``encoder_bits`` makes encoders
+    disagree with the manifest."""
     torch.manual_seed(seed)
-    vocab = list(vocab or VOCAB)
+    vocabulary = Vocabulary(list(vocab or VOCAB), mode=mode, ngram=ngram)
     width = encoder_bits or bits
-    modules: dict[str, tuple[nn.Module, torch.Tensor]] = {
-        "image": (ImageHasher(width), torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)),
-        "text": (TextHasher(width, len(vocab)), torch.zeros(2, len(vocab))),
-    }
-    specs: dict[str, dict] = {
-        "image": {"file": "image.pt", "input": "pixels", "size": image_size},
-        "text": {
-            "file": "text.pt",
-            "input": "bag_of_words",
-            "vocabulary": {"tokens": vocab, "mode": mode, "ngram": ngram, "pattern": r"[^\W_]+"},
-        },
+    encoders: dict[str, tuple[nn.Module, InputKind]] = {
+        "image": (ImageHasher(width), Pixels(image_size)),
+        "text": (TextHasher(width, len(vocabulary)), BagOfWords(vocabulary)),
     }
     if video:
-        clip = torch.zeros(2, 1, frames, 3, image_size, image_size, dtype=torch.uint8)
-        modules["video"] = (VideoHasher(width), clip)
-        specs["video"] = {
-            "file": "video.pt",
-            "input": "clip",
-            "frames": frames,
-            "size": image_size,
-            "clips": 1,
-        }
-    files = {}
-    for modality, (module, example) in modules.items():
-        traced = torch.jit.trace(module.eval(), example)
-        path = root / specs[modality]["file"]
-        traced.save(str(path))
-        files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    manifest = {
-        "format_version": 1,
-        "method": "dsmhn",
-        "bits": bits,
-        "label_names": ["animal", "nature", "urban"],
-        "modalities": specs,
-        "files": files,
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        encoders["video"] = (VideoHasher(width), Clip(frames=frames, size=image_size))
+    with BundleWriter(root) as writer:
+        for modality, (module, kind) in encoders.items():
+            writer.add(modality, trace(module.eval(), torch.from_numpy(kind.probe(2))), kind)
+        writer.finish(bits, method="dsmhn", label_names=["animal", "nature", "urban"])
     return root
 
 
@@ -203,6 +179,8 @@ def make_settings(bundle_dir: Path, data_dir: Path, **overrides: Any) -> Setting
         "api_key": API_KEY,
         "batch_window_ms": 1.0,
         "index_kind": "flat",
+        # TestClient's requests name the host "testserver".
+        "allowed_hosts": "testserver",
     }
     values.update(overrides)
     return Settings(**values)
@@ -246,9 +224,10 @@ class ServerProcess:
         log: Path,
         *,
         command: list[str] | None = None,
+        port: int | None = None,
         **env: str,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         environ = {k: v for k, v in os.environ.items() if not k.startswith("HASHBRIDGE_")}

@@ -67,6 +67,7 @@ def test_search_quick_records_its_command_and_finite_ratios(tmp_path: Path) -> N
         (["bench.encoders", "--batch-sizes", "0"], "at least 1"),
         (["bench.encoders", "--device", "foo"], "--device must be cpu or cuda"),
         (["bench.serving", "--bundles", "tiny", "--clients", "0"], "at least 1"),
+        (["bench.ingest_cli", "--rounds", "0"], "at least 1"),
         (["bench.video", "accuracy", "--config", "x.toml", "--bits", "twelve"], "whole number"),
     ],
 )
@@ -124,3 +125,24 @@ def test_ingest_clients_stops_at_once_when_a_client_dies() -> None:
     # (Before, it waited 600 s for a report that never came, then failed with queue.Empty.)
     with pytest.raises(RuntimeError, match="a client process failed"):
         ingest_with(f"http://127.0.0.1:{free_port()}", 1, [["a text"]] * 4, 2)
+
+
+def test_http_search_fills_serves_and_checks_recall(tmp_path: Path) -> None:
+    out = tmp_path / "http.json"
+    args = ["--items", "3000", "--requests", "24", "--clients", "1", "2"]
+    done = bench("bench.http_search", *args, "--ivf-threshold", "1000", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["command"].startswith("python -m bench.http_search --items 3000")
+    by_kind = {r["kind"]: r for r in result["results"]}
+    assert set(by_kind) == {"auto", "flat"}
+    for row in by_kind.values():
+        assert row["index_sizes"] == {"image": 3000, "text": 3000}
+        for rows in row["search"].values():
+            assert [r["clients"] for r in rows] == [1, 2]
+            assert all(r["failures"] == 0 and r["requests"] == 24 for r in rows)
+        floor = row["one_client_code_vs_floor"]
+        assert math.isfinite(floor["p50_over_floor_p50"]) and floor["p50_over_floor_p50"] > 0
+    # The flat index is exact, so the service's answers are exact; IVF may miss some.
+    assert by_kind["flat"]["text_to_image_recall_at_10"] == 1.0
+    assert 0 < by_kind["auto"]["text_to_image_recall_at_10"] <= 1.0

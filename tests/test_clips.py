@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashbridge.clips import ClipError, ClipLimits, decode_clip, prepare_frame
+from bundle.clips import ClipError, ClipLimits, decode_clip, prepare_frame
 from model.data.images import load_image, prepare_image
 
 PALETTE = {
@@ -288,7 +288,7 @@ def test_a_one_frame_transport_stream_decodes(tmp_path: Path) -> None:
         container.mux(stream.encode(av.VideoFrame.from_ndarray(solid("red"), format="rgb24")))
         container.mux(stream.encode())
     script = (
-        "import sys; from hashbridge.clips import decode_clip; "
+        "import sys; from bundle.clips import decode_clip; "
         "print(decode_clip(sys.argv[1], frames=4, size=32).shape)"
     )
     done = subprocess.run(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashbridge.clips import decode_clip
+from bundle.clips import decode_clip
 from model.data.kinetics import load_kinetics
 from model.data.records import DataError
 from model.data.splits import split_from_column

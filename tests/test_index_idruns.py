@@ -21,6 +21,7 @@ def check_against(runs: IdRuns, slot_of: dict[int, int]) -> None:
     live_slots, live_ids = runs.live()
     assert live_slots.tolist() == sorted(id_at)
     assert live_ids.tolist() == [id_at[s] for s in sorted(id_at)]
+    np.testing.assert_array_equal(runs.ids_of_live(live_slots), live_ids)
 
 
 def test_sequential_ids_are_one_run():

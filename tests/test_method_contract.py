@@ -21,18 +21,19 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import model.train
-from model.checkpoint import load_checkpoint, trained_method
+from bundle.text import Vocabulary
+from model.checkpoint import Position, load_checkpoint, resume_position, trained_method
 from model.checks import ConfigError, Rule, Section, at_least
 from model.config import RunConfig, config_from_dict, load_config
+from model.data.records import DataError
 from model.evaluate import evaluate_run
 from model.export import export_bundle
 from model.hashing import pack_bits
 from model.methods.base import Batch, Method, MethodSetup, Stage, TrainingSet
 from model.methods.registry import METHODS, Registered
-from model.text import Vocabulary
 from model.train import train
 from service.encoders import load_bundle
+from tests.interrupted import train_until
 from tests.test_export import Shapes, one_thread, shapes  # noqa: F401 - the shapes fixture
 
 BITS = 16
@@ -202,18 +203,8 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(
     stage_epoch: int,
 ) -> None:
     run = work / f"stopped-{stop_after}"
-    real_save = model.train.save_checkpoint
-
-    def save_then_interrupt(state: dict[str, Any], run_dir: Path) -> Path:
-        path = real_save(state, run_dir)
-        if state["epoch"] == stop_after:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(model.train, "save_checkpoint", save_then_interrupt)
-    with one_thread(), pytest.raises(KeyboardInterrupt):
-        train(config, run)
-    monkeypatch.undo()
+    with one_thread():
+        train_until(config, run, stop_after, monkeypatch)
     stopped = load_checkpoint(run)
     assert (stopped["stage"], stopped["stage_epoch"]) == (stage, stage_epoch)
     with one_thread():
@@ -248,3 +239,24 @@ def test_it_evaluates_and_exports_through_the_generic_path(
         expected = pack_bits(method.encode("text", torch.from_numpy(bags))).numpy()
         assert np.array_equal(bags, vocabulary.encode(shapes.captions))
     assert np.array_equal(bundle.encoders["text"].encode(bags), expected)
+
+
+def test_where_a_checkpoint_resumes(tmp_path: Path) -> None:
+    def stage(name: str, epochs: int) -> Stage:
+        return Stage(name, epochs, [], lambda p: torch.optim.SGD(p, lr=0.1))
+
+    stages = [stage("image", 3), stage("text", 2)]
+    at = resume_position
+    assert at({"stage": "image", "stage_epoch": 2}, stages, tmp_path) == Position(0, 2, 2)
+    # A finished stage: the next one starts from its first epoch.
+    assert at({"stage": "image", "stage_epoch": 3}, stages, tmp_path) == Position(1, 0, 3)
+    assert at({"stage": "text", "stage_epoch": 2}, stages, tmp_path) == Position(2, 0, 5)
+    # Written before stages existed: a one-stage method's run-wide epochs.
+    assert at({"epoch": 4}, [stage("joint", 30)], tmp_path) == Position(0, 4, 4)
+    for state, message in [
+        ({"epoch": 4}, "it names no stage, and this method trains in several"),
+        ({"stage": "fusion", "stage_epoch": 1}, "its stage 'fusion' is none of its method's"),
+        ({"stage": "text", "stage_epoch": 3}, "it is 3 epochs into stage 'text' of 2"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            at(state, stages, tmp_path)

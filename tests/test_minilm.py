@@ -18,11 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from bundle.sentence import SentenceTokenizer
 from model.backbones.minilm import (
     EMBEDDING_DIM,
     BertSpec,
     SentenceEncoder,
-    Tokens,
     load_minilm,
     model_dir,
     tokenizer_path,
@@ -46,8 +46,8 @@ def encoder() -> SentenceEncoder:
 
 
 @pytest.fixture(scope="module")
-def tokens() -> Tokens:
-    return Tokens(tokenizer_path(), MAX_LENGTH)
+def tokens() -> SentenceTokenizer:
+    return SentenceTokenizer(tokenizer_path(), MAX_LENGTH)
 
 
 def _embed(encoder: SentenceEncoder, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -56,7 +56,7 @@ def _embed(encoder: SentenceEncoder, ids: np.ndarray, mask: np.ndarray) -> np.nd
 
 
 def test_matches_sentence_transformers(
-    encoder: SentenceEncoder, tokens: Tokens, monkeypatch: pytest.MonkeyPatch
+    encoder: SentenceEncoder, tokens: SentenceTokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
@@ -75,7 +75,7 @@ def test_matches_sentence_transformers(
         assert mask[row].sum() == len(ref)
 
 
-def test_tokens_are_truncated_and_padded_to_max_length(tokens: Tokens) -> None:
+def test_tokens_are_truncated_and_padded_to_max_length(tokens: SentenceTokenizer) -> None:
     ids, mask = tokens.encode(["a dog", "", "surfer " * 80])
     assert ids.dtype == np.int64 and ids.shape == (3, MAX_LENGTH) and mask.shape == ids.shape
     # "a dog" is [CLS] a dog [SEP]; the empty text still gets [CLS] [SEP].
@@ -90,7 +90,9 @@ def test_tokens_are_truncated_and_padded_to_max_length(tokens: Tokens) -> None:
     assert tokens.encode(["a dog"], pad_to=6)[0].tolist() == [[CLS, a, dog, SEP, PAD, PAD]]
 
 
-def test_padding_does_not_change_the_embedding(encoder: SentenceEncoder, tokens: Tokens) -> None:
+def test_padding_does_not_change_the_embedding(
+    encoder: SentenceEncoder, tokens: SentenceTokenizer
+) -> None:
     texts = TEXTS[:2]
     short = _embed(encoder, *tokens.encode(texts, pad_to=max(tokens.lengths(texts))))
     full = _embed(encoder, *tokens.encode(texts))

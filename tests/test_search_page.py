@@ -87,18 +87,32 @@ def test_page_and_assets_do_not_shadow_the_api(api: TestClient) -> None:
 # ---------------------------------------------------------------- the page in a real browser
 
 
+#: Limits the page must take from the server, not from its own defaults.
+MAX_K, MAX_TEXT_CHARS = 300, 5000
+LONG_NAME = "holiday-2024-the-long-weekend-by-the-sea-picture-number-2.png"
+
+
 @pytest.fixture(scope="module")
 def server(svc_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real server holding three images and three texts."""
     root = tmp_path_factory.mktemp("page")
-    with ServerProcess(svc_bundle_dir, root / "data", root / "server.log") as proc:
+    limits = {"HASHBRIDGE_MAX_K": str(MAX_K), "HASHBRIDGE_MAX_TEXT_CHARS": str(MAX_TEXT_CHARS)}
+    with ServerProcess(svc_bundle_dir, root / "data", root / "server.log", **limits) as proc:
         proc.wait_ready()
         with httpx.Client(base_url=proc.url, timeout=30, headers=AUTH) as http:
-            files = [("files", (f"pic-{i}.png", png(i), "image/png")) for i in range(3)]
+            names = ["pic-0.png", "pic-1.png", LONG_NAME]
+            files = [("files", (names[i], png(i), "image/png")) for i in range(3)]
             images = http.post("/v1/items", files=files).json()["items"]
             texts = ["a cat on a red car", "a dog on the beach", "snow on a mountain at night"]
             body = {
-                "items": [{"text": t, "client_id": f"caption-{i}"} for i, t in enumerate(texts)]
+                "items": [
+                    {
+                        "text": t,
+                        "client_id": f"caption-{i}",
+                        "metadata": {"labels": ["animal", "urban"][: i + 1], "album": "trips"},
+                    }
+                    for i, t in enumerate(texts)
+                ]
             }
             captions = http.post("/v1/items", json=body).json()["items"]
         proc.items = {"images": images, "texts": captions}
@@ -145,14 +159,36 @@ def open_page(browser: Any, url: str) -> None:
     )
 
 
-def wait_for_tiles(browser: Any) -> list[Any]:
+def wait_for_tiles(browser: Any, status_start: str = "") -> list[Any]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, WAIT_S).until(
-        lambda d: d.find_element(By.ID, "status").text.endswith("results")
-    )
+    def done(d: Any) -> bool:
+        status = d.find_element(By.ID, "status").text
+        return status.startswith(status_start) and status.endswith("results")
+
+    WebDriverWait(browser, WAIT_S).until(done)
     return list(browser.find_elements(By.CSS_SELECTOR, "#results li.tile"))
+
+
+def search_text(browser: Any, text: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    box = browser.find_element(By.ID, "query-text")
+    box.clear()
+    box.send_keys(text)
+    browser.find_element(By.ID, "search-button").click()
+    return wait_for_tiles(browser)
+
+
+def sections(browser: Any) -> dict[str, list[Any]]:
+    """Each result section's tiles, by modality, in page order."""
+    from selenium.webdriver.common.by import By
+
+    return {
+        box.get_attribute("data-modality"): box.find_elements(By.CSS_SELECTOR, "li.tile")
+        for box in browser.find_elements(By.CSS_SELECTOR, "#results section")
+    }
 
 
 def set_modalities(browser: Any, wanted: set[str]) -> None:
@@ -265,3 +301,162 @@ def test_the_page_fits_a_narrow_screen(browser: Any, server: Any) -> None:
         assert overflow <= 0
     finally:
         browser.set_window_size(1200, 900)
+
+
+def test_a_text_query_shows_a_section_per_kind_each_with_its_own_top_k(
+    browser: Any, server: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, server.url)
+    k = browser.find_element(By.ID, "k")
+    k.clear()
+    k.send_keys("2")
+    search_text(browser, "red car cat")
+    found = sections(browser)
+    # Images first, then texts, each its own top 2: texts cannot crowd the pictures out.
+    assert list(found) == ["image", "text"]
+    assert [len(tiles) for tiles in found.values()] == [2, 2]
+    assert {t.get_attribute("data-modality") for t in found["image"]} == {"image"}
+    headings = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#results section h2")]
+    assert headings == ["Images (2)", "Texts (2)"]
+    assert int(found["text"][0].get_attribute("data-id")) == server.items["texts"][0]["id"]
+    assert browser.find_element(By.ID, "status").text == "Images 2 · Texts 2: 4 results"
+
+
+def test_limits_come_from_the_server(browser: Any, server: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(browser, server.url)
+    k = browser.find_element(By.ID, "k")
+    WebDriverWait(browser, WAIT_S).until(lambda d: k.get_attribute("max") == str(MAX_K))
+    text = browser.find_element(By.ID, "query-text")
+    assert text.get_attribute("maxlength") == str(MAX_TEXT_CHARS)
+    k.clear()
+    k.send_keys(str(MAX_K + 1))
+    text.send_keys("cat")
+    browser.find_element(By.ID, "search-button").click()
+    error = browser.find_element(By.ID, "error")
+    assert error.text == f"Results of each kind must be a whole number from 1 to {MAX_K}."
+
+
+def test_tiles_are_one_size_filled_by_their_picture_with_full_names_on_hover(
+    browser: Any, server: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(browser, server.url)
+    tiles = search_text(browser, "dog beach")
+    sizes = {(t.size["width"], t.size["height"]) for t in tiles}
+    assert len(sizes) == 1, sizes
+    for tile in sections(browser)["image"]:
+        img = tile.find_element(By.CSS_SELECTOR, ".thumb img")
+        WebDriverWait(browser, WAIT_S).until(
+            lambda d, img=img: d.execute_script("return arguments[0].naturalWidth", img)
+        )
+        thumb = tile.find_element(By.CSS_SELECTOR, ".thumb")
+        assert img.size == thumb.size  # the picture fills its square (cropped, not boxed)
+    long_tile = next(
+        t for t in tiles if int(t.get_attribute("data-id")) == server.items["images"][2]["id"]
+    )
+    name = long_tile.find_element(By.CSS_SELECTOR, ".name")
+    assert name.get_attribute("title") == LONG_NAME
+    shown = browser.execute_script("return arguments[0].clientWidth", name)
+    assert browser.execute_script("return arguments[0].scrollWidth", name) > shown  # cut
+
+
+def test_a_tile_opens_its_details_and_more_like_this_searches_by_its_code(
+    browser: Any, server: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(browser, server.url)
+    set_modalities(browser, {"text", "image"})
+    search_text(browser, "red car cat")
+    first = sections(browser)["text"][0]
+    expected = server.items["texts"][0]
+    first.find_element(By.CSS_SELECTOR, "button.open").click()
+    dialog = browser.find_element(By.ID, "detail")
+    WebDriverWait(browser, WAIT_S).until(lambda d: dialog.is_displayed())
+    code = browser.find_element(By.CSS_SELECTOR, "#detail-fields [data-field=code]")
+    WebDriverWait(browser, WAIT_S).until(lambda d: code.text == expected["code"])
+    assert browser.find_element(By.ID, "detail-title").text == f"Text #{expected['id']}"
+    assert browser.find_element(By.ID, "detail-text").text == "a cat on a red car"
+    field = {
+        dd.get_attribute("data-field"): dd.text
+        for dd in browser.find_elements(By.CSS_SELECTOR, "#detail-fields dd")
+    }
+    assert field["id"] == str(expected["id"]) and field["client id"] == "caption-0"
+    assert field["album"] == "trips" and field["kind"] == "text"
+    labels = browser.find_elements(By.CSS_SELECTOR, "#detail-labels li")
+    assert [li.text for li in labels] == ["animal"]
+
+    browser.find_element(By.ID, "more-like-this").click()
+    tiles = wait_for_tiles(browser, status_start="Like #")
+    assert not dialog.is_displayed()
+    like = sections(browser)
+    assert list(like) == ["image", "text"]
+    # By its own code: the item itself comes first, at distance 0.
+    top = like["text"][0]
+    assert int(top.get_attribute("data-id")) == expected["id"]
+    assert top.find_element(By.CSS_SELECTOR, ".distance").get_attribute("data-distance") == "0"
+    assert len(tiles) == 6
+    assert browser.find_element(By.ID, "query-text").get_attribute("value") == ""
+
+
+def test_an_image_tile_shows_a_larger_picture(browser: Any, server: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(browser, server.url)
+    search_text(browser, "dog beach")
+    tile = sections(browser)["image"][0]
+    thumb = tile.find_element(By.CSS_SELECTOR, ".thumb img")
+    WebDriverWait(browser, WAIT_S).until(
+        lambda d: d.execute_script("return arguments[0].naturalWidth", thumb)
+    )
+    tile.find_element(By.CSS_SELECTOR, "button.open").click()
+    big = browser.find_element(By.CSS_SELECTOR, "#detail-media img")
+    WebDriverWait(browser, WAIT_S).until(lambda d: big.is_displayed())
+    assert big.size["width"] > 2 * thumb.size["width"]
+    assert big.get_attribute("src") == thumb.get_attribute("src")
+    browser.find_element(By.ID, "detail-close").click()
+
+
+def test_the_page_is_usable_by_keyboard(browser: Any, server: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(browser, server.url)
+    box = browser.find_element(By.ID, "query-text")
+    box.send_keys("snow mountain night", Keys.ENTER)  # Enter in the field searches
+    wait_for_tiles(browser)
+    button = sections(browser)["text"][0].find_element(By.CSS_SELECTOR, "button.open")
+    button.send_keys(Keys.ENTER)  # a tile is a button: Enter opens it
+    dialog = browser.find_element(By.ID, "detail")
+    WebDriverWait(browser, WAIT_S).until(lambda d: dialog.is_displayed())
+    active = browser.switch_to.active_element
+    assert active.get_attribute("id") == "more-like-this"  # focus moved into the dialog
+    active.send_keys(Keys.ESCAPE)
+    WebDriverWait(browser, WAIT_S).until(lambda d: not dialog.is_displayed())
+    assert browser.switch_to.active_element == button  # and back to the tile
+    assert button.get_attribute("aria-label").startswith("Details of text caption-")
+
+
+def test_an_error_clears_the_previous_results(browser: Any, server: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(browser, server.url)
+    assert search_text(browser, "red car")
+    bogus = tmp_path / "notes.png"
+    bogus.write_bytes(b"these are not pixels")
+    browser.find_element(By.ID, "query-file").send_keys(str(bogus))
+    error = browser.find_element(By.ID, "error")
+    WebDriverWait(browser, WAIT_S).until(lambda d: error.is_displayed() and error.text)
+    assert browser.find_elements(By.CSS_SELECTOR, "#results li.tile") == []
+    assert browser.find_element(By.ID, "status").text == ""

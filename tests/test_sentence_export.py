@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.backbones.minilm import Tokens, load_minilm, tokenizer_path
+from bundle.sentence import SentenceTokenizer
+from model.backbones.minilm import load_minilm, tokenizer_path
 from model.build import build_method
 from model.checkpoint import load_checkpoint
 from model.config import config_from_dict
@@ -32,7 +33,7 @@ from model.hashing import pack_bits
 from model.prepare import prepare
 from model.sentence_features import extract_sentence_features
 from model.train import train
-from service.encoders import SentenceTokenizer, load_bundle
+from service.encoders import load_bundle
 from service.errors import BundleError
 from tests.service_bundle import REPO
 
@@ -139,7 +140,7 @@ class EagerText:
         method.load_state_dict(state["model"])
         self.stream = method.eval().stream("text")
         self.minilm = load_minilm()
-        self.tokens = Tokens(tokenizer_path(), self.config.text.max_length)
+        self.tokens = SentenceTokenizer(tokenizer_path(), self.config.text.max_length)
 
     @torch.inference_mode()
     def codes_of_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
@@ -224,8 +225,9 @@ def test_service_in_a_process_without_model_gives_the_eager_codes(
 import json, sys
 import numpy as np
 from fastapi.testclient import TestClient
+from bundle.sentence import SentenceTokenizer
 from service.app import create_app
-from service.encoders import SentenceTokenizer, load_bundle
+from service.encoders import load_bundle
 from service.settings import Settings
 
 req = json.loads(sys.argv[1])
@@ -233,7 +235,8 @@ bundle = load_bundle(req["bundle"])
 assert isinstance(bundle.vectorizer, SentenceTokenizer)
 batch, known = bundle.vectorizer.vectorize(req["texts"])
 codes = bundle.encoders["text"].encode(batch)
-settings = Settings(bundle_dir=req["bundle"], data_dir=req["out"] + ".data", batch_window_ms=1.0)
+settings = Settings(bundle_dir=req["bundle"], data_dir=req["out"] + ".data", batch_window_ms=1.0,
+                    allowed_hosts="testserver")
 with TestClient(create_app(settings)) as client:
     r = client.post("/v1/encode", json={"texts": req["texts"]})
     assert r.status_code == 200, r.text

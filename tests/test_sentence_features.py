@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.backbones.minilm import EMBEDDING_DIM, Tokens, load_minilm, tokenizer_path
+from bundle.sentence import SentenceTokenizer
+from model.backbones.minilm import EMBEDDING_DIM, load_minilm, tokenizer_path
 from model.build import build_method
 from model.config import ConfigError, config_from_dict
 from model.features import FeatureCache
@@ -34,7 +35,7 @@ def test_embeddings_equal_the_encoder_and_are_cached(tmp_path: Path) -> None:
     got = extract_sentence_features(TEXTS, encoder="minilm", max_length=24, cache_dir=tmp_path)
     assert got.shape == (len(TEXTS), EMBEDDING_DIM) and got.dtype == np.float32
     # Length-bucketed batches padded to their longest give the fixed-length embeddings.
-    ids, mask = Tokens(tokenizer_path(), 24).encode(TEXTS)
+    ids, mask = SentenceTokenizer(tokenizer_path(), 24).encode(TEXTS)
     with torch.inference_mode():
         expected = load_minilm()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)

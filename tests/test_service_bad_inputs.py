@@ -209,12 +209,12 @@ CASES: dict[str, tuple[Request, int, str]] = {
     ),
     "bad-json": (
         ingest_raw_json(b'{"items": ['),
-        422,
+        400,
         "request body is not valid JSON",
     ),
     "lone-surrogate-text": (
         ingest_raw_json(b'{"items": [{"text": "cat \\ud800"}]}'),
-        422,
+        400,
         "request body is not valid JSON",
     ),
     "nan-in-metadata": (
@@ -263,7 +263,11 @@ CASES: dict[str, tuple[Request, int, str]] = {
     ),
     "empty-modalities": (find(json={"text": "cat", "modalities": []}), 422, "modalities is empty"),
     "k-zero": (find(json={"text": "cat", "k": 0}), 422, "body.k"),
-    "k-over-max": (find(json={"text": "cat", "k": 51}), 422, "k must be between 1 and 50, got 51"),
+    "k-over-max": (
+        find(json={"text": "cat", "k": 51}),
+        422,
+        "k must be between 1 and 50 (HASHBRIDGE_MAX_K), got 51",
+    ),
     "k-not-integer-form": (
         find(files=[("file", ("q.png", GOOD, "image/png"))], data={"k": "ten"}),
         422,

@@ -8,9 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from service.encoders import TextVectorizer, load_bundle
+from bundle.encoders import trace
+from bundle.inputs import BagOfWords
+from bundle.text import Vocabulary
+from bundle.writer import BundleWriter
+from service.encoders import load_bundle
 from service.errors import BundleError
-from tests.service_bundle import VOCAB, build_bundle, edit_manifest, make_settings, open_client
+from tests.service_bundle import (
+    VOCAB,
+    TextHasher,
+    build_bundle,
+    edit_manifest,
+    make_settings,
+    open_client,
+)
 
 pytest_plugins = ["tests.conftest_service"]
 
@@ -25,7 +36,7 @@ def test_loads_a_valid_bundle(svc_bundle_dir: Path) -> None:
     b = load_bundle(svc_bundle_dir)
     assert (b.bits, b.method, b.modalities) == (32, "dsmhn", ["image", "text"])
     assert b.label_names == ["animal", "nature", "urban"]
-    assert b.inputs["image"]["size"] == 32
+    assert b.inputs["image"].size == 32
     assert b.vectorizer is not None and list(b.vectorizer.tokens) == VOCAB
     codes = b.encoders["image"].encode(np.zeros((3, 3, 32, 32), np.uint8))
     assert codes.dtype == np.uint8 and codes.shape == (3, 4)
@@ -92,12 +103,17 @@ def _feature_input(root: Path) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 
-def _short_vocabulary(root: Path, dim: int | None) -> None:
+def _short_vocabulary(root: Path, dim: int) -> None:
     manifest = json.loads((root / "manifest.json").read_text())
     text = manifest["modalities"]["text"]
     text["vocabulary"]["tokens"] = text["vocabulary"]["tokens"][:-3]
-    if dim is not None:
-        text["dim"] = dim
+    text["dim"] = dim
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _renamed_word(root: Path) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["modalities"]["text"]["vocabulary"]["tokens"][0] += "x"
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -126,8 +142,8 @@ def _image_size(root: Path, size: int) -> None:
         (lambda r: _short_vocabulary(r, 40), "lists 37 tokens but the text encoder takes 40"),
         # A typo: its probes alone were a MemoryError traceback.
         (lambda r: _image_size(r, 100_000), "take 28,610 MiB per item; .* at most 256 MiB"),
-        # Without a dim the probe finds it; its message is one line, not TorchScript's stack.
-        (lambda r: _short_vocabulary(r, None), r"probe text input of shape \(4, 37\): [^\n]*$"),
+        # A word renamed by hand: same width, but not the entry the encoder was traced with.
+        (_renamed_word, "entry for text.pt is not the one it was"),
     ],
     ids=[
         "no-manifest",
@@ -145,13 +161,25 @@ def _image_size(root: Path, size: int) -> None:
         "label-names-not-a-list",
         "vocabulary-shorter-than-dim",
         "huge-image-size",
-        "vocabulary-shorter-than-the-encoder",
+        "vocabulary-edited",
     ],
 )
 def test_refuses_broken_bundles(fresh: Path, breakage, message: str) -> None:
     breakage(fresh)
     with pytest.raises(BundleError, match=message):
         load_bundle(fresh)
+
+
+def test_refuses_an_encoder_that_takes_another_input_width(tmp_path: Path) -> None:
+    # A consistent manifest over an encoder built for a longer vocabulary: only the start-up
+    # probe finds it, and its message is one line, not TorchScript's stack.
+    vocabulary = Vocabulary(VOCAB)
+    with BundleWriter(tmp_path / "b") as writer:
+        module = TextHasher(32, len(VOCAB) + 3).eval()
+        writer.add("text", trace(module, torch.zeros(2, len(VOCAB) + 3)), BagOfWords(vocabulary))
+        writer.finish(32, method="dsmhn", label_names=[])
+    with pytest.raises(BundleError, match=r"probe text input of shape \(4, 40\): [^\n]*$"):
+        load_bundle(tmp_path / "b")
 
 
 def test_a_training_run_given_as_the_bundle_says_to_export_it(tmp_path: Path) -> None:
@@ -197,7 +225,7 @@ def test_data_dir_refuses_another_models_codes(
 
 
 def test_text_vectorizer_word_mode() -> None:
-    v = TextVectorizer(tokens=("cat", "dog", "red"), mode="word")
+    v = Vocabulary(["cat", "dog", "red"], mode="word")
     bags, known = v.vectorize(["A RED cat, a red_dog!", "nothing here", "dog-cat"])
     assert v.tokenize("A RED cat, a red_dog!") == ["a", "red", "cat", "a", "red", "dog"]
     np.testing.assert_array_equal(bags, [[1, 1, 1], [0, 0, 0], [1, 1, 0]])
@@ -207,7 +235,7 @@ def test_text_vectorizer_word_mode() -> None:
 
 
 def test_text_vectorizer_char_mode() -> None:
-    v = TextVectorizer(tokens=("猫が", "が好", "ab"), mode="char", ngram=2)
+    v = Vocabulary(["猫が", "が好", "ab"], mode="char", ngram=2)
     assert v.tokenize("猫が 好き") == ["猫が", "が好", "好き"]
     bags, known = v.vectorize(["猫が好き", "x", "A-b"])
     np.testing.assert_array_equal(bags, [[1, 1, 0], [0, 0, 0], [0, 0, 1]])

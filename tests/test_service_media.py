@@ -8,10 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashbridge.clips import ClipLimits
+from bundle.clips import ClipLimits
+from bundle.inputs import Clip, Pixels
 from service.errors import MediaError, PayloadTooLarge
-from service.media import Upload, check_upload_size, decode_clip, decode_image, sniff_kind
-from tests.service_bundle import grid_image, image_bytes, reference_pixels
+from service.media import (
+    Upload,
+    check_upload_size,
+    decode_clip,
+    decode_image,
+    decoded_pixels,
+    open_image,
+    sniff_kind,
+)
+from tests.service_bundle import grid_image, image_bytes, png, reference_pixels
 
 BIG = 10_000_000
 
@@ -52,7 +61,7 @@ def huge_png_header(width: int, height: int) -> bytes:
 def test_decode_matches_the_contract(size, mode, out) -> None:
     image = grid_image(3, size).convert(mode)
     data = image_bytes(image)
-    got = decode_image(upload(data), out, BIG)
+    got = decode_image(upload(data), Pixels(out), BIG)
     want = reference_pixels(Image.open(io.BytesIO(data)), out)
     assert got.dtype == np.uint8 and got.shape == (3, out, out)
     np.testing.assert_array_equal(got, want)
@@ -62,7 +71,7 @@ def test_decode_matches_the_contract(size, mode, out) -> None:
 def test_exif_orientation_is_applied(orientation: int) -> None:
     image = grid_image(5, (60, 30))
     data = exif_jpeg(image, orientation)
-    got = decode_image(upload(data, "rotated.jpg"), 32, BIG)
+    got = decode_image(upload(data, "rotated.jpg"), Pixels(32), BIG)
     np.testing.assert_array_equal(got, reference_pixels(Image.open(io.BytesIO(data)), 32))
     # Without the EXIF transpose the pixels would differ: the orientation really mattered.
     plain = Image.open(io.BytesIO(data))
@@ -77,19 +86,19 @@ def test_exif_orientation_is_applied(orientation: int) -> None:
 def test_truncated_image_is_refused() -> None:
     data = image_bytes(grid_image(1, (200, 200)))
     with pytest.raises(MediaError, match="'x.png' is corrupt or truncated"):
-        decode_image(upload(data[: len(data) // 2]), 32, BIG)
+        decode_image(upload(data[: len(data) // 2]), Pixels(32), BIG)
 
 
 def test_corrupt_image_is_refused() -> None:
     data = bytearray(image_bytes(grid_image(1, (200, 200))))
     data[60:120] = b"\xff" * 60
     with pytest.raises(MediaError, match="corrupt or truncated"):
-        decode_image(upload(bytes(data)), 32, BIG)
+        decode_image(upload(bytes(data)), Pixels(32), BIG)
 
 
 def test_non_image_bytes_are_refused() -> None:
     with pytest.raises(MediaError, match="'notes.txt' is not a recognised image"):
-        decode_image(upload(b"hello, I am plain text" * 10, "notes.txt"), 32, BIG)
+        decode_image(upload(b"hello, I am plain text" * 10, "notes.txt"), Pixels(32), BIG)
 
 
 def test_declared_pixel_bomb_is_refused_before_decoding() -> None:
@@ -98,17 +107,17 @@ def test_declared_pixel_bomb_is_refused_before_decoding() -> None:
     with pytest.raises(
         PayloadTooLarge, match=r"'bomb.png' is 2000x2000 = 4000000 pixels; the limit"
     ):
-        decode_image(bomb, 32, 1_000_000)
+        decode_image(bomb, Pixels(32), 1_000_000)
     # Far past Pillow's own hard limit, whatever ours is.
     with pytest.raises(PayloadTooLarge, match="too large to decode safely"):
-        decode_image(upload(huge_png_header(50_000, 40_000)), 32, 10**12)
+        decode_image(upload(huge_png_header(50_000, 40_000)), Pixels(32), 10**12)
 
 
 def test_pixel_limit_is_a_setting() -> None:
     data = image_bytes(grid_image(1, (600, 400)))
-    assert decode_image(upload(data), 32, 240_000).shape == (3, 32, 32)
+    assert decode_image(upload(data), Pixels(32), 240_000).shape == (3, 32, 32)
     with pytest.raises(PayloadTooLarge, match="600x400 = 240000 pixels; the limit is 239999"):
-        decode_image(upload(data), 32, 239_999)
+        decode_image(upload(data), Pixels(32), 239_999)
 
 
 def test_upload_size_limit() -> None:
@@ -144,4 +153,21 @@ def test_sniff_kind() -> None:
 
 def test_unreadable_clip_is_a_media_error() -> None:
     with pytest.raises(MediaError, match="clip 'c.mp4' is not a readable video file"):
-        decode_clip(upload(b"\0\0\0\x18ftypisom", "c.mp4"), 8, 112, 1, ClipLimits())
+        decode_clip(upload(b"\0\0\0\x18ftypisom", "c.mp4"), Clip(frames=8, size=112), ClipLimits())
+
+
+def test_a_big_jpeg_decodes_at_the_smallest_scale_that_covers_the_input() -> None:
+    data = image_bytes(grid_image(7, (800, 600), cells=8), "JPEG", quality=95)
+    # 64 px on the shorter side: 1/8 (100x75) still covers it; a 160 px thumbnail needs 1/4.
+    assert decoded_pixels(upload(data, "big.jpg"), 64) == 100 * 75
+    assert decoded_pixels(upload(data, "big.jpg"), 64, cover=160) == 200 * 150
+    assert decoded_pixels(upload(data, "big.jpg"), 64, reduce=False) == 800 * 600
+    assert open_image(upload(data, "big.jpg"), 64, BIG).size == (100, 75)
+    # PNGs have no reduced decode: their full size is what decoding costs.
+    assert decoded_pixels(upload(png(1, (300, 200))), 32) == 300 * 200
+    reduced = decode_image(upload(data, "big.jpg"), Pixels(size=64), BIG).astype(int)
+    full = decode_image(upload(data, "big.jpg"), Pixels(size=64), BIG, reduce=False)
+    np.testing.assert_array_equal(full, reference_pixels(Image.open(io.BytesIO(data)), 64))
+    # Close to the full decode (a few levels on smooth cells, more at the cell edges), not equal.
+    difference = np.abs(reduced - full)
+    assert 0 < difference.mean() < 6, difference.mean()

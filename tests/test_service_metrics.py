@@ -54,11 +54,12 @@ def test_exposition_is_consistent_and_counters_start_at_zero(api) -> None:
     api.post("/v1/search", json={"code": "00ff00ff", "k": 2})
     api.post("/v1/encode", json={"texts": ["blue boat", "night"]})
     types, before = _samples(api.get("/metrics").text)
-    # No delete yet: the unlabelled counter is there at 0, so the first delete is an increase.
-    assert before["hashbridge_items_deleted_total"] == 0
+    # No delete yet: each modality's series is there at 0, so the first delete is an increase.
+    deleted = 'hashbridge_items_deleted_total{{modality="{}"}}'
+    assert before[deleted.format("text")] == 0 and before[deleted.format("image")] == 0
     assert api.delete(f"/v1/items/{ids[0]}", headers=AUTH).status_code == 204
     types, samples = _samples(api.get("/metrics").text)
-    assert samples["hashbridge_items_deleted_total"] == 1
+    assert samples[deleted.format("text")] == 1 and samples[deleted.format("image")] == 0
     assert samples['hashbridge_items_written_total{modality="text"}'] == 3
     # Each search is observed once, under its query's kind.
     assert samples['hashbridge_search_duration_seconds_count{query="text"}'] == 1

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from hashbridge.clips import decode_clip
+from bundle.clips import decode_clip
 from model.config import config_from_dict
 from model.data.kinetics import load_kinetics
 from model.data.synthetic_video import (

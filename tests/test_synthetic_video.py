@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashbridge.clips import decode_clip
+from bundle.clips import decode_clip
+from bundle.text import tokenize
 from model.data.manifest import load_manifest
 from model.data.synthetic_video import (
     CLASS_BY_NAME,
@@ -20,7 +21,6 @@ from model.data.synthetic_video import (
     make_video_scene,
     write_clip,
 )
-from model.text import tokenize
 
 SIZE, FRAMES = 64, 8
 

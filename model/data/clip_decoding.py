@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashbridge.clips import ClipError, decode_clip
+from bundle.clips import ClipError, decode_clip
 
 #: (path, frames, size, clips)
 Job = tuple[str, int, int, int]

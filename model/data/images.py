@@ -1,6 +1,6 @@
 """Image files to model pixels, for training, feature caching and export samples.
 
-The preparation itself lives in `hashbridge.pixels`, which the service uses too, so training
+The preparation itself lives in `bundle.pixels`, which the service uses too, so training
 and serving prepare pixels with the same code.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hashbridge.pixels import prepare_image
+from bundle.pixels import prepare_image
 from model.data.records import DataError
 
 __all__ = ["image_problem", "load_image", "prepare_image"]

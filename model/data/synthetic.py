@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from model.fileio import atomic_open
+from bundle.fileio import atomic_open
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

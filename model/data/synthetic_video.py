@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from model.fileio import atomic_open, write_json
+from bundle.fileio import atomic_open, write_json
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from model.methods.options import DJSRHConfig, DSMHNConfig
-
-if TYPE_CHECKING:
-    from model.methods.base import Method
 
 
 @dataclass(frozen=True)
@@ -34,7 +30,8 @@ METHODS: dict[str, Registered] = {
 }
 
 
-def method_class(name: str) -> type[Method]:
-    """The class of the method registered as `name`."""
+def method_class(name: str) -> type:
+    """The class of the method registered as `name` (a model.methods.base.Method: not imported
+    here, which would make model.config import torch and the contract import itself)."""
     module, cls = METHODS[name].target.split(":")
     return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]

@@ -28,6 +28,7 @@ FORM_FIELDS = ("files",)
         EncodeRequest,
         {"files": files_field("Images (or clips) to encode")},
         {"texts": ["a dog on the beach"]},
+        form_rule={"required": ["files"]},
     ),
     responses=PROBLEM_RESPONSES,
 )

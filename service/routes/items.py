@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator, Field
 
 from service import forms, pipeline, thumbnails
 from service.deps import RuntimeDep, require_read, require_write
@@ -16,17 +17,43 @@ from service.openapi import (
     PROBLEM_RESPONSES,
     body,
     files_field,
+    json_body,
     problems,
     text_field,
 )
 from service.pipeline import ItemInput
 from service.runtime import Runtime
-from service.schemas import IngestRequest, IngestResponse, Item, Stats, TextItem
+from service.schemas import (
+    IngestRequest,
+    IngestResponse,
+    Item,
+    Limits,
+    LookupRequest,
+    LookupResponse,
+    Stats,
+    TextItem,
+)
 
 router = APIRouter(prefix="/v1", tags=["items"])
 
+
+def _digits_only(value: object) -> object:
+    # int() reads "1_0" as 10 and pydantic's lax mode "1.0" as 1: a path that is not the
+    # id as written must not reach (or delete) another item.
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("an item id is written in decimal digits only, e.g. /v1/items/42")
+    return value
+
+
 #: Ids are SQLite integers: a larger number cannot name an item, so it is refused up front.
-ItemId = Annotated[int, Path(ge=0, le=2**63 - 1, description="The item's id")]
+# The bounds as a Field after Path: given to Path next to a validator, FastAPI wrote them
+# into the schema as "ge"/"le", which no client reads.
+ItemId = Annotated[
+    int,
+    Path(description="The item's id (decimal digits)"),
+    Field(ge=0, le=2**63 - 1),
+    BeforeValidator(_digits_only),
+]
 
 FORM_FIELDS = ("files", "client_ids", "metadata", "items")
 _FORM_DOC = {
@@ -56,6 +83,7 @@ _FORM_DOC = {
         IngestRequest,
         _FORM_DOC,
         {"items": [{"text": "a dog on the beach", "client_id": "cap-1", "metadata": {}}]},
+        form_rule={"anyOf": [{"required": ["files"]}, {"required": ["items"]}]},
     ),
     responses=PROBLEM_RESPONSES,
 )
@@ -84,6 +112,23 @@ async def ingest_items(request: Request, rt: RuntimeDep) -> Response:
             ]
         }
     )
+
+
+@router.post(
+    "/items/lookup",
+    response_model=LookupResponse,
+    summary="Which of these client ids are stored (and under which id)",
+    description="A client that ingests a folder asks this first, so a rerun skips what is in.",
+    dependencies=[Depends(require_read)],
+    openapi_extra=json_body(LookupRequest, {"client_ids": ["photos/beach.jpg"]}),
+    responses=PROBLEM_RESPONSES,
+)
+async def lookup_items(request: Request, rt: RuntimeDep) -> Response:
+    """Look up stored items by client id."""
+    forms.body_kind(request, accept=("json",))
+    wanted = (await forms.read_json(request, LookupRequest)).client_ids
+    found = await pipeline.lookup(rt, wanted)
+    return JSONResponse({"found": [{"client_id": c, "id": i, "modality": m} for c, i, m in found]})
 
 
 @router.get(
@@ -168,6 +213,9 @@ async def stats(rt: RuntimeDep) -> Stats:
         modalities=rt.bundle.modalities,
         label_names=rt.bundle.label_names,
         seq=raw["seq"],
+        limits=Limits(
+            **{name: getattr(rt.settings, name) for name in Limits.model_fields},
+        ),
     )
 
 

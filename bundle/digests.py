@@ -1,6 +1,6 @@
-"""What export writes and the service reads: the bundle's file names and format version.
+"""Content digests: of files (bundles, clips, caches) and of a manifest entry.
 
-Each encoder file also carries the sha256 of the manifest entry it was traced with, so an
+Each encoder file carries the sha256 of the manifest entry it was traced with, so an
 edited manifest (an input size or vocabulary that no longer fits the traced network) is
 refused at load instead of giving codes that match nothing stored.
 """
@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 #: Extra file inside each TorchScript encoder: sha256 of its manifest entry (less "file").
 SPEC_DIGEST = "input_spec.sha256"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 hex of a file's bytes, read in 1 MiB blocks (bundles and clips can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def spec_digest(spec: Mapping[str, Any]) -> str:

@@ -5,7 +5,7 @@ sampled evenly in time: a demux pass (no decoding) measures the clip's time span
 sequential decode keeps, for each target time, the frame on screen at that moment. Only the
 kept frames are converted to RGB. Each is oriented by the stream's display matrix (phone
 clips store portrait video as rotated landscape) and prepared exactly like
-`hashbridge.pixels.prepare_image`: shorter side resized to `size` (bilinear, Pillow), centre
+`bundle.pixels.prepare_image`: shorter side resized to `size` (bilinear, Pillow), centre
 crop, CHW uint8. This module imports neither `model/` nor `service/`.
 """
 
@@ -27,7 +27,7 @@ from av.sidedata.sidedata import SideDataContainer
 from av.sidedata.sidedata import Type as SideDataType
 from PIL import Image
 
-from hashbridge.pixels import resize_crop, resized_dims
+from bundle.pixels import resize_crop, resized_dims
 
 ClipErrorReason = Literal[
     "corrupt",
