@@ -41,18 +41,27 @@ def embed(method: Method, modality: str, x: torch.Tensor, batch: int = 4096) -> 
 def _embeddings(
     method: Method, prepared: Any, device: torch.device
 ) -> dict[str, dict[str, np.ndarray]]:
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for part, rows in (("query", prepared.split.query), ("database", prepared.split.database)):
-        out[part] = {
-            m: embed(method, m, torch.from_numpy(x[rows]).to(device))
-            for m, x in prepared.inputs.items()
-        }
+    """Codes of the queries, the database and (for the report by group) both together,
+    each item encoded once."""
+    split = prepared.split
+    searched = np.union1d(split.query, split.database)
+    codes = {
+        m: embed(method, m, torch.from_numpy(x[searched]).to(device))
+        for m, x in prepared.inputs.items()
+    }
+    out: dict[str, dict[str, np.ndarray]] = {"searched": codes}
+    for part, rows in (("query", split.query), ("database", split.database)):
+        at = np.searchsorted(searched, rows)
+        out[part] = {m: c[at] for m, c in codes.items()}
     return out
 
 
 def quick_map(method: Method, prepared: Any, device: torch.device) -> dict[str, float]:
-    """mAP@all of binary codes for every direction (used during training)."""
+    """mAP@all of binary codes for every direction (used during training); by group when the
+    data has no labels."""
     emb = _embeddings(method, prepared, device)
+    if not prepared.data.labelled:
+        return {d: r["map"] for d, r in group_report(emb, prepared).items()}
     labels = prepared.data.labels
     ql, dl = labels[prepared.split.query], labels[prepared.split.database]
     rel = metrics.relevance(ql, dl)
@@ -79,6 +88,13 @@ def evaluate(method: Method, prepared: Any, config: Any, device: torch.device) -
         "map": {},
         "directions": {},
     }
+    report["by_group"] = group_report(emb, prepared)
+    report["num_queries"], report["num_database"] = len(prepared.split.query), nd
+    if not prepared.data.labelled:
+        # Nothing to score by label: the group report is the whole report.
+        report["map"] = {d: r["map"] for d, r in report["by_group"].items()}
+        report["distinct_codes"] = _distinct_codes_report(emb)
+        return report
     for qm, q in emb["query"].items():
         for dm, d in emb["database"].items():
             direction = f"{qm}->{dm}"
@@ -97,13 +113,65 @@ def evaluate(method: Method, prepared: Any, config: Any, device: torch.device) -
     report["binary_to_continuous_ratio"] = {
         k: report["map"][k] / max(report["continuous_map"][k], 1e-12) for k in report["map"]
     }
-    report["num_queries"], report["num_database"] = len(prepared.split.query), nd
+    report["distinct_codes"] = _distinct_codes_report(emb)
+    return report
+
+
+def _distinct_codes_report(emb: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, int]]:
     # How many Hamming cells the codes occupy: few distinct codes mean rankings made mostly
     # of ties (short codes collapse items of the same label set onto one code).
-    report["distinct_codes"] = {
-        part: {m: distinct_codes(e) for m, e in emb[part].items()} for part in emb
-    }
-    return report
+    return {p: {m: distinct_codes(e) for m, e in emb[p].items()} for p in ("query", "database")}
+
+
+def _distinct_items(data: Any, modality: str, rows: np.ndarray) -> np.ndarray:
+    """Positions in `rows` of each distinct item of `modality`: a photo or clip that several
+    rows share (a group's captions) is one item, searched and queried once."""
+    paths = {"image": data.image_paths, "video": data.video_paths}.get(modality)
+    if paths is None:
+        return np.arange(len(rows))
+    first: dict[Any, int] = {}
+    for i, row in enumerate(rows):
+        first.setdefault(paths[row], i)
+    return np.asarray(sorted(first.values()), dtype=np.int64)
+
+
+def _item_keys(data: Any, modality: str, rows: np.ndarray) -> np.ndarray:
+    """What makes two rows the same item of `modality`: its file, or for text the row."""
+    paths = {"image": data.image_paths, "video": data.video_paths}.get(modality)
+    if paths is None:
+        return rows.astype(str).astype(object)
+    return np.asarray([str(paths[r]) for r in rows], dtype=object)
+
+
+def group_report(
+    emb: dict[str, dict[str, np.ndarray]], prepared: Any, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, dict[str, Any]]:
+    """mAP@all and Recall@1/5/10 of binary codes by group, for every direction.
+
+    An item is relevant to the items of its own group (without a group column, only to its
+    own pair). The held-out queries search the retrieval set together with the queries
+    themselves, so that a query's own group is there to be found among the rest. Media that
+    rows share count once; within one modality a query never retrieves itself.
+    """
+    data, split = prepared.data, prepared.split
+    groups = data.group_ids()
+    searched = np.union1d(split.query, split.database)
+    out: dict[str, dict[str, Any]] = {}
+    for qm, q in emb["query"].items():
+        qpos = _distinct_items(data, qm, split.query)
+        qrows = split.query[qpos]
+        for dm in emb["database"]:
+            d = emb["searched"][dm]
+            dpos = _distinct_items(data, dm, searched)
+            drows = searched[dpos]
+            exclude = None
+            if qm == dm:
+                keys_q, keys_d = _item_keys(data, qm, qrows), _item_keys(data, dm, drows)
+                exclude = keys_q[:, None] == keys_d[None, :]
+            out[f"{qm}->{dm}"] = metrics.group_retrieval_report(
+                signs(q[qpos]), signs(d[dpos]), groups[qrows], groups[drows], ks=ks, exclude=exclude
+            )
+    return out
 
 
 def asymmetric_reports(
@@ -166,9 +234,19 @@ def evaluate_run(
         for d, r in report["directions"].items()
         for kind in ("binary", "continuous", "asymmetric")
     }
-    report["plots"] = [
-        str(plot_pr_curves(curves, plots_dir / "pr_curve.png")),
-        str(plot_precision_at_k(pk, plots_dir / "precision_at_k.png")),
-    ]
+    report["plots"] = []
+    if curves:  # unlabelled data has only the report by group
+        report["plots"] += [
+            str(plot_pr_curves(curves, plots_dir / "pr_curve.png")),
+            str(plot_precision_at_k(pk, plots_dir / "precision_at_k.png")),
+        ]
+    recall = {f"{d} binary": r["recall_at_k"] for d, r in report["by_group"].items()}
+    report["plots"].append(
+        str(
+            plot_precision_at_k(
+                recall, plots_dir / "recall_by_group.png", title="Recall@K by group"
+            )
+        )
+    )
     write_json(out, report)
     return report

@@ -379,3 +379,57 @@ def _ranking_fields(
             "cutoffs": cutoffs.tolist(),
         },
     }
+
+
+def group_relevance(query_groups: Any, db_groups: Any) -> np.ndarray:
+    """Boolean (nq, nd) matrix, True where a query and a database item share a group."""
+    q, d = np.asarray(query_groups).reshape(-1), np.asarray(db_groups).reshape(-1)
+    return q[:, None] == d[None, :]
+
+
+def recall_at_k(order: Any, rel: Any, ks: Sequence[int]) -> np.ndarray:
+    """For each k in ``ks``, the share of queries with at least one relevant item in the top k
+    (image-caption retrieval's Recall@K)."""
+    order, rel = _ranking(order, rel)
+    ks_arr = _cutoffs(ks, rel.shape[1])
+    found = np.zeros(len(ks_arr))
+    for rows in _row_blocks(len(rel), int(ks_arr.max()), CHUNK_ELEMENTS):
+        hits = _ranked_hits(order[rows], rel[rows], int(ks_arr.max()))[1]
+        found += (hits[:, ks_arr - 1] > 0).sum(axis=0)
+    return found / len(rel)
+
+
+def group_retrieval_report(
+    query_signs: Any,
+    db_signs: Any,
+    query_groups: Any,
+    db_groups: Any,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    exclude: Any = None,
+) -> dict[str, Any]:
+    """mAP@all and Recall@K of binary codes with relevance by group (no labels needed).
+
+    ``exclude`` (nq, nd) marks pairs left out of the ranking, e.g. a query's own row when
+    queries and database are one set within one modality: they are neither relevant nor
+    retrieved (ranked after every other item).
+    """
+    dist = hamming_distances(query_signs, db_signs).astype(np.int64)
+    rel = group_relevance(query_groups, db_groups)
+    if rel.shape != dist.shape:
+        raise ValueError(f"groups give relevance {rel.shape} for distances {dist.shape}")
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=bool)
+        dist[exclude] = np.asarray(query_signs).shape[1] + 1  # past the farthest code
+        rel = rel & ~exclude
+    order = rank(dist, ascending=True)
+    nd = rel.shape[1]
+    cut = [k for k in ks if k <= nd] or [nd]
+    return {
+        "num_queries": int(rel.shape[0]),
+        "num_database": int(nd),
+        "map": mean_average_precision(order, rel),
+        "recall_at_k": {
+            str(k): float(v) for k, v in zip(cut, recall_at_k(order, rel, cut), strict=True)
+        },
+    }

@@ -51,7 +51,8 @@ def plot_precision_at_k(
     *,
     title: str = "Precision@K",
 ) -> Path:
-    """Write a PNG with one precision@K line per label; K keys may be ints or JSON strings."""
+    """Write a PNG with one line per label of a metric at K (precision@K unless `title` names
+    another, e.g. Recall@K); K keys may be ints or JSON strings."""
     fig, ax = _axes(curves, title)
     for label, by_k in curves.items():
         ks, values = zip(*sorted((int(k), float(v)) for k, v in by_k.items()), strict=True)
@@ -59,7 +60,7 @@ def plot_precision_at_k(
     # K usually spans orders of magnitude (1 .. 1000).
     ax.set_xscale("log")
     ax.set_xlabel("K (top-ranked items)")
-    ax.set_ylabel("Precision@K")
+    ax.set_ylabel(title)
     ax.set_ylim(0, 1.02)
     ax.legend()
     return _save_atomic(fig, path)

@@ -12,7 +12,7 @@ import hashlib
 import inspect
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,13 @@ from model.data.kinetics import load_kinetics
 from model.data.manifest import load_manifest
 from model.data.mirflickr import load_mirflickr
 from model.data.records import DataError, PairedData, concat
-from model.data.splits import Split, split_from_column, standard_split
+from model.data.splits import (
+    Split,
+    by_group,
+    check_groups_unsplit,
+    split_from_column,
+    standard_split,
+)
 from model.data.synthetic_video import generate_video_dataset
 from model.data.wikipedia import load_wikipedia
 from model.features import extract_image_features
@@ -110,19 +116,46 @@ def load_dataset(config: RunConfig) -> tuple[PairedData, Split]:
                 "to train on and search",
                 path=path,
             )
-        n_query = min(config.data.n_query, max(1, len(data) // 10))
-        n_train = min(config.data.n_train, len(data) - n_query)
-        split = split_from_column(
-            data.splits, len(data), n_query=n_query, n_train=n_train, seed=config.split_seed
-        )
+        split = _manifest_split(config, data)
     else:
         raise ConfigError(f"unknown data.kind {kind!r}; use one of {', '.join(DATA_KINDS)}")
     return data, split
 
 
+def require_labels(config: RunConfig, data: PairedData) -> None:
+    """Refuse unlabelled data for a method that trains on labels, naming one that needs none."""
+    from model.methods.registry import METHODS, method_class  # imports the method's networks
+
+    if data.labelled or not method_class(config.method).needs_labels:
+        return
+    free = [name for name in METHODS if not method_class(name).needs_labels]
+    raise DataError(
+        f"method {config.method!r} trains on labels, but {config.data.path or config.data.kind} "
+        "has none (no 'labels' column); add labels, or train a method that needs none: "
+        + " or ".join(f"--set method={name}" for name in free)
+    )
+
+
+def _manifest_split(config: RunConfig, data: PairedData) -> Split:
+    """The split column's split, or a seeded one; with groups, whole groups are drawn."""
+    groups = data.group_ids()
+    if data.splits is not None:
+        if data.groups is not None:
+            check_groups_unsplit(data.splits, groups, data.ids)
+        return split_from_column(data.splits, len(data))
+    n = int(groups.max()) + 1
+    if n < 2:
+        raise DataError("only 1 group: a run needs at least 2, some held out as queries")
+    n_query = min(config.data.n_query, max(1, n // 10))
+    n_train = min(config.data.n_train, n - n_query)
+    split = split_from_column(None, n, n_query=n_query, n_train=n_train, seed=config.split_seed)
+    return split if data.groups is None else by_group(split, groups)
+
+
 def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared:
     """Inputs for the configured modalities; `vocabulary` reuses a trained run's vocabulary."""
     data, split = load_dataset(config)
+    require_labels(config, data)
     inputs: dict[str, np.ndarray] = {}
     kinds: dict[str, str] = {}
     for modality in config.data.modalities:
@@ -143,14 +176,15 @@ def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared
                     raise ConfigError(
                         f"{len(missing)} items have no image (first: {data.ids[missing[0]]})"
                     )
+                distinct, rows = _distinct_paths(data.image_paths)
                 inputs["image"] = extract_image_features(
-                    [Path(p) for p in data.image_paths if p is not None],
+                    distinct,
                     backbone=config.image.backbone,
                     size=config.image.size,
                     cache_dir=Path(config.image.cache_dir),
                     flip=config.image.flip_features,
                     tail_blocks=config.image.finetune_blocks,
-                )
+                )[rows]
                 kinds["image"] = Pixels.name
         elif modality == "text":
             if config.text.encoder != "bag_of_words":
@@ -180,6 +214,8 @@ def data_fingerprint(prepared: Prepared) -> str:
     data, split = prepared.data, prepared.split
     digest = hashlib.sha256()
     digest.update(json.dumps([data.ids, data.label_names, data.texts]).encode())
+    if data.groups is not None:  # absent before groups existed: earlier runs keep their digest
+        digest.update(json.dumps(data.groups).encode())
     for part in (data.labels, split.query, split.database, split.train, split.val):
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part.tobytes())
@@ -210,15 +246,27 @@ def _clip_maps(config: RunConfig, data: PairedData) -> np.ndarray:
     if missing:
         raise ConfigError(f"{len(missing)} items have no video (first: {data.ids[missing[0]]})")
     video = config.video
+    distinct, rows = _distinct_paths(data.video_paths)
     return extract_clip_maps(
-        [Path(p) for p in data.video_paths if p is not None],
+        distinct,
         backbone=video.backbone,
         size=video.size,
         frames=video.frames,
         clips=video.clips,
         cache_dir=Path(video.cache_dir),
         workers=video.workers,
-    )
+    )[rows]
+
+
+def _distinct_paths(paths: Sequence[Path | None]) -> tuple[list[Path], np.ndarray]:
+    """Each media file once, and for every row the position of its file among them.
+
+    Rows sharing a photo or a clip (a group's captions) share its features: it is decoded
+    and run through the backbone once.
+    """
+    position: dict[Path, int] = {}
+    rows = np.asarray([position.setdefault(Path(p), len(position)) for p in paths if p], np.int64)
+    return list(position), rows
 
 
 def _sentence_embeddings(config: RunConfig, data: PairedData) -> np.ndarray:

@@ -81,7 +81,7 @@ BAD_OVERRIDES = [
     (["text.min_count=0"], "text.min_count must be at least 1"),
     (["text.max_vocab=0"], "text.max_vocab must be at least 1"),
     # method and losses
-    (['method="dsmh"'], "method must be one of dsmhn, got 'dsmh'"),
+    (['method="dsmh"'], "method must be one of dsmhn, djsrh, got 'dsmh'"),
     (
         ['dsmhn.similarity="cosine"'],
         "dsmhn.similarity must be one of pairwise_nll, contrastive, triplet, tie_aware_ap",
@@ -128,7 +128,10 @@ BAD_OVERRIDES = [
     (["eval.top_r=0"], "eval.top_r must be at least 1"),
     (["eval.ks=[]"], "eval.ks is empty"),
     (["eval.ks=[0, 10]"], "eval.ks[0] must be at least 1, got 0"),
-    (["evaluation.top_r=1"], "unknown config key 'evaluation'; known: bits, data, dsmhn, eval"),
+    (
+        ["evaluation.top_r=1"],
+        "unknown config key 'evaluation'; known: bits, data, djsrh, dsmhn, eval",
+    ),
 ]
 
 

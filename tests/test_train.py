@@ -433,7 +433,7 @@ def test_evaluate_run_writes_json_and_plots(trained: TrainResult, tmp_path: Path
     # Rebuilt from the checkpoint alone, the model scores what it scored at the end of training.
     for direction, value in trained.history[-1]["map"].items():
         assert on_disk["map"][direction] == pytest.approx(value, abs=1e-12)
-    assert len(report["plots"]) == 2
+    assert len(report["plots"]) == 3  # PR, P@K and Recall@K by group
     for plot in report["plots"]:
         path = Path(plot)
         assert path.parent == tmp_path / "reports" / "eval"

@@ -1,9 +1,10 @@
 """Flickr8k photos with five English captions each (the `flickr8k-1000` layout).
 
 Layout: ``captions.csv`` (``image,caption_idx,caption``) and ``images/<image>``. Every
-(photo, caption) pair is one item. The dataset has no classes, so each photo is its own
-label: a caption and a photo are relevant to each other exactly when they belong together,
-which makes mAP measure caption<->photo retrieval.
+(photo, caption) pair is one item, and the five pairs of a photo are one group. The dataset
+has no classes; for a supervised method each photo is also its own label, so that a caption
+and a photo are relevant to each other exactly when they belong together, which makes mAP
+measure caption<->photo retrieval.
 
 Split (`flickr8k_split`), by photo so no query photo or caption is ever trained on: a seeded
 draw of ``n_query`` held-out photos whose pairs are both the queries and the retrieval set
@@ -68,13 +69,14 @@ def load_flickr8k(root: str | Path, check_files: bool = True) -> PairedData:
         multi_label=False,
         texts=texts,
         image_paths=[root / "images" / n for n in images],
+        groups=images,
     )
 
 
 def flickr8k_split(data: PairedData, *, n_query: int, n_train: int, seed: int) -> Split:
     """Held-out photos (queries = retrieval set) and training photos, drawn by `seed`."""
-    photo = data.labels.argmax(axis=1)
-    n_photos = len(data.label_names)
+    photo = data.group_ids()
+    n_photos = int(photo.max()) + 1
     if not 1 <= n_query < n_photos:
         raise ValueError(
             f"data.n_query counts held-out photos for flickr8k: between 1 and {n_photos - 1}, "

@@ -52,6 +52,8 @@ class PairedData:
     image_features: np.ndarray | None = None
     text_features: np.ndarray | None = None
     splits: list[str] | None = None
+    # Rows with one group value belong together (a photo's captions); None: each row alone.
+    groups: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -69,6 +71,19 @@ class PairedData:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the items carry labels (an unlabelled manifest has no label names)."""
+        return bool(self.label_names)
+
+    def group_ids(self) -> np.ndarray:
+        """An int64 group number per row, numbered in order of first appearance; without a
+        group column every row is its own group."""
+        if self.groups is None:
+            return np.arange(len(self.ids), dtype=np.int64)
+        number: dict[str, int] = {}
+        return np.asarray([number.setdefault(g, len(number)) for g in self.groups], np.int64)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -103,6 +118,7 @@ class PairedData:
             image_features=take(self.image_features),
             text_features=take(self.text_features),
             splits=take(self.splits),
+            groups=take(self.groups),
         )
 
 

@@ -109,3 +109,31 @@ def split_from_column(
 
 def _sorted(idx: Sequence[int] | np.ndarray) -> np.ndarray:
     return np.sort(np.asarray(idx, dtype=np.int64).reshape(-1))
+
+
+def by_group(split_of_groups: Split, groups: np.ndarray) -> Split:
+    """Row indices for a split drawn over group numbers: a group's rows stay together, so a
+    held-out photo's captions are never trained on."""
+
+    def rows(chosen: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(np.isin(groups, chosen)).astype(np.int64)
+
+    return Split(
+        query=rows(split_of_groups.query),
+        database=rows(split_of_groups.database),
+        train=rows(split_of_groups.train),
+        val=rows(split_of_groups.val),
+    )
+
+
+def check_groups_unsplit(splits: Sequence[str], groups: np.ndarray, ids: Sequence[str]) -> None:
+    """Refuse a split column that puts rows of one group on both sides of the split."""
+    seen: dict[int, str] = {}
+    for i, (s, g) in enumerate(zip(splits, groups.tolist(), strict=True)):
+        s = s.strip().lower()
+        if seen.setdefault(g, s) != s:
+            raise DataError(
+                f"rows of one group have different splits ({seen[g]!r} and {s!r}, "
+                f"e.g. {ids[i]!r}); give every row of a group the same split",
+                row=i + 1,
+            )

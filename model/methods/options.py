@@ -53,3 +53,43 @@ class DSMHNConfig(Section):
             make_similarity_loss(self.similarity, **self.similarity_params)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}similarity_params for {self.similarity!r}: {exc}") from None
+
+
+@dataclass
+class DJSRHConfig(Section):
+    """[djsrh]: DJSRH's joint-semantics matrix, loss weights, optimiser and schedule.
+
+    Defaults are the reference code's MIRFlickr setting (zzs1994/DJSRH settings.py), but for
+    the cosine schedule (the reference keeps its learning rates constant).
+    """
+
+    beta: float = 0.9  # weight of the media (image/video) similarity in the fused matrix
+    eta: float = 0.4  # weight of the second-order (neighbourhood) term
+    mu: float = 1.5  # scale of the joint-semantics matrix
+    lambda_media: float = 0.1  # intra-modal term of the image / video codes (lambda1)
+    lambda_text: float = 0.1  # intra-modal term of the text codes (lambda2)
+    optimizer: str = "sgd"  # sgd (the reference's, with momentum) | adam
+    image_lr: float = 0.001  # learning rates per stream (train.lr is DSMHN's)
+    video_lr: float = 0.001
+    text_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine (annealed over train.epochs) | constant (the reference)
+
+    def rules(self) -> dict[str, Rule]:
+        share = Rule(lambda v: 0 <= v <= 1, "between 0 and 1")
+        positive = Rule(lambda v: v > 0, "above 0")
+        return {
+            "beta": share,
+            "eta": share,
+            "mu": positive,
+            "lambda_media": at_least(0),
+            "lambda_text": at_least(0),
+            "optimizer": one_of(("sgd", "adam")),
+            "image_lr": positive,
+            "video_lr": positive,
+            "text_lr": positive,
+            "momentum": Rule(lambda v: 0 <= v < 1, "at least 0 and below 1"),
+            "weight_decay": at_least(0),
+            "schedule": one_of(("cosine", "constant")),
+        }

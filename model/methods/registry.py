@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from model.methods.options import DSMHNConfig
+from model.methods.options import DJSRHConfig, DSMHNConfig
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Registered:
 #: Method name (the config's `method`, and its section's name) -> where it is.
 METHODS: dict[str, Registered] = {
     "dsmhn": Registered("model.methods.dsmhn:DSMHN", DSMHNConfig),
+    "djsrh": Registered("model.methods.djsrh:DJSRH", DJSRHConfig),
 }
 
 
