@@ -346,8 +346,8 @@ def format_report(report: DemoReport, *, serving: bool = True) -> str:
         + ", ".join(f"{d} {maps[d]:.3f}" for d in SHOWN_DIRECTIONS if d in maps),
         "  collection: " + ", ".join(f"{n} {m}" for m, n in sorted(report.collection.items())),
         "",
-        f"example queries (top {TOP_K}: Hamming distance, item, labels; "
-        "'+' = carries every label asked for)",
+        f"example queries (top {TOP_K} in the service's order, by the asymmetric score "
+        "where it has one: Hamming distance, item, labels; '+' = carries every label asked for)",
     ]
     for q in report.queries:
         target = sorted({h.modality for h in q.hits})

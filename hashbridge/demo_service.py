@@ -74,6 +74,9 @@ class Hit:
     item: str
     modality: str
     distance: int
+    # The asymmetric score the service ranked by (lower is nearer); None when it ranked by
+    # Hamming distance alone.
+    score: float | None
     labels: list[str]
     text: str | None
 
@@ -262,6 +265,7 @@ def _search(http: httpx.Client, **request: Any) -> list[Hit]:
             item=h["metadata"].get("item", ""),
             modality=h["modality"],
             distance=h["distance"],
+            score=h.get("score"),
             labels=h["metadata"].get("labels", []),
             text=h["metadata"].get("text"),
         )

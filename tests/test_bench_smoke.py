@@ -78,24 +78,48 @@ def test_bad_flag_values_get_a_one_line_error(args: list[str], message: str) -> 
     assert message in done.stderr.strip().splitlines()[-1]
 
 
+def _accepts_help(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Run one recorded command with --help added; None if its parser accepted it, else stderr."""
+    if argv[0] == "hashbridge":  # `hashbridge SUBCOMMAND ...`: the console script's own parser
+        cli_main = importlib.import_module("hashbridge.cli").main
+
+        def run() -> object:
+            return cli_main([*argv[1:], "--help"])
+    else:
+        assert argv[:2] == ["python", "-m"], argv
+        monkeypatch.setattr(sys, "argv", [argv[2], *argv[3:], "--help"])
+        run = importlib.import_module(argv[2]).main
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()) as err,
+        pytest.raises(SystemExit) as exit_,
+    ):
+        run()
+    return None if exit_.value.code == 0 else err.getvalue()
+
+
 def test_recorded_commands_are_still_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every results file's command parses with its script's current flags (--help stops it)."""
+    """Every results file's command parses with its script's current flags (--help stops it).
+
+    A command is `python -m bench.SCRIPT ...` or `hashbridge SUBCOMMAND ...`, several of them
+    joined by `&&`.
+    """
     checked = 0
     for path in sorted((REPO / "bench" / "results").glob("*.json")):
         command = json.loads(path.read_text()).get("command")
         if command is None:
             continue
-        python, dash_m, module, *args = shlex.split(command)
-        assert (python, dash_m) == ("python", "-m"), path
-        monkeypatch.setattr(sys, "argv", [module, *args, "--help"])
-        with (
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()) as err,
-            pytest.raises(SystemExit) as exit_,
-        ):
-            importlib.import_module(module).main()
-        assert exit_.value.code == 0, f"{path.name}: {err.getvalue()}"
-        checked += 1
+        words = shlex.split(command)
+        steps: list[list[str]] = [[]]
+        for word in words:
+            if word == "&&":
+                steps.append([])
+            else:
+                steps[-1].append(word)
+        for argv in steps:
+            assert argv and argv[0] in ("python", "hashbridge"), f"{path.name}: {argv}"
+            assert _accepts_help(argv, monkeypatch) is None, f"{path.name}: {argv}"
+            checked += 1
     assert checked >= 10
 
 

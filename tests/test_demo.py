@@ -114,7 +114,10 @@ def test_example_queries_return_the_items_they_ask_for(first: FirstRun) -> None:
         assert len(q.hits) == TOP_K and {h.modality for h in q.hits} == {media}
         assert q.expected <= set(q.hits[0].labels), (q.query, q.hits[0])
         assert sum(q.expected <= set(h.labels) for h in q.hits) >= 3
-        assert [h.distance for h in q.hits] == sorted(h.distance for h in q.hits)
+        # Text queries rank by the asymmetric score (the demo bundle has real values), so
+        # their Hamming distances need not be in order; the scores must be.
+        scores = [h.score for h in q.hits]
+        assert None not in scores and scores == sorted(scores), q.hits  # type: ignore[type-var]
     # A held-out still and its clip (a red circle moving right) look for captions: the
     # still's name its colour and shape, the clip's also the direction it moves in.
     (still,) = [q for q in report.queries if q.kind == "image"]
