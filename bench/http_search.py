@@ -93,31 +93,40 @@ def floor_app() -> FastAPI:
     return app
 
 
-def fill(data_dir: Path, n: int, seed: int) -> np.ndarray:
-    """n image and n text codes into a fresh store through the bulk path; the image codes."""
-    collection = Collection.open(data_dir, BITS, IndexConfig(kind="flat"))
-    image_codes = None
+def fill(
+    data_dir: Path,
+    n: int,
+    seed: int,
+    *,
+    bits: int = BITS,
+    modalities: tuple[str, ...] = ("image", "text"),
+) -> np.ndarray:
+    """n codes per modality into a fresh store through the bulk path; the first one's codes."""
+    collection = Collection.open(data_dir, bits, IndexConfig(kind="flat"))
+    first = None
     try:
-        for m, modality in enumerate(("image", "text")):
-            x, _ = make_data(n, BITS, 1, seed + m, 0.5)
+        for m, modality in enumerate(modalities):
+            x, _ = make_data(n, bits, 1, seed + m, 0.5)
             codes = pack_signs(x)
             del x
             for s in range(0, n, CHUNK):
                 collection.upsert([NewItem(modality, c) for c in codes[s : s + CHUNK]])
-            if modality == "image":
-                image_codes = codes
+            if first is None:
+                first = codes
     finally:
         collection.close()
-    assert image_codes is not None
-    return image_codes
+    assert first is not None
+    return first
 
 
-def snapshot_as(source: Path, target: Path, kind: str, ivf_threshold: int) -> float:
+def snapshot_as(
+    source: Path, target: Path, kind: str, ivf_threshold: int, *, bits: int = BITS
+) -> float:
     """Copy the store, open it with this index kind (one build) and snapshot; build seconds."""
     target.mkdir(parents=True)
     shutil.copy(source / STORE_FILE, target / STORE_FILE)
     config = IndexConfig(kind=kind, ivf_threshold=ivf_threshold)  # type: ignore[arg-type]
-    seconds, collection = timed(lambda: Collection.open(target, BITS, config))
+    seconds, collection = timed(lambda: Collection.open(target, bits, config))
     collection.snapshot()
     collection.close()
     return seconds

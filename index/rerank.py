@@ -11,8 +11,8 @@ bits where ``b`` differs from ``s``: an item at Hamming distance at least ``d`` 
 ``D`` hold the exact top k by score once the k-th best is below that bound at ``D``.
 
 Two rankings:
-- ``asymmetric``: by score alone, over a candidate pool that grows until the bound proves it
-  holds the top k, or until ``max_pool``;
+- ``asymmetric``: by score alone, over a candidate pool that holds the top k once the bound
+  proves it, else ``max_pool`` candidates;
 - ``hamming_asymmetric``: by Hamming distance, the score breaking its ties; the pool grows
   until it holds the whole tie group at the k-th distance, or until ``max_pool``.
 Ties in the score fall by write order (the store's seq), as Hamming ties do.
@@ -130,7 +130,12 @@ def rerank(
         exact = found.exhausted or _proven(found, scores, top, values, k, ranking)
         if exact or pool >= max_pool:
             return Ranked(found, top.astype(np.intp), scores[top], exact)
-        pool = min(2 * pool, max_pool)
+        # A larger pool gives the same answer once one proves it, so growth only trades
+        # fetches against their size. The score's bound is loose (it grows by the smallest
+        # |q_i|), so a pool that does not prove it at first rarely does before max_pool: go
+        # there at once instead of scanning the index again at every doubling. Hamming ties
+        # at the k-th distance are usually covered by the next doubling.
+        pool = max_pool if ranking == "asymmetric" else min(2 * pool, max_pool)
 
 
 def _proven(
