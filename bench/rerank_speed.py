@@ -185,7 +185,7 @@ def main() -> int:
             "http_requests_per_mode": args.requests,
             "clients": args.clients,
         },
-        notes={"method": " ".join(__doc__.split("\n\n")[1:3])},
+        notes={"method": " ".join(__doc__.split("\n\n")[2:4])},
         in_process=rows,
         http=http,
     )

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 STORE_FILE = "store.sqlite3"
 #: Nearest items a filtered search checks before it scans the modality's matches instead.
 _MIN_CANDIDATES = 256
+#: Re-ranking ties across modalities: a modality's rank sits above its index's slots.
+_RANK_SHIFT = 48
 
 
 __all__ = ["STORE_FILE", "Collection", "Hit"]
@@ -194,9 +196,12 @@ class Collection:
         The query's bits are ``codes`` (packed), by default its values' signs (0 counts as +1,
         as encoders pack them); they may differ from the signs only where a value is 0. The
         Hamming ranking is ``search``'s; the others re-rank its nearest items by the
-        asymmetric score (index.rerank), with their codes and write order read from the
-        store, so every backend serves them. A candidate the store no longer holds with the
-        code the index found it by (a write meanwhile) is left out.
+        asymmetric score (index.rerank). Equal scores fall as ``search`` orders equal
+        distances: by the order of the modalities, then write order. The candidates' codes
+        come back with the index search where the index can give them (FAISS on the CPU);
+        otherwise, and for filtered searches, they are read from the store, leaving out a
+        candidate the store no longer holds with the code the index found it by (a write
+        meanwhile).
         """
         rows = np.asarray(values, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != self.bits:
@@ -213,10 +218,15 @@ class Collection:
         for query, row in zip(queries, rows, strict=True):
 
             def fetch(pool: int, query: npt.NDArray[np.uint8] = query) -> Candidates:
+                if where is None:
+                    found = self._nearest(query, pool, modalities, params)
+                    if found is not None:
+                        return found
                 hits = self.search(
                     query[None, :], pool, modalities=modalities, where=where, params=params
                 )[0]
-                return self._candidates(hits, query, exhausted=len(hits) < pool)
+                names = modalities if modalities is not None else sorted(self._indexes)
+                return self._stored_candidates(hits, query, names, exhausted=len(hits) < pool)
 
             ranked = rerank(fetch, check_values(row, self.bits), k, ranking, max_pool=max_pool)
             found = ranked.candidates
@@ -228,28 +238,84 @@ class Collection:
             )
         return out
 
-    def _candidates(
-        self, hits: Sequence[Hit], query: npt.NDArray[np.uint8], *, exhausted: bool
+    def _nearest(
+        self,
+        query: npt.NDArray[np.uint8],
+        pool: int,
+        modalities: Sequence[str] | None,
+        params: SearchParams | None,
+    ) -> Candidates | None:
+        """One query's ``pool`` nearest items with their codes, read back with the search.
+
+        None when an index cannot give codes (the caller reads them from the store). Ties
+        in the score fall as ``search`` orders Hamming ties: by the order of the modalities,
+        then by write order within one (an index's slots are its write order).
+        """
+        parts = []
+        with self._lock.read():
+            names = modalities if modalities is not None else sorted(self._indexes)
+            for rank, modality in enumerate(names):
+                index = self._indexes.get(modality)
+                if index is None or not len(index):
+                    continue
+                nearest = getattr(index, "nearest_with_codes", None)
+                found = nearest(query, pool, params) if nearest is not None else None
+                if found is None:
+                    return None
+                ids, distances, codes, slots = found
+                parts.append((ids, distances, codes, slots + (rank << _RANK_SHIFT), modality))
+        width = self.bits // 8
+        if not parts:
+            empty = np.empty(0, np.int64)
+            return Candidates(empty, empty, np.empty((0, width), np.uint8), empty, True)
+        ids, distances, codes, seqs = (
+            np.concatenate(c) for c in list(zip(*parts, strict=True))[:4]
+        )
+        modality_of = np.concatenate([np.full(len(p[0]), p[4], object) for p in parts])
+        order = np.lexsort((seqs, distances))[:pool]
+        return Candidates(
+            ids=ids[order],
+            distances=distances[order].astype(np.int64),
+            codes=codes[order],
+            seqs=seqs[order],
+            exhausted=len(ids) < pool,
+            modalities=tuple(modality_of[order].tolist()),
+        )
+
+    def _stored_candidates(
+        self,
+        hits: Sequence[Hit],
+        query: npt.NDArray[np.uint8],
+        ranks: Sequence[str],
+        *,
+        exhausted: bool,
     ) -> Candidates:
         """The hits with their stored codes and seqs, leaving out those changed since."""
-        ids, modalities, codes, seqs = self.store.code_rows([h.id for h in hits])
-        at = {int(i): n for n, i in enumerate(ids.tolist())}
-        distances = hamming(codes, query)
-        keep = [
-            (h, at[h.id])
-            for h in hits
-            if h.id in at
-            and modalities[at[h.id]] == h.modality
-            and distances[at[h.id]] == h.distance
-        ]
-        rows = np.array([r for _, r in keep], dtype=np.intp)
+        ids = np.array([h.id for h in hits], dtype=np.int64)
+        distances = np.array([h.distance for h in hits], dtype=np.int64)
+        modalities = np.array([h.modality for h in hits], dtype=object)
+        stored_ids, stored_modalities, codes, seqs = self.store.code_rows(ids.tolist())
+        keep = np.zeros(len(ids), dtype=bool)
+        rows = np.zeros(len(ids), dtype=np.intp)
+        if len(stored_ids):
+            by_id = np.argsort(stored_ids)
+            at = np.minimum(np.searchsorted(stored_ids, ids, sorter=by_id), len(by_id) - 1)
+            rows = by_id[at]
+            stored_as = np.asarray(stored_modalities, dtype=object)[rows]
+            # Left out: gone, moved to another modality, or rewritten with another code.
+            keep = (stored_ids[rows] == ids) & (stored_as == modalities)
+            keep &= hamming(codes[rows], query) == distances
+        rows = rows[keep]
+        # Equal scores fall by modality order, then write order, as in _nearest.
+        rank = {m: r for r, m in enumerate(dict.fromkeys(ranks))}
+        ranked = np.array([rank[m] for m in modalities[keep]], dtype=np.int64)
         return Candidates(
-            ids=np.array([h.id for h, _ in keep], dtype=np.int64),
-            distances=np.array([h.distance for h, _ in keep], dtype=np.int64),
-            codes=codes[rows] if len(rows) else codes[:0],
-            seqs=seqs[rows] if len(rows) else seqs[:0],
+            ids=ids[keep],
+            distances=distances[keep],
+            codes=codes[rows],
+            seqs=seqs[rows] + (ranked << _RANK_SHIFT),
             exhausted=exhausted,
-            modalities=tuple(h.modality for h, _ in keep),
+            modalities=tuple(modalities[keep].tolist()),
         )
 
     def snapshot(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import logging
 import math
 import threading
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -111,6 +112,7 @@ class FaissHammingIndex:
         self._alive: npt.NDArray[np.uint8] | None = None  # flat slot bitmap while any is dead
         self._trained_n = 0  # items at the last IVF training; 0 while flat
         self._gpu_lock = threading.Lock()
+        self._nprobe_lock = threading.Lock()
         self._gpu: tuple[Any, npt.NDArray[np.int64]] | None = None
         self._gpu_res: Any = self._gpu_resources() if use_gpu else None
         self._maybe_rebuild()
@@ -189,15 +191,7 @@ class FaissHammingIndex:
         n = len(self)
         if n == 0:
             return empty_result(queries.shape[0], k)
-        faiss_params: Any = None
-        alive = self._alive
-        if self.is_ivf:
-            faiss_params = faiss.SearchParametersIVF()
-            faiss_params.nprobe = max(1, min(nprobe or self.default_nprobe, self.nlist))
-        elif alive is not None:
-            faiss_params = faiss.SearchParameters()
-            faiss_params.sel = faiss.IDSelectorBitmap(alive.size, faiss.swig_ptr(alive))
-
+        faiss_params = self._faiss_params(nprobe)
         if not self.is_ivf and self._gpu_res is None:
             return self._flat_search(queries, k, faiss_params)
 
@@ -212,6 +206,77 @@ class FaissHammingIndex:
         # Slots are insertion sequences, so they rank ties directly.
         found = top_k_by_sequence(candidates, queries.shape[0], n, k, lambda slots: slots)
         return SearchResult(ids=self._runs.ids_of(found.ids), distances=found.distances)
+
+    def nearest_with_codes(
+        self, query: npt.NDArray[np.uint8], k: int, params: SearchParams | None = None
+    ) -> (
+        tuple[
+            npt.NDArray[np.int64],
+            npt.NDArray[np.int32],
+            npt.NDArray[np.uint8],
+            npt.NDArray[np.int64],
+        ]
+        | None
+    ):
+        """One query's k nearest (ids, distances, codes, slots), in any order among ties.
+
+        The codes are read back with the search (FAISS's search_and_reconstruct), so a
+        re-ranking pool needs no store lookups; slots are insertion order, the tie rule.
+        None on the GPU path (the caller reads the codes elsewhere).
+        """
+        if self._gpu_res is not None:
+            return None
+        queries = validate_codes(query[None, :], self._bits)
+        k = min(check_k(k), len(self))
+        nprobe = params.nprobe if params is not None else None
+        width = self._bits // 8
+        if k == 0:
+            return (
+                np.empty(0, np.int64),
+                np.empty(0, np.int32),
+                np.empty((0, width), np.uint8),
+                np.empty(0, np.int64),
+            )
+        dist = np.empty((1, k), np.int32)
+        slots = np.empty((1, k), np.int64)
+        codes = np.empty((1, k, width), np.uint8)
+        # The binary indexes' Python wrapper lacks the array form: the C++ signature.
+        call = partial(
+            self._index.search_and_reconstruct,
+            1,
+            faiss.swig_ptr(queries),
+            k,
+            faiss.swig_ptr(dist),
+            faiss.swig_ptr(slots),
+            faiss.swig_ptr(codes),
+        )
+        if self.is_ivf:
+            # Binary IVF's search_and_reconstruct takes no parameters, only the index's own
+            # nprobe: set it under a lock that only these calls take (searches pass theirs
+            # as parameters, so they never read it).
+            with self._nprobe_lock:
+                self._index.nprobe = max(1, min(nprobe or self.default_nprobe, self.nlist))
+                call(None)
+        else:
+            call(self._faiss_params(nprobe))
+        found = slots[0] >= 0
+        slots = slots[0][found]
+        ids = self._runs.ids_of(slots) if self.is_ivf else self._runs.ids_of_live(slots)
+        return ids, dist[0][found], codes[0][found].reshape(-1, width), slots
+
+    def _faiss_params(self, nprobe: int | None) -> Any:
+        """FAISS's per-call parameters: IVF's nprobe, or the flat index's live-slot filter."""
+        if self.is_ivf:
+            ivf: Any = faiss.SearchParametersIVF()
+            ivf.nprobe = max(1, min(nprobe or self.default_nprobe, self.nlist))
+            return ivf
+        alive = self._alive
+        if alive is None:
+            return None
+        flat: Any = faiss.SearchParameters()
+        flat.sel = faiss.IDSelectorBitmap(alive.size, faiss.swig_ptr(alive))
+        flat.bitmap = alive  # the selector points into it: keep it alive as long as flat
+        return flat
 
     def _flat_search(self, queries: npt.NDArray[np.uint8], k: int, params: Any) -> SearchResult:
         """One FAISS call; its (distance, slot) order is the tie rule, so no re-ranking."""

@@ -150,7 +150,10 @@ def test_collection_top_k_equals_sorting_all_items_when_the_pool_covers_them(
             keep = np.array([stored[int(i)].metadata.get("half") == 1 for i in ids])
         scores = brute_scores(values[0], codes, bits)
         distances = hamming(codes, np.packbits(values[0] >= 0))
-        keys = (seqs, scores) if ranking == "asymmetric" else (seqs, scores, distances)
+        # Equal scores fall as Collection.search orders equal distances: by modality
+        # (sorted names, the default order), then write order.
+        rank = np.unique(modalities, return_inverse=True)[1]
+        keys = (seqs, rank, scores) if ranking == "asymmetric" else (seqs, rank, scores, distances)
         order = [r for r in np.lexsort(keys) if keep[r]][:k]
         assert [h.id for h in got] == ids[order].tolist()
         assert [h.modality for h in got] == [modalities[r] for r in order]
