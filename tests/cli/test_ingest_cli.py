@@ -19,15 +19,16 @@ import pytest
 from hashbridge.ingest import IngestOptions, ingest
 from hashbridge.ingest_sources import Entry
 from model.data.synthetic_video import write_clip
-from tests.support.service_bundle import API_KEY, AUTH, REPO, ServerProcess, build_bundle, png
+from tests.support.service_bundle import API_KEY, AUTH, REPO, ServerProcess, png
 
 N_IMAGES, N_CLIPS, N_CAPTIONS = 60, 10, 20
 CORRUPT = ("photos/2/broken.png", "clips/broken.mp4")
 
 
-@pytest.fixture(scope="module")
-def video_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_bundle(tmp_path_factory.mktemp("bundle") / "video", video=True, frames=4)
+@pytest.fixture(scope="session")
+def video_bundle(svc_video_bundle_dir: Path) -> Path:
+    """The session's image+text+video bundle (tests/conftest.py)."""
+    return svc_video_bundle_dir
 
 
 def make_library(root: Path) -> list[str]:

@@ -19,14 +19,6 @@ BIG_NPROBE = 1 << 20
 EXACT = SearchParams(nprobe=BIG_NPROBE)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_faiss_thread():
-    # OpenMP spin-waits badly on a shared 2-core box; one thread keeps timings stable.
-    previous = set_num_threads(1)
-    yield
-    set_num_threads(previous)
-
-
 def random_codes(rng, n, bits):
     return rng.integers(0, 256, size=(n, bits // 8), dtype=np.uint8)
 

@@ -27,8 +27,6 @@ from index.opening import open_backend
 from index.reference import NumpyHammingIndex
 from index.store import NewItem
 
-pytest_plugins = ["tests.support.milvus"]
-
 BITS = 32
 #: Probes every list: IVF searches are then exact, and comparable with the oracle.
 EXACT = SearchParams(nprobe=1 << 20)

@@ -15,7 +15,6 @@ from index.base import SearchParams
 from index.collection import STORE_FILE, Collection
 from index.errors import BitsMismatchError, CodeError, ItemError
 from index.factory import IndexConfig
-from index.faiss_index import set_num_threads
 from index.reference import NumpyHammingIndex
 from index.store import CodeStore, NewItem
 
@@ -28,14 +27,6 @@ CONFIGS = {
     "auto": IndexConfig(kind="auto", ivf_threshold=300),
     "numpy": IndexConfig(backend="numpy"),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_faiss_thread():
-    # OpenMP spin-waits badly on a shared 2-core box; one thread keeps timings stable.
-    previous = set_num_threads(1)
-    yield
-    set_num_threads(previous)
 
 
 class FakeClock:

@@ -1,10 +1,10 @@
 """Export of a trained run to a bundle, and that bundle served end to end.
 
-A tiny real model is trained in a session fixture on pictures of coloured shapes drawn here
-(labels: colour and shape; text: "a red circle"), exported with `model.export`, and then
-checked three ways: the TorchScript encoders against an eager model rebuilt here from the
-checkpoint, the bundle loaded by `service.encoders` in a fresh process that never imports
-`model/`, and a real server started with `hashbridge serve` on loopback.
+The session's tiny real model (tests/conftest.py: `tiny_run`, `tiny_bundle`), trained on
+pictures of coloured shapes (labels: colour and shape; text: "a red circle"), exported with
+`model.export`, is checked three ways: the TorchScript encoders against an eager model
+rebuilt here from the checkpoint, the bundle loaded by `service.encoders` in a fresh process
+that never imports `model/`, and a real server started with `hashbridge serve` on loopback.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from bundle.text import Vocabulary
 from hashbridge.cli import main as cli_main
@@ -44,15 +42,8 @@ from model.train import train
 from service.encoders import load_bundle
 from service.errors import BundleError
 from tests.support.service_bundle import AUTH, REPO, ServerProcess
+from tests.support.shapes import COLOURS, PER_COMBINATION, SHAPES, Shapes, one_thread
 
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 60),
-    "blue": (40, 70, 220),
-    "yellow": (240, 210, 20),
-}
-SHAPES = ("circle", "square", "triangle")
-PER_COMBINATION = 5
 SHARED = REPO.parent / "shared" / "datasets"
 MIRFLICKR = SHARED / "mirflickr25k"
 WIKIPEDIA = SHARED / "wikipedia"
@@ -61,109 +52,16 @@ WIKIPEDIA = SHARED / "wikipedia"
 # ---------------------------------------------------------------- data and the tiny model
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Train and export on one intra-op thread, then restore the count.
-
-    On two shared cores, OpenMP threads spinning against other processes make the many tiny
-    ops of training ten times slower; train() would also leave its setting behind.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@dataclass(frozen=True)
-class Shapes:
-    """The generated dataset: one row per picture, with its caption and label set."""
-
-    root: Path
-    manifest: Path
-    ids: list[str]
-    images: list[Path]
-    captions: list[str]
-    labels: list[frozenset[str]]
-
-
-def _draw(colour: str, shape: str, rng: np.random.Generator) -> Image.Image:
-    # Not square, so the service's resize and centre crop have work to do.
-    width, height = 80, 64
-    image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(200, 256, 3)))
-    r = int(rng.integers(14, 22))
-    cx, cy = int(rng.integers(r + 8, width - r - 8)), int(rng.integers(r + 2, height - r - 2))
-    fill = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in COLOURS[colour])
-    draw = ImageDraw.Draw(image)
-    if shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif shape == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    return image
+@pytest.fixture(scope="session")
+def run_dir(tiny_run: Path) -> Path:
+    """The session's tiny run on the shapes (tests/conftest.py), trained once for all tests."""
+    return tiny_run
 
 
 @pytest.fixture(scope="session")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Shapes:
-    """60 PNGs (4 colours x 3 shapes x 5) and a manifest.csv of id,image,text,labels."""
-    root = tmp_path_factory.mktemp("shapes")
-    rng = np.random.default_rng(0)
-    rows = []
-    for colour in COLOURS:
-        for shape in SHAPES:
-            for k in range(PER_COMBINATION):
-                name = f"{colour}-{shape}-{k}.png"
-                _draw(colour, shape, rng).save(root / name)
-                rows.append(
-                    {
-                        "id": f"item{len(rows):03d}",
-                        "image": name,
-                        "text": f"a {colour} {shape}",
-                        "labels": f"{colour}|{shape}",
-                    }
-                )
-    manifest = root / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, ["id", "image", "text", "labels"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return Shapes(
-        root=root,
-        manifest=manifest,
-        ids=[r["id"] for r in rows],
-        images=[root / r["image"] for r in rows],
-        captions=[r["text"] for r in rows],
-        labels=[frozenset(r["labels"].split("|")) for r in rows],
-    )
-
-
-@pytest.fixture(scope="session")
-def run_dir(shapes: Shapes, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny DSMHN run (16 bits, one hidden layer of 64) trained on the shapes."""
-    work = tmp_path_factory.mktemp("run")
-    config = config_from_dict(
-        {
-            "bits": 16,
-            "data": {"kind": "manifest", "path": str(shapes.manifest)},
-            "image": {"size": 64, "cache_dir": str(work / "cache"), "hidden": [64], "dropout": 0.0},
-            "text": {"hidden": [64], "dropout": 0.0},
-            # 54 training items: small batches, a high rate and many epochs so the few
-            # seconds of training still give a model whose retrieval can be asserted on.
-            "train": {"epochs": 60, "batch_size": 16, "lr": 3e-3, "eval_every": 0},
-        }
-    )
-    with one_thread():
-        train(config, work / "run")
-    return work / "run"
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny run exported (the export verifies itself before it returns)."""
-    with one_thread():
-        return export_bundle(run_dir, tmp_path_factory.mktemp("export") / "bundle")
+def bundle_dir(tiny_bundle: Path) -> Path:
+    """The tiny run exported once for the session (tests/conftest.py)."""
+    return tiny_bundle
 
 
 class EagerModel:

@@ -33,8 +33,8 @@ from model.methods.base import Batch, Method, MethodSetup, Stage, TrainingSet
 from model.methods.registry import METHODS, Registered
 from model.train import train
 from service.encoders import load_bundle
-from tests.model.test_export import Shapes, one_thread, shapes  # noqa: F401 - the shapes fixture
 from tests.support.interrupted import train_until
+from tests.support.shapes import Shapes, one_thread
 
 BITS = 16
 
@@ -119,7 +119,7 @@ def registered() -> Iterator[None]:
         yield
 
 
-def toy_config(shapes: Shapes, cache: Path) -> RunConfig:  # noqa: F811
+def toy_config(shapes: Shapes, cache: Path) -> RunConfig:
     return config_from_dict(
         {
             "method": "toy",
@@ -140,7 +140,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def config(shapes: Shapes, work: Path) -> RunConfig:  # noqa: F811
+def config(shapes: Shapes, work: Path) -> RunConfig:
     return toy_config(shapes, work / "cache")
 
 
@@ -220,7 +220,7 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(
 
 def test_it_evaluates_and_exports_through_the_generic_path(
     uninterrupted: Path,
-    shapes: Shapes,  # noqa: F811
+    shapes: Shapes,
     tmp_path: Path,
 ) -> None:
     report = evaluate_run(uninterrupted, tmp_path / "eval.json")

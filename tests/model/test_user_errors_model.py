@@ -67,10 +67,10 @@ def manifest(workdir: Path) -> Path:
     return write_synthetic_images(workdir / "data", 20, seed=0, size=32, query_fraction=0.25)
 
 
-@pytest.fixture(scope="module")
-def run_dir(workdir: Path, manifest: Path) -> Path:
-    """A real one-epoch training run on CPU."""
-    return train(tiny_config(manifest, workdir / "features"), workdir / "run").run_dir
+@pytest.fixture(scope="session")
+def run_dir(tiny_run: Path) -> Path:
+    """A real training run on CPU: the session's tiny run (tests/conftest.py); tests copy it."""
+    return tiny_run
 
 
 # ---------------------------------------------------------------- 1. the training device

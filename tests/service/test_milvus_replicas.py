@@ -11,8 +11,6 @@ import httpx
 
 from tests.support.service_bundle import AUTH, ServerProcess
 
-pytest_plugins = ["tests.support.milvus"]
-
 
 def replica(
     bundle_dir: Path, tmp_path: Path, name: str, uri: str, collection: str

@@ -21,7 +21,6 @@ from tests.support.service_bundle import (
     AUTH,
     PROBLEM,
     VOCAB,
-    build_bundle,
     grid_image,
     image_bytes,
     ingest_files,
@@ -492,8 +491,8 @@ def test_not_ready_outside_the_lifespan(svc_bundle_dir: Path, tmp_path, path: st
     assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
 
 
-def test_video_bundle_reaches_the_clip_decoder(svc_bundle_dir: Path, tmp_path) -> None:
-    video_bundle = build_bundle(tmp_path / "vb", video=True)
+def test_video_bundle_reaches_the_clip_decoder(svc_video_bundle_dir: Path, tmp_path) -> None:
+    video_bundle = svc_video_bundle_dir
     with open_client(make_settings(video_bundle, tmp_path / "d")) as c:
         mp4 = b"\0\0\0\x18ftypisom\0\0\0\0isomiso2" + b"\0" * 64
         r = c.post("/v1/items", files=[("files", ("c.mp4", mp4, "video/mp4"))], headers=AUTH)

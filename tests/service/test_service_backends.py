@@ -31,8 +31,6 @@ from tests.support.service_bundle import (
     png,
 )
 
-pytest_plugins = ["tests.support.milvus"]
-
 # test_ingest_texts_and_images_then_search_each_way ranks ties by write order, the FAISS
 # backend's; test_cross_modal_ranking_follows_the_tie_order checks it per backend.
 REPRESENTATIVE: list[Callable[..., None]] = [

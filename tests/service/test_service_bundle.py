@@ -240,8 +240,8 @@ def test_text_vectorizer_char_mode() -> None:
     assert known == [2, 0, 1]
 
 
-def test_video_bundle_loads_and_checks_its_encoder(tmp_path: Path) -> None:
-    b = load_bundle(build_bundle(tmp_path / "v", video=True, frames=4))
+def test_video_bundle_loads_and_checks_its_encoder(svc_video_bundle_dir: Path) -> None:
+    b = load_bundle(svc_video_bundle_dir)
     assert b.modalities == ["image", "text", "video"]
     codes = b.encoders["video"].encode(np.zeros((2, 1, 4, 3, 32, 32), np.uint8))
     assert codes.shape == (2, 4)

@@ -18,7 +18,6 @@ from service.settings import Settings
 from tests.support.service_bundle import (
     AUTH,
     PROBLEM,
-    build_bundle,
     image_bytes,
     ingest_files,
     ingest_texts,
@@ -187,8 +186,8 @@ def clip_bytes(path: Path, colours: list[tuple[int, int, int]], size: tuple[int,
     return path.read_bytes()
 
 
-def test_a_clip_gets_its_middle_frame_as_poster(tmp_path: Path) -> None:
-    bundle = build_bundle(tmp_path / "video-bundle", video=True)
+def test_a_clip_gets_its_middle_frame_as_poster(svc_video_bundle_dir: Path, tmp_path: Path) -> None:
+    bundle = svc_video_bundle_dir
     red, green, blue = (220, 20, 20), (20, 200, 20), (20, 20, 220)
     clip = clip_bytes(tmp_path / "c.mp4", [red, green, blue], (96, 64))
     with open_client(make_settings(bundle, tmp_path / "data")) as api:
@@ -199,10 +198,12 @@ def test_a_clip_gets_its_middle_frame_as_poster(tmp_path: Path) -> None:
     assert np.abs(mean_colour(poster) - green).max() < 12
 
 
-def test_a_clip_the_encoder_takes_is_stored_even_without_a_poster(tmp_path: Path) -> None:
+def test_a_clip_the_encoder_takes_is_stored_even_without_a_poster(
+    svc_video_bundle_dir: Path, tmp_path: Path
+) -> None:
     # 2x1000 frames are fine at the model's size but, scaled to the 160 px poster, over the
     # pixel limit: the poster is skipped, the item is not refused.
-    bundle = build_bundle(tmp_path / "video-bundle", video=True)
+    bundle = svc_video_bundle_dir
     clip = clip_bytes(tmp_path / "thin.mp4", [(220, 20, 20)] * 2, (2, 1000))
     settings = make_settings(bundle, tmp_path / "data", max_clip_pixels=4_000_000)
     with open_client(settings) as api:

@@ -1,6 +1,6 @@
 """Fixtures that provide Milvus to tests: milvus-lite in-process, and an embedded server.
 
-Test modules load them with ``pytest_plugins = ["tests.support.milvus"]``. A test that
+tests/conftest.py loads them for every folder (its ``pytest_plugins``). A test that
 needs the embedded server skips, saying why, where it cannot start here.
 """
 
