@@ -9,7 +9,7 @@ seeded clustered 64-bit codes (bench.search's Gaussian mixture, signs packed). E
 kind is opened once in-process and snapshotted, so the server loads the index instead of
 rebuilding (IVF k-means) at start-up. Then, per kind (``auto``: IVF past
 HASHBRIDGE_IVF_THRESHOLD, nprobe 16; ``flat``: exact), the real server (``python -m service``
-with the ``tiny`` bundle of tests/service_bundle.py: a bag-of-words text encoder) answers:
+with the ``tiny`` bundle of tests/support/service_bundle.py: a bag-of-words text encoder) answers:
 
 * text->image searches (``{"text": ..., "k": 10, "modalities": ["image"]}``) and searches
   by code (``{"code": ..., "k": 10}``), with 1, 4 and 16 concurrent clients (threads with
@@ -60,7 +60,7 @@ from index.factory import IndexConfig
 from index.faiss_index import FaissHammingIndex
 from index.store import NewItem
 from service.encoders import load_bundle
-from tests.service_bundle import ServerProcess
+from tests.support.service_bundle import ServerProcess
 
 BITS = 64
 K = 10

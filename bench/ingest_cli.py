@@ -42,7 +42,7 @@ from bench.common import (
 from bench.serving import jpegs, make_bundle, post_images
 from hashbridge.ingest import IngestOptions, ingest
 from hashbridge.ingest_sources import collect
-from tests.service_bundle import API_KEY, REPO, ServerProcess
+from tests.support.service_bundle import API_KEY, REPO, ServerProcess
 
 BATCH = 16  # bench.serving's image batch
 

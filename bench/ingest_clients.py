@@ -40,7 +40,7 @@ from bench.common import (
 )
 from bench.serving import DEFAULTS, bare_texts, make_bundle, post_texts, texts
 from service.encoders import Bundle, load_bundle
-from tests.service_bundle import ServerProcess
+from tests.support.service_bundle import ServerProcess
 
 CLIENTS = (1, 2, 4)
 

@@ -51,7 +51,7 @@ from index.collection import Collection
 from index.factory import IndexConfig
 from index.store import NewItem
 from service.encoders import Bundle, load_bundle
-from tests.service_bundle import free_port
+from tests.support.service_bundle import free_port
 
 BATCH_SIZES = (64, 256, 1024)
 FAKE_CODE = "00" * 8

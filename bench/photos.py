@@ -53,7 +53,7 @@ from bench.serving import make_bundle, post_images, texts
 from model.data.synthetic import make_scene
 from service.encoders import Bundle, load_bundle
 from service.media import Upload, encoder_pixels, open_image
-from tests.service_bundle import AUTH, ServerProcess
+from tests.support.service_bundle import AUTH, ServerProcess
 
 SIZES = {"12mp": (4000, 3000), "3mp": (2048, 1536), "vga": (640, 480)}
 PNG_SIDE = 7000

@@ -5,7 +5,7 @@
 
 For each bundle (``lite0``: an untrained model exported by model.export with the real
 EfficientNet-Lite0 trunk, see bench/models.py; ``tiny``: the conv+linear bundle of
-tests/service_bundle.py) it starts ``python -m service`` on a free 127.0.0.1 port and:
+tests/support/service_bundle.py) it starts ``python -m service`` on a free 127.0.0.1 port and:
 
 * ingests batches of JPEG images and of texts over HTTP, alternating each batch with the
   same items decoded (service.media) and encoded (the bundle's TorchScript, loaded with
@@ -51,7 +51,7 @@ from index.faiss_index import FaissHammingIndex
 from service.encoders import Bundle, load_bundle
 from service.media import Upload, decode_image
 from service.settings import Settings
-from tests.service_bundle import AUTH, ServerProcess, build_bundle, grid_image, image_bytes
+from tests.support.service_bundle import AUTH, ServerProcess, build_bundle, grid_image, image_bytes
 
 K = 10
 IMAGE_WH = (320, 240)
@@ -457,8 +457,8 @@ def main() -> int:
                 "lite0-minilm": "as lite0, but texts go through the pretrained all-MiniLM-L6-v2 "
                 "sentence encoder (text.encoder = minilm; tokenizer in the bundle, MiniLM + MLP "
                 "+ hash traced together), the caption encoder a deployment would use",
-                "tiny": "tests/service_bundle.build_bundle: seeded conv+linear image encoder "
-                "at 32 px and a linear text encoder over a 40-word vocabulary; encoding is "
+                "tiny": "tests/support/service_bundle.build_bundle: seeded conv+linear image "
+                "encoder at 32 px and a linear text encoder over a 40-word vocabulary; encoding is "
                 "nearly free, so its ratios show the service's fixed per-item cost",
             },
             "ingest": "Each batch is done in-process (service.media.decode_image in a "

@@ -4,7 +4,7 @@ Results match ``NumpyHammingIndex`` exactly for the flat kind and for IVF probed
 with ``nprobe >= nlist``. On the CPU, ``IndexBinaryFlat`` already returns the top k
 in (distance, slot) order: it scans slots in ascending order per query and its heap
 admits an item only when strictly nearer, evicting the largest (distance, slot) first
-(``tests/test_index_backends.py`` holds it to the reference on tie-heavy codes), so
+(``tests/index/test_index_backends.py`` holds it to the reference on tie-heavy codes), so
 its answer is used as is. IVF (lists scanned out of slot order) and the GPU mirror
 break ties their own way: their candidates are re-ranked by (distance, insertion
 sequence), widening the candidate set until the k-th distance's tie group is

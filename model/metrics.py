@@ -1,6 +1,7 @@
 """Retrieval metrics for cross-modal hashing: relevance, ranking, mAP, precision@K, PR curves.
 
-Pure NumPy. The conventions below are contracts; ``tests/test_metrics.py`` holds the code to them.
+Pure NumPy. The conventions below are contracts; ``tests/model/test_metrics.py`` holds the code
+to them.
 
 Ranking
     Binary codes rank by Hamming distance ascending, continuous embeddings by cosine similarity

@@ -5,7 +5,7 @@
 
 Writes search-text.png (a text query: a section per kind of result), search-detail.png (a
 clip's detail view) and search-more-like-this.png (the items nearest to that clip's code).
-Uses Debian's chromium and chromium-driver, as tests/test_search_page.py does.
+Uses Debian's chromium and chromium-driver, as tests/service/test_search_page.py does.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python scripts/settings-table.py                  # print the Markdown table
     python scripts/settings-table.py --write README.md  # replace the table between the markers
 
-tests/test_deploy_config.py checks that the README holds exactly this output.
+tests/service/test_deploy_config.py checks that the README holds exactly this output.
 """
 
 from __future__ import annotations

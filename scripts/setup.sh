@@ -33,6 +33,6 @@ if [ "${1:-}" != "--no-browser" ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr
       chromium chromium-driver >&2
   else
     echo "setup: /usr/bin/chromium or /usr/bin/chromedriver is missing and this is not root:" \
-      "tests/test_search_page.py will skip; install: apt-get install chromium chromium-driver" >&2
+      "tests/service/test_search_page.py will skip; install: apt-get install chromium chromium-driver" >&2
   fi
 fi

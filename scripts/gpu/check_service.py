@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.service_bundle import AUTH, ServerProcess, build_bundle  # noqa: E402
+from tests.support.service_bundle import AUTH, ServerProcess, build_bundle  # noqa: E402
 
 TEXTS = ["red car on a street", "dog on the beach", "sunset over the sea", "train in the snow"]
 

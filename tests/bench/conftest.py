@@ -1,0 +1,1 @@
+"""The bench smoke tests share no fixtures of their own; tests/conftest.py holds the session's."""
