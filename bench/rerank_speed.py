@@ -49,7 +49,7 @@ from index.codes import pack_signs
 from index.collection import Collection
 from index.factory import IndexConfig
 from service.encoders import load_bundle
-from tests.service_bundle import ServerProcess, build_bundle
+from tests.support.service_bundle import ServerProcess, build_bundle
 
 K = 10
 RANKINGS = ("asymmetric", "hamming_asymmetric")
