@@ -2,7 +2,7 @@
 
     python -m bench.accuracy --config configs/mirflickr25k.toml --bits 16 32 64 --split-seeds 0 7
 
-Every figure in the README's accuracy tables comes from this script. Runs go under
+Every figure in docs/results.md's accuracy tables comes from this script. Runs go under
 runs/bench/<config>-<bits>b-s<seed>; an existing finished run is re-evaluated, not retrained
 (pass --retrain to start over).
 """

@@ -1,28 +1,38 @@
-"""Render bench.accuracy JSON results as the README's Markdown tables.
+"""Render bench results JSON as the Markdown tables of docs/results.md.
 
-python bench/tables.py bench/results/accuracy-*.json
+python bench/tables.py bench/results/accuracy-*.json          # print the tables
+python bench/tables.py --write docs/results.md                 # regenerate every table there
+
+Each file's kind is read from its content: `bench.accuracy` (accuracy-*.json),
+`bench.text_encoders` (text_encoders.json), `bench.video accuracy` (video-*.json but
+video-speed), a method's recorded run (djsrh-*.json) and `bench.search` (search*.json;
+`PATH#1000000x64` picks one size's detailed table from a sweep). In a Markdown file, a table
+is the text between `<!-- table: PATH -->` and `<!-- table: end -->`; `--write` replaces each
+with PATH's rendering; tests/docs/test_results_tables.py checks docs/results.md holds
+exactly that.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 CROSS = ("image->text", "text->image")
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- table: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- table: end -->)", re.S)
 
 
-def render(path: Path) -> str:
-    """One Markdown table per results file."""
-    rows = json.loads(path.read_text())["results"]
+def _accuracy(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
     lines = [
-        f"`{path}`",
-        "",
         "| bits | split seed | image→text | text→image | image→image | text→text "
         "| continuous i→t / t→i | binary / continuous i→t, t→i | train s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in rows:
+    for r in data["results"]:
         m, c, q = r["map"], r["continuous_map"], r["binary_to_continuous"]
         lines.append(
             f"| {r['bits']} | {r['split_seed']} | {m['image->text']:.3f} | {m['text->image']:.3f} "
@@ -31,8 +41,223 @@ def render(path: Path) -> str:
             f"| {q['image->text']:.1%}, {q['text->image']:.1%} "
             f"| {r['train_seconds_recorded']:.0f} |"
         )
+    return lines
+
+
+_STREAMS = {"bag_of_words": "bag of words", "minilm": "MiniLM"}
+
+
+def _text_encoders(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
+    lines = [
+        "| split | text stream | image→text | text→image | continuous i→t / t→i | train s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in data["results"]:
+        m, c = r["map"], r["continuous_map"]
+        lines.append(
+            f"| {r['split_seed']} | {_STREAMS.get(r['text_encoder'], r['text_encoder'])} "
+            f"| {m['image->text']:.3f} | {m['text->image']:.3f} "
+            f"| {c['image->text']:.3f} / {c['text->image']:.3f} "
+            f"| {r['train_seconds_recorded']:.0f} |"
+        )
+    return lines
+
+
+_TEMPORAL = {"conv3d": "(2+1)-D (`conv3d`)", "mean": "frame mean (2-D baseline)"}
+
+
+def _video(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
+    extra = any("map_val_and_test_queries" in r for r in data["results"].values())
+    head = "| stream | video→text | text→video | video→video | queries / database | train s |"
+    rule = "| --- | --- | --- | --- | --- | --- |"
+    if extra:
+        head += " video→text, text→video with val queries too |"
+        rule += " --- |"
+    lines = [head, rule]
+    for name, r in data["results"].items():
+        m = r["map"]
+        row = (
+            f"| {_TEMPORAL.get(name, name)} | {m['video->text']:.3f} | {m['text->video']:.3f} "
+            f"| {m['video->video']:.3f} | {r['num_queries']} / {r['num_database']} "
+            f"| {r['train_seconds_this_call']:.0f} |"
+        )
+        if extra:
+            v = r["map_val_and_test_queries"]
+            row += (
+                f" {v['map']['video->text']:.3f}, {v['map']['text->video']:.3f} "
+                f"({v['num_queries']} queries) |"
+            )
+        lines.append(row)
+    return lines
+
+
+def _ms(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    ms = seconds * 1000
+    return f"{ms:.3g} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+def _search_one(r: dict[str, Any], on_gpu: bool) -> list[str]:
+    lines = [
+        f"{r['n']:,} items, {r['bits']} bits "
+        f"(float32 baseline {r['dim_float']}-d, {r['float32_flat_ip']['bytes'] / 1e6:.0f} MB):",
+        "",
+        "| index | batch of 100 | one query (median) | batch vs float32 | recall@10 "
+        "| memory vs float32 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    base = r["float32_flat_ip"]
+    gpu = "Gpu" if on_gpu else ""
+    lines.append(
+        f"| float32 `{gpu}IndexFlatIP` (baseline) | {_ms(base['batch100']['median_s'])} "
+        f"| {base['single']['median_ms']:.3g} ms | 1× | | 1× |"
+    )
+    names = {
+        "binary_flat_raw_faiss": f"`{gpu}IndexBinaryFlat`, raw FAISS",
+        "binary_flat_wrapper": '`FaissHammingIndex(kind="flat"'
+        + (", use_gpu=True" if on_gpu else "")
+        + ")`",
+    }
+    for key, label in names.items():
+        if key in r:
+            x = r[key]
+            lines.append(
+                f"| {label} | {_ms(x['batch100']['median_s'])} | {x['single']['median_ms']:.3g} ms "
+                f"| {x['speedup_batch_vs_float32']:,.3g}× | "
+                f"| {x['memory_ratio_float32_over_this']:.1f}× smaller "
+                f"({x['bytes'] / 1e6:.1f} MB) |"
+            )
+    ivf = r.get("binary_ivf_wrapper")
+    for p in (ivf or {}).get("by_nprobe", []):
+        lines.append(
+            f"| `IndexBinaryIVF` ({ivf['nlist']:,} lists), nprobe {p['nprobe']} "
+            f"| {_ms(p['batch100']['median_s'])} | {p['single']['median_ms']:.3g} ms "
+            f"| {p['speedup_batch_vs_float32']:,.0f}× | {p['recall_at_10']:.4f} "
+            f"| {ivf['memory_ratio_float32_over_this']:.1f}× smaller |"
+        )
+    return lines
+
+
+def _search(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
+    on_gpu = "gpu" in data.get("mode", "")
+    if pick:  # "NxBITS": the detailed table of one size
+        n, bits = (int(v) for v in pick.split("x"))
+        chosen = [r for r in data["results"] if (r["n"], r["bits"]) == (n, bits)]
+        if not chosen:
+            raise SystemExit(f"tables: {path} has no {n} items at {bits} bits")
+        return _search_one(chosen[0], on_gpu)
+    if len(data["results"]) == 1:
+        lines = _search_one(data["results"][0], on_gpu)
+        summary = data["summary"][0]
+        if "raw_flat_speedup_batch_range" in summary:  # --rounds: interleaved rounds
+            low, high = summary["raw_flat_speedup_batch_range"]
+            lines += [
+                "",
+                f"Interleaved rounds: `FaissHammingIndex` / raw `IndexBinaryFlat` "
+                f"{summary['wrapper_overhead_vs_raw_batch']:.2f}× (batch) and "
+                f"{summary['wrapper_overhead_vs_raw_single']:.2f}× (single query), medians of "
+                f"the per-round ratios; raw binary vs float32 {low:.1f}–{high:.1f}× across rounds.",
+            ]
+        return lines
+    lines = [
+        "| items | bits | float32 batch of 100 | raw `IndexBinaryFlat` | "
+        '`FaissHammingIndex(kind="flat")` | memory vs float32 | IVF nprobe 16: recall@10, speed |',
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in data["summary"]:
+        ivf = next((p for p in s["ivf"] if p["nprobe"] == 16), None)
+        ivf_cell = (
+            f"{ivf['recall_at_10']:.4f}, {ivf['speedup_batch_vs_float32']:,.0f}×" if ivf else "–"
+        )
+        lines.append(
+            f"| {s['n']:,} | {s['bits']} | {_ms(s['float32_batch_ms'] / 1000)} "
+            f"| {s['raw_flat_speedup_batch']:.3g}× | {s['wrapper_flat_speedup_batch']:.3g}× "
+            f"| {s['memory_ratio_wrapper_flat']:.1f}× smaller | {ivf_cell} |"
+        )
+    return lines
+
+
+def kind(data: dict[str, Any]) -> str:
+    """Which bench script wrote this results file."""
+    if data.get("benchmark") == "search":
+        return "search"
+    if "method" in data and "binary_map_at_all" in data:
+        return "run"
+    results = data.get("results")
+    if isinstance(results, dict) and all(
+        isinstance(r, dict) and "video->text" in r.get("map", {}) for r in results.values()
+    ):
+        return "video"
+    if isinstance(results, list) and results and "text_encoder" in results[0]:
+        return "text_encoders"
+    if isinstance(results, list) and results and "binary_to_continuous" in results[0]:
+        return "accuracy"
+    raise SystemExit(f"tables: no table for this results file (keys: {', '.join(data)})")
+
+
+def _run(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
+    """One method's recorded run (`hashbridge train` + `eval`) against its target."""
+    m, c, t = data["binary_map_at_all"], data["continuous_map_at_all"], data.get("target", {})
+    lines = [
+        "| method | bits | split seed | epochs | image→text | text→image | image→image "
+        "| text→text | continuous i→t / t→i | target i→t / t→i | met | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {data['method']} | {data['bits']} | {data['split_seed']} "
+        f"| {data['epochs_trained']} of {data['config_epochs']} "
+        f"| {m['image->text']:.3f} | {m['text->image']:.3f} | {m['image->image']:.3f} "
+        f"| {m['text->text']:.3f} | {c['image->text']:.3f} / {c['text->image']:.3f} "
+        f"| {t.get('image->text', '–')} / {t.get('text->image', '–')} "
+        f"| {'yes' if data.get('target_met') else 'no'} | {data['train_seconds']:.0f} |",
+    ]
+    if t.get("source"):
+        lines += ["", f"Target: {t['source']}."]
+    if data.get("note"):
+        lines += ["", data["note"]]
+    return lines
+
+
+RENDERERS = {
+    "run": _run,
+    "accuracy": _accuracy,
+    "text_encoders": _text_encoders,
+    "video": _video,
+    "search": _search,
+}
+
+
+def render(source: str | Path) -> str:
+    """The Markdown table of one results file (PATH, or PATH#NxBITS for one size of a search)."""
+    path, _, pick = str(source).partition("#")
+    data = json.loads((ROOT / path).read_text())
+    lines = [f"`{path}`", ""]
+    if data.get("command"):
+        lines += [f"`{data['command']}`", ""]
+    lines += RENDERERS[kind(data)](Path(path), data, pick or None)
     return "\n".join(lines)
 
 
+def write(document: Path) -> None:
+    """Replace every table block in `document` with its file's rendering."""
+    text = document.read_text(encoding="utf-8")
+    new = BLOCK.sub(lambda m: f"{m[1]}{render(m['path'])}\n{m[4]}", text)
+    document.write_text(new, encoding="utf-8")
+
+
+def main() -> int:
+    """Print the tables of the files given, or regenerate a Markdown file's tables."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "paths", nargs="*", help="results files to render (a search sweep's: PATH#NxBITS)"
+    )
+    parser.add_argument("--write", type=Path, metavar="FILE", help="regenerate FILE's tables")
+    args = parser.parse_args()
+    if args.write:
+        write(args.write)
+    if args.paths:
+        print("\n\n".join(render(p) for p in args.paths))
+    return 0
+
+
 if __name__ == "__main__":
-    print("\n\n".join(render(Path(p)) for p in sys.argv[1:]))
+    sys.exit(main())

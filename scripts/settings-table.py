@@ -1,9 +1,9 @@
-"""Print the README's configuration reference: one row per service setting, from `Settings`.
+"""Print the service settings reference of docs/deployment.md: one row per setting, from `Settings`.
 
-    python scripts/settings-table.py                  # print the Markdown table
-    python scripts/settings-table.py --write README.md  # replace the table between the markers
+    python scripts/settings-table.py                            # print the Markdown table
+    python scripts/settings-table.py --write docs/deployment.md  # replace the table there
 
-tests/service/test_deploy_config.py checks that the README holds exactly this output.
+tests/service/test_deploy_config.py checks that docs/deployment.md holds exactly this output.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m bench.<args>`` from the repository root, as the README says to."""
+    """Run ``python -m bench.<args>`` from the repository root, as docs/results.md says to."""
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300
     )

@@ -1,4 +1,5 @@
-"""The Dockerfiles, docker-compose.yml, .dockerignore and README settings table against the code.
+"""The Dockerfiles, docker-compose.yml, .dockerignore and docs/deployment.md's settings table
+against the code.
 
 The checker is tests/support/deploy_checks.py. The real files must check clean; and every
 drift in the table below, made on purpose in a copy of the files, must be reported exactly:
@@ -67,15 +68,15 @@ def test_dockerignore_keeps_local_state_out(deployment: Deployment) -> None:
     assert not dockerignored("model/data/manifest.py", deployment.dockerignore)
 
 
-def test_readme_settings_table_is_the_generated_one() -> None:
+def test_deployment_settings_table_is_the_generated_one() -> None:
     script = runpy.run_path(str(REPO / "scripts/settings-table.py"))
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    begin, end = readme.find(script["BEGIN"]), readme.find(script["END"])
-    assert 0 <= begin < end, "README.md lacks the settings-table markers"
-    shown = readme[begin + len(script["BEGIN"]) : end].strip()
+    doc = (REPO / "docs/deployment.md").read_text(encoding="utf-8")
+    begin, end = doc.find(script["BEGIN"]), doc.find(script["END"])
+    assert 0 <= begin < end, "docs/deployment.md lacks the settings-table markers"
+    shown = doc[begin + len(script["BEGIN"]) : end].strip()
     assert shown == script["table"]().strip(), (
-        "README's configuration table is stale: "
-        "run python scripts/settings-table.py --write README.md"
+        "docs/deployment.md's settings table is stale: "
+        "run python scripts/settings-table.py --write docs/deployment.md"
     )
 
 

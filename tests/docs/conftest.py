@@ -1,0 +1,1 @@
+"""Tests of the documentation: links resolve, generated tables are current."""
