@@ -327,3 +327,40 @@ def test_a_stage_of_no_epochs_takes_no_optimizer() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             Stage(*args)
+
+
+def test_clips_take_the_image_networks_place(workdir: Path) -> None:
+    """Generated clips and their captions: stage 2 trains the video stream."""
+    config = config_from_dict(
+        {
+            "method": "ddcmh",
+            "bits": BITS,
+            "data": {
+                "kind": "synthetic_video",
+                "path": str(workdir / "clips"),
+                "modalities": ["video", "text"],
+                "generate": {"n": 40, "seed": 0, "size": 64, "frames_per_clip": 4},
+            },
+            "video": {
+                "size": 64,
+                "frames": 4,
+                "width": 8,
+                "blocks": 1,
+                "hidden": [32],
+                "cache_dir": str(workdir / "maps"),
+            },
+            "text": {"hidden": [32]},
+            "ddcmh": {"initial_epochs": 1, "media_epochs": 2, "text_epochs": 1},
+            "train": {"batch_size": 8, "lr": 0.01, "eval_every": 0},
+            "eval": {"top_r": 10, "ks": [1, 5]},
+        }
+    )
+    run = train(config, workdir / "video")
+    assert [r["stage"] for r in run.history] == ["initial", "video", "video", "text"]
+    state = load_checkpoint(run.run_dir)
+    n_train = state["n_train"]
+    assert state["method_state"]["reconstructed"].shape == (n_train, BITS)
+    stopped = workdir / "video-stopped"
+    train_until(config, stopped, 2, "video")
+    train(config_from_dict({}), stopped, resume=True)
+    assert_same_run(run.run_dir, stopped)
