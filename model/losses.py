@@ -8,6 +8,7 @@ Codes are the continuous tanh outputs of the hash layers, shape (n, bits).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "TripletLoss",
     "bit_balance_loss",
     "code_distance",
+    "code_fit_loss",
     "label_similarity",
     "make_similarity_loss",
     "quantization_loss",
@@ -229,3 +231,21 @@ def quantization_loss(h: Tensor) -> Tensor:
 def bit_balance_loss(h: Tensor) -> Tensor:
     """Return the mean over bits of (batch mean of the bit)^2: 0 when bits are balanced."""
     return h.mean(dim=0).square().mean()
+
+
+def code_fit_loss(h: Tensor, targets: Tensor, kind: str) -> Tensor:
+    """Return how far codes h in (-1, 1) are from ±1 targets, averaged over items and bits.
+
+    "logistic": each bit a binary classification, -log p(bit) with p = (1 + h t) / 2 (for
+    h = tanh(z), softplus(-2 z t)): a confidently wrong bit keeps its gradient. "squared":
+    (h - t)^2.
+    """
+    if h.shape != targets.shape:
+        raise ValueError(f"codes {tuple(h.shape)} and targets {tuple(targets.shape)} differ")
+    t = targets.to(h.dtype)
+    if kind == "squared":
+        return (h - t).square().mean()
+    if kind == "logistic":
+        # The clamp only bites where tanh has rounded to exactly -t (|z| > ~9).
+        return math.log(2) - torch.log((1 + h * t).clamp_min(1e-6)).mean()
+    raise ValueError(f"unknown code fit {kind!r}; use logistic or squared")

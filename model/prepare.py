@@ -126,9 +126,11 @@ def require_labels(config: RunConfig, data: PairedData) -> None:
     """Refuse unlabelled data for a method that trains on labels, naming one that needs none."""
     from model.methods.registry import METHODS, method_class  # imports the method's networks
 
-    if data.labelled or not method_class(config.method).needs_labels:
+    if data.labelled or not method_class(config.method).labels_needed(config.options):
         return
-    free = [name for name in METHODS if not method_class(name).needs_labels]
+    free = [
+        name for name in METHODS if not method_class(name).labels_needed(METHODS[name].options())
+    ]
     raise DataError(
         f"method {config.method!r} trains on labels, but {config.data.path or config.data.kind} "
         "has none (no 'labels' column); add labels, or train a method that needs none: "

@@ -120,7 +120,8 @@ def train(
     method.to(device)
     inputs = {m: torch.from_numpy(x).to(device) for m, x in prepared.inputs.items()}
     # A method that needs no labels gets none: nothing it does can depend on them.
-    labels = data.labels[split.train].astype(np.float32) if method.needs_labels else None
+    needs_labels = method.labels_needed(config.options)
+    labels = data.labels[split.train].astype(np.float32) if needs_labels else None
     training = TrainingSet(
         inputs,
         torch.from_numpy(split.train).to(device),
@@ -146,6 +147,16 @@ def train(
     loop = _Loop(config, method, prepared, training, device, run_dir, fingerprint, history, stages)
     for index in range(at.stage, len(stages)):
         stage = stages[index]
+        before = total_epochs(stages[:index])
+        if not stage.epochs:
+            # Trains nothing: its hooks compute what it gives, then its checkpoint is written.
+            torch.manual_seed(config.seed * 100_003 + 50_021 * (index + 1))
+            method.start_stage(stage.name, training)
+            method.end_stage(stage.name, training)
+            loop.save(Progress(stage.name, 0, before, None, None))
+            log.info("stage %s (computed, no epochs) done", stage.name)
+            continue
+        assert stage.optimizer is not None  # Stage checks it for a stage with epochs
         optimizer = stage.optimizer(stage.parameters)
         scheduler = stage.schedule(optimizer) if stage.schedule else None
         first = at.epoch if index == at.stage else 0
@@ -160,7 +171,6 @@ def train(
             # Seeded: a run resumed between stages starts the next one as an uninterrupted run.
             torch.manual_seed(config.seed * 100_003 + 50_021 * (index + 1))
             method.start_stage(stage.name, training)
-        before = total_epochs(stages[:index])
         loop.run_stage(stage, before, first, optimizer, scheduler)
     seconds = time.perf_counter() - started
     write_json(
@@ -280,17 +290,16 @@ class _Loop:
             bar.set_postfix(loss=f"{record['loss']['total']:.4f}")
             if epoch + 1 == stage.epochs:
                 method.end_stage(stage.name, self.training)
-            save_checkpoint(
-                checkpoint_state(
-                    config,
-                    method,
-                    self.prepared,
-                    self.fingerprint,
-                    Progress(stage.name, epoch + 1, done + 1, optimizer, scheduler),
-                    self.history,
-                ),
-                self.run_dir,
-            )
+            self.save(Progress(stage.name, epoch + 1, done + 1, optimizer, scheduler))
+
+    def save(self, progress: Progress) -> None:
+        """Write the checkpoint of where the run stands."""
+        save_checkpoint(
+            checkpoint_state(
+                self.config, self.method, self.prepared, self.fingerprint, progress, self.history
+            ),
+            self.run_dir,
+        )
 
     def _batch(self, positions: torch.Tensor, stage: str, epoch: int) -> Batch:
         labels = self.training.labels
@@ -358,12 +367,13 @@ def _check_same_data(
 
 @dataclass
 class Progress:
-    """Where a checkpoint stands: its stage, epochs done in it and in all, and its optimiser."""
+    """Where a checkpoint stands: its stage, epochs done in it and in all, and its optimiser
+    (None in a stage of no epochs)."""
 
     stage: str
     stage_epoch: int
     epoch: int
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None
     scheduler: Any
 
 
@@ -384,7 +394,7 @@ def checkpoint_state(
         "stage": progress.stage,
         "stage_epoch": progress.stage_epoch,
         "model": method.state_dict(),
-        "optimizer": progress.optimizer.state_dict(),
+        "optimizer": progress.optimizer.state_dict() if progress.optimizer is not None else {},
         "scheduler": scheduler.state_dict() if scheduler is not None else {},
         "method_state": method.training_state(),
         "n_train": len(prepared.split.train),

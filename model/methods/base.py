@@ -7,7 +7,9 @@ each with its own parameters, optimiser, schedule and epochs; a training step tu
 into named loss terms; hooks run at the start of training, of each stage and of each epoch,
 and at the end of each stage. State it needs to resume that is not in its weights (memory
 banks, a stage's target codes) comes and goes through `training_state`/`load_training_state`.
-The trainer gives labels only to a method whose `needs_labels` is true.
+The trainer gives labels only to a method whose `labels_needed(options)` is true (by default
+its class's `needs_labels`; a method whose config picks a supervised or unsupervised variant
+answers from its options).
 
 A method is registered in model/methods/registry.py and built as `cls(streams, setup)`.
 """
@@ -48,13 +50,25 @@ class Stage:
     `optimizer` is given `parameters`; `schedule` (stepped once after every epoch) is given
     that optimiser. Both are built when the stage starts, and loaded from the checkpoint when
     a run resumes within the stage.
+
+    A stage of 0 epochs trains nothing and has no optimiser: what it gives (codes computed in
+    closed form, say) comes from `start_stage`/`end_stage`, and its checkpoint is written once
+    they are done.
     """
 
     name: str
     epochs: int
     parameters: list[nn.Parameter]
-    optimizer: Callable[[Iterable[nn.Parameter]], Optimizer]
+    optimizer: Callable[[Iterable[nn.Parameter]], Optimizer] | None
     schedule: Callable[[Optimizer], Schedule] | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"stage {self.name!r} has {self.epochs} epochs")
+        if self.epochs and self.optimizer is None:
+            raise ValueError(f"stage {self.name!r} trains {self.epochs} epochs with no optimizer")
+        if not self.epochs and (self.optimizer is not None or self.schedule is not None):
+            raise ValueError(f"stage {self.name!r} trains no epochs: it takes no optimizer")
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,11 @@ class Method(nn.Module):
 
     #: Whether the trainer gives it labels (an unsupervised method never sees any).
     needs_labels: ClassVar[bool] = True
+
+    @classmethod
+    def labels_needed(cls, options: Any) -> bool:
+        """Whether this method, configured with its section `options`, trains on labels."""
+        return cls.needs_labels
 
     def __init__(self, streams: Mapping[str, nn.Module]) -> None:
         super().__init__()

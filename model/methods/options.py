@@ -93,3 +93,50 @@ class DJSRHConfig(Section):
             "weight_decay": at_least(0),
             "schedule": one_of(("cosine", "constant")),
         }
+
+
+@dataclass
+class DDCMHConfig(Section):
+    """[ddcmh]: DDCMH's three stages (initial text codes, media network, text network).
+
+    Each stage is Adam at train.lr (train.weight_decay) with a cosine schedule over its own
+    epochs; train.epochs is not read.
+    """
+
+    initial: str = "labels"  # stage 1: labels (a text network on the label loss) | itq
+    initial_epochs: int = 20  # stage 1's epochs with initial = "labels" (ITQ has none)
+    media_epochs: int = 20  # stage 2: the image (or clip) network fits the initial codes
+    text_epochs: int = 20  # stage 3: the text network fits the reconstructed codes
+    w_label: float = 1.0  # stage 1: label loss on the text codes
+    w_pairwise: float = 1.0  # stage 1: label-similarity NLL within the batch's text codes; 0: off
+    fit: str = "logistic"  # stages 2 and 3: logistic (per-bit cross-entropy) | squared
+    #: Stage 3's targets: sign(media outputs + keep_initial * initial codes); 0 takes the media
+    #: network's codes as they are, above 0 keeps an initial bit where the media network is
+    #: less sure than that.
+    keep_initial: float = 0.0
+    w_quantization: float = 0.1  # every stage
+    w_balance: float = 0.01  # every stage
+    itq_iterations: int = 50
+
+    def rules(self) -> dict[str, Rule]:
+        return {
+            "initial": one_of(("labels", "itq")),
+            "initial_epochs": at_least(1),
+            "media_epochs": at_least(1),
+            "text_epochs": at_least(1),
+            "w_label": at_least(0),
+            "w_pairwise": at_least(0),
+            "fit": one_of(("logistic", "squared")),
+            "keep_initial": Rule(lambda v: 0 <= v < 1, "at least 0 and below 1"),
+            "w_quantization": at_least(0),
+            "w_balance": at_least(0),
+            "itq_iterations": at_least(1),
+        }
+
+    def check(self, where: str) -> None:
+        """Labels-mode stage 1 must train on something."""
+        if self.initial == "labels" and not (self.w_label or self.w_pairwise):
+            raise ConfigError(
+                f"{where}w_label and {where}w_pairwise are both 0: stage 1 (initial = "
+                "'labels') would train the text network on nothing; set one above 0"
+            )
