@@ -111,6 +111,17 @@ MEANINGS = {
     "djsrh.momentum": "SGD momentum",
     "djsrh.weight_decay": "weight decay",
     "djsrh.schedule": "`cosine` (annealed over `train.epochs`) or `constant` (the reference)",
+    "ddcmh.initial": "stage 1's codes: `labels` (a text network on the label loss) or `itq` (no labels)",
+    "ddcmh.initial_epochs": "stage 1's epochs with `initial = \"labels\"` (ITQ trains none)",
+    "ddcmh.media_epochs": "stage 2's epochs: the image (or clip) network fits the initial codes",
+    "ddcmh.text_epochs": "stage 3's epochs: the text network fits the reconstructed codes",
+    "ddcmh.w_label": "stage 1: weight of the label loss on the text codes",
+    "ddcmh.w_pairwise": "stage 1: label-similarity NLL within a batch's text codes (0: off)",
+    "ddcmh.fit": "stages 2 and 3: `logistic` (per-bit cross-entropy) or `squared`",
+    "ddcmh.keep_initial": "stage 3's targets: sign(media outputs + keep_initial x initial codes)",
+    "ddcmh.w_quantization": "quantization term, every stage",
+    "ddcmh.w_balance": "bit-balance term, every stage",
+    "ddcmh.itq_iterations": "ITQ's rotation iterations (`initial = \"itq\"`)",
 }
 
 
