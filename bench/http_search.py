@@ -16,7 +16,9 @@ with the ``tiny`` bundle of tests/support/service_bundle.py: a bag-of-words text
   an httpx client each): p50/p99 latency and queries/s;
 * recall@10 of the text->image answers against exact search over the same image codes
   in-process (a hit is a returned item within the exact 10th distance: ties make ids
-  ambiguous).
+  ambiguous);
+* under ``auto``, text->image at each ``--nprobes`` value (the request's ``nprobe``):
+  recall@10 and one client's p50/p99, to choose HASHBRIDGE_DEFAULT_NPROBE.
 
 The floor: a FastAPI route on uvicorn in its own process that parses the same JSON body
 with pydantic and answers 10 fixed hits, posted by the same client code. One client's
@@ -194,6 +196,10 @@ def run_kind(
                 for q in queries[:200]
             ]
         out["text_to_image_recall_at_10"] = recall(answers, exact)
+        if kind == "auto":
+            out["text_to_image_by_nprobe"] = [
+                by_nprobe(server.url, queries, nprobe, exact) for nprobe in args.nprobes
+            ]
         codes = _near_codes(image_codes, rng, args.requests)
         bodies = {
             "text_to_image": [{"text": q, "k": K, "modalities": ["image"]} for q in queries],
@@ -209,6 +215,20 @@ def run_kind(
             )
         server.stop()
     return out
+
+
+def by_nprobe(
+    url: str, queries: list[str], nprobe: int, exact: FaissHammingIndex
+) -> dict[str, Any]:
+    """Text->image at one nprobe: recall@10 of 200 answers, then one client's latency."""
+    bodies = [{"text": q, "k": K, "modalities": ["image"], "nprobe": nprobe} for q in queries]
+    with httpx.Client(base_url=url, timeout=120) as client:
+        answers = [client.post("/v1/search", json=b).json() for b in bodies[:200]]
+    return {
+        "nprobe": nprobe,
+        "recall_at_10": recall(answers, exact),
+        **_row(load_test(url, bodies, 1)),
+    }
 
 
 def _near_codes(image_codes: np.ndarray, rng: np.random.Generator, n: int) -> list[str]:
@@ -239,6 +259,13 @@ def main() -> int:
     parser.add_argument("--clients", type=positive_int, nargs="+", help="client counts")
     parser.add_argument("--kinds", nargs="+", choices=("auto", "flat"), default=["auto", "flat"])
     parser.add_argument("--ivf-threshold", type=positive_int, default=100_000)
+    parser.add_argument(
+        "--nprobes",
+        type=positive_int,
+        nargs="+",
+        default=[16, 32, 64, 128],
+        help="under auto, also text->image recall and one client's latency at each nprobe",
+    )
     args = parser.parse_args()
     set_threads(args.threads)
     args.items = args.items or (10_000 if args.quick else 1_000_000)
@@ -276,6 +303,7 @@ def main() -> int:
             "requests": args.requests,
             "clients": args.clients,
             "ivf_threshold": args.ivf_threshold,
+            "nprobes": args.nprobes,
             "fill_s": round(fill_s, 1),
         },
         notes={"method": __doc__.split("\n\n")[1] + " " + __doc__.split("\n\n")[2]},
