@@ -58,6 +58,28 @@ def test_search_quick_records_its_command_and_finite_ratios(tmp_path: Path) -> N
     assert all(isinstance(r, float) and math.isfinite(r) and r > 0 for r in ratios)
 
 
+def test_rerank_speed_quick_times_every_ranking_over_http(tmp_path: Path) -> None:
+    out = tmp_path / "rerank.json"
+    args = ["--quick", "--sizes", "500", "--singles", "6", "--rounds", "2"]
+    done = bench(
+        "bench.rerank_speed", *args, "--requests", "12", "--clients", "2", "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["command"].startswith("python -m bench.rerank_speed --quick")
+    (row,) = result["in_process"]
+    assert (row["items"], row["bits"]) == (500, 32)
+    ratios = [
+        row[f"{r}_over_hamming"]["single_median"]["median"]
+        for r in ("asymmetric", "hamming_asymmetric")
+    ]
+    (http,) = result["http"]
+    assert http["items"] == {"image": 500}
+    ratios += [http["one_client"]["p50_asymmetric_over_hamming"]]
+    ratios += [http["clients"]["2"]["queries_per_s_asymmetric_over_hamming"]]
+    assert all(isinstance(r, float) and math.isfinite(r) and r > 0 for r in ratios), ratios
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -68,6 +90,7 @@ def test_search_quick_records_its_command_and_finite_ratios(tmp_path: Path) -> N
         (["bench.encoders", "--device", "foo"], "--device must be cpu or cuda"),
         (["bench.serving", "--bundles", "tiny", "--clients", "0"], "at least 1"),
         (["bench.ingest_cli", "--rounds", "0"], "at least 1"),
+        (["bench.rerank_speed", "--bits", "12"], "multiple of 8"),
         (["bench.video", "accuracy", "--config", "x.toml", "--bits", "twelve"], "whole number"),
     ],
 )
