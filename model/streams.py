@@ -23,6 +23,11 @@ class ImageTailStream(nn.Module):
         c, h, w = self.map_shape
         return self.mlp(self.tail(x.reshape(-1, c, h, w)))
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's last hidden layer, which the hash head projects."""
+        c, h, w = self.map_shape
+        return self.mlp.features(self.tail(x.reshape(-1, c, h, w)))  # type: ignore[operator]
+
 
 class MLPStream(nn.Module):
     """MLP over a vector input (cached CNN features, bag of words, precomputed features).
@@ -55,8 +60,12 @@ class MLPStream(nn.Module):
         """The fixed input map applied before standardisation."""
         return torch.sign(x) * torch.sqrt(torch.abs(x)) if self.signed_sqrt else x
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer, which the hash head projects."""
+        return self.body((self.transform(x) - self.shift) / self.scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hash(self.body((self.transform(x) - self.shift) / self.scale))
+        return self.hash(self.features(x))
 
 
 class VideoStream(nn.Module):
@@ -96,6 +105,72 @@ class VideoStream(nn.Module):
         features = self.temporal(maps.transpose(1, 2))  # (n * clips, C, T, h, w) in
         features = features.reshape(-1, clips, features.shape[1]).mean(dim=1)
         return self.hash(self.body(features))
+
+
+class SentenceStream(nn.Module):
+    """Word ids in order -> embeddings -> GRU or LSTM -> pooled state -> MLP -> hash head.
+
+    Input rows are `bundle.inputs.TokenIds` batches: the length in words, then the ids,
+    right-padded. The cell runs forward over the padded rows; a state is read only at the
+    text's own positions (the mean over its words, or the state after its last word), so the
+    padding never reaches a code. A text of no words gets the initial (zero) state's code.
+    """
+
+    def __init__(
+        self,
+        num_ids: int,
+        embedding_dim: int,
+        cell: str,
+        rnn_hidden: int,
+        pooling: str,
+        hidden: Sequence[int],
+        bits: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        if cell not in ("gru", "lstm") or pooling not in ("mean", "last"):
+            raise ValueError(f"unknown cell {cell!r} or pooling {pooling!r}")
+        self.pooling = pooling
+        # Row 0 is padding: it stays zero and untrained.
+        self.embedding = nn.Embedding(num_ids, embedding_dim, padding_idx=0)
+        rnn = nn.GRU if cell == "gru" else nn.LSTM
+        self.rnn = rnn(embedding_dim, rnn_hidden, batch_first=True)
+        self.body, width = mlp(rnn_hidden, hidden, dropout)
+        self.hash = HashHead(width, bits)
+
+    def embed(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, width, embedding_dim) word embeddings and (n,) lengths of a token batch."""
+        ids = tokens[:, 1:]
+        # A length beyond the row (a hand-made batch) reads no more than the row holds.
+        # Widths from tensors, not Python ints: the traced encoder takes any batch width.
+        lengths = torch.minimum(tokens[:, 0].clamp(min=0), torch.ones_like(ids).sum(1))
+        return self.embedding(ids), lengths
+
+    def states(self, embedded: torch.Tensor, lengths: torch.Tensor, rnn: nn.Module) -> torch.Tensor:
+        """`rnn` over embedded words, pooled over each text's own positions: (n, state width)."""
+        out = rnn(embedded)[0]
+        return pool_states(out, lengths, self.pooling)
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The MLP's last hidden layer, which the hash head projects."""
+        embedded, lengths = self.embed(tokens)
+        return self.body(self.states(embedded, lengths, self.rnn))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.hash(self.features(tokens))
+
+
+def pool_states(out: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torch.Tensor:
+    """States (n, width, h) of right-padded rows pooled over each row's first `lengths`."""
+    # The zero initial state in front: position `length` is then the state after the last
+    # word, and a row of no words pools to zeros either way.
+    states = torch.cat([torch.zeros_like(out[:, :1]), out], dim=1)
+    if pooling == "last":
+        at = lengths.view(-1, 1, 1).expand(-1, 1, states.shape[2])
+        return states.gather(1, at).squeeze(1)
+    steps = torch.ones_like(out[:, :, 0]).cumsum(1) - 1
+    mask = (steps < lengths.view(-1, 1).to(out.dtype)).to(out.dtype).unsqueeze(2)
+    return (out * mask).sum(1) / lengths.clamp(min=1).to(out.dtype).view(-1, 1)
 
 
 def mlp(width: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from model.methods.options import DJSRHConfig, DSMHNConfig
+from model.methods.options import DJSRHConfig, DSMHNConfig, DVSHConfig
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Registered:
 METHODS: dict[str, Registered] = {
     "dsmhn": Registered("model.methods.dsmhn:DSMHN", DSMHNConfig),
     "djsrh": Registered("model.methods.djsrh:DJSRH", DJSRHConfig),
+    "dvsh": Registered("model.methods.dvsh:DVSH", DVSHConfig),
 }
 
 
