@@ -25,7 +25,7 @@ from model.hashing import HashHead
 from model.losses import label_similarity, structured_margin_loss
 from model.methods.base import Batch, Method, MethodSetup, Stage
 from model.methods.options import DVSHConfig
-from model.streams import SentenceStream, pool_states
+from model.streams import SentenceStream, pool_states, run_cell
 
 
 def hash_head(stream: nn.Module) -> HashHead:
@@ -59,7 +59,7 @@ class Fusion(nn.Module):
     ) -> torch.Tensor:
         """Joint embeddings (n, bits) in (-1, 1) of embedded sentences and image features."""
         picture = self.image(image).unsqueeze(1).expand(-1, words.shape[1], -1)
-        states = self.rnn(torch.cat([words, picture], dim=2))[0]
+        states = run_cell(self.rnn, torch.cat([words, picture], dim=2), lengths, packed=True)
         pooled = pool_states(states, lengths, self.pooling)
         return torch.tanh(self.out(self.dropout(pooled)))
 
@@ -102,15 +102,14 @@ class DVSH(Method):
         image_stream, text_stream = self.streams["image"], self.streams["text"]
         assert isinstance(text_stream, SentenceStream)
         tokens = batch.inputs["text"]
-        # Training rows are padded to text.max_length: the batch's longest text is enough.
+        # Training rows are padded to text.max_length: the batch's longest text is enough, and
+        # the cells skip the padding (packed sequences).
         width = int(tokens[:, 0].max().clamp(min=1))
         words, lengths = text_stream.embed(tokens[:, : 1 + width])
         pictures = image_stream.features(batch.inputs["image"])  # type: ignore[operator]
         codes = {
             "image": hash_head(image_stream)(pictures),
-            "text": text_stream.hash(
-                text_stream.body(text_stream.states(words, lengths, text_stream.rnn))
-            ),
+            "text": text_stream.codes(words, lengths, packed=True),
         }
         joint = self.fusion(words, lengths, pictures)
         return self.objective(joint, codes, batch.labels)
