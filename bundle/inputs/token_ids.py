@@ -104,10 +104,11 @@ class TokenIds(InputKind):
     ) -> tuple[npt.NDArray[np.int64], list[int]]:
         """int64 (n, 1 + width) lengths and ids, and each text's count of known words.
 
-        `width` defaults to the longest text's length (at least 1 column of ids).
+        The ids are padded to the longest text's length, or to `width` if that is more (and
+        to one column at least).
         """
         rows = [self.ids(text) for text in texts]
-        width = width or max([1, *(len(r) for r in rows)])
+        width = max([width or 1, *(len(r) for r in rows)])
         out = np.full((len(rows), 1 + width), PAD_ID, dtype=np.int64)
         for i, ids in enumerate(rows):
             out[i, 0] = len(ids)

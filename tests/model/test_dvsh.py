@@ -166,3 +166,17 @@ def test_sentence_encoder_export_is_bit_identical(
     assert np.array_equal(padded, traced(torch.from_numpy(batch)).numpy())
     # A trained model, not a constant: the texts do not all get one code.
     assert len({bytes(c) for c in padded}) > 2
+
+
+@pytest.mark.parametrize(("cell", "pooling"), [("gru", "mean"), ("gru", "last"), ("lstm", "last")])
+def test_training_on_packed_sequences_reads_the_served_states(cell: str, pooling: str) -> None:
+    torch.manual_seed(0)
+    stream = SentenceStream(30, 8, cell, 16, pooling, [16], 16, 0.0).eval()
+    kind = TokenIds(Vocabulary([f"w{i}" for i in range(28)]), max_length=9)
+    texts = ["w1 w2 w3", "", "w4 " * 12, "w5 unknown w6", "w7"]
+    tokens = torch.from_numpy(kind.vectorize(texts, width=12)[0])
+    with torch.no_grad():
+        embedded, lengths = stream.embed(tokens)
+        served, packed = stream(tokens), stream.codes(embedded, lengths, packed=True)
+    assert lengths.tolist() == [3, 0, 9, 3, 1]
+    torch.testing.assert_close(packed, served, atol=1e-6, rtol=0)
