@@ -49,14 +49,18 @@ _STREAMS = {"bag_of_words": "bag of words", "minilm": "MiniLM"}
 
 def _text_encoders(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
     lines = [
-        "| split | text stream | image→text | text→image | continuous i→t / t→i | train s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| split | bits | text stream | mAP i→t / t→i | R@1 / R@5 / R@10 i→t "
+        "| R@1 / R@5 / R@10 t→i | continuous mAP i→t / t→i | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    bits = data.get("bits", "")
     for r in data["results"]:
-        m, c = r["map"], r["continuous_map"]
+        m, c, rec = r["map"], r["continuous_map"], r["recall"]
+        at = {d: " / ".join(f"{rec[d][f'R@{k}']:.3f}" for k in (1, 5, 10)) for d in rec}
         lines.append(
-            f"| {r['split_seed']} | {_STREAMS.get(r['text_encoder'], r['text_encoder'])} "
-            f"| {m['image->text']:.3f} | {m['text->image']:.3f} "
+            f"| {r['split_seed']} | {bits} | {_STREAMS.get(r['text_encoder'], r['text_encoder'])} "
+            f"| {m['image->text']:.3f} / {m['text->image']:.3f} "
+            f"| {at['image->text']} | {at['text->image']} "
             f"| {c['image->text']:.3f} / {c['text->image']:.3f} "
             f"| {r['train_seconds_recorded']:.0f} |"
         )

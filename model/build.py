@@ -19,7 +19,7 @@ from model.backbones.video import build_temporal, clip_map_shape
 from model.config import ConfigError, RunConfig
 from model.methods.base import Method, MethodSetup
 from model.methods.registry import METHODS, method_class
-from model.streams import ImageTailStream, MLPStream, VideoStream
+from model.streams import ImageTailStream, MLPStream, SentenceStream, VideoStream
 from model.video_features import channel_statistics
 
 
@@ -56,6 +56,21 @@ def _text_stream(config: RunConfig, dim: int) -> nn.Module:
     return MLPStream(dim, config.text.hidden, config.bits, config.text.dropout)
 
 
+def _recurrent_stream(config: RunConfig, dim: int) -> nn.Module:
+    """Embeddings of `dim` word ids (trained from scratch) -> GRU or LSTM -> MLP."""
+    text = config.text
+    return SentenceStream(
+        num_ids=dim,
+        embedding_dim=text.embedding_dim,
+        cell=text.cell,
+        rnn_hidden=text.rnn_hidden,
+        pooling=text.pooling,
+        hidden=text.hidden,
+        bits=config.bits,
+        dropout=text.dropout,
+    )
+
+
 def _feature_stream(config: RunConfig, dim: int) -> nn.Module:
     features = config.features
     return MLPStream(
@@ -69,6 +84,8 @@ STREAMS: dict[str, StreamKind] = {
     "clip": StreamKind(_video_stream),
     "bag_of_words": StreamKind(_text_stream, standardize=False),
     "sentence": StreamKind(_text_stream),
+    # Its width is the number of ids it embeds (model.prepare.Prepared.input_dims).
+    "token_ids": StreamKind(_recurrent_stream, standardize=False),
     "features": StreamKind(_feature_stream),
 }
 

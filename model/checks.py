@@ -144,3 +144,7 @@ class Section:
 
     def check(self, where: str) -> None:
         """Checks beyond one key's range; `where` is the section's prefix, e.g. 'dsmhn.'."""
+
+    def check_run(self, config: Any) -> None:
+        """Checks of the rest of the run's config (a model.config.RunConfig) this method needs,
+        made when the config is read: before any data is prepared."""

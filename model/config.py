@@ -37,7 +37,11 @@ __all__ = ["ConfigError", "RunConfig", "apply_overrides", "config_from_dict", "l
 
 log = logging.getLogger(__name__)
 
-TEXT_ENCODERS = ("bag_of_words", "minilm")
+TEXT_ENCODERS = ("bag_of_words", "minilm", "recurrent")
+#: Cells of the recurrent sentence stream (text.encoder = "recurrent").
+RECURRENT_CELLS = ("gru", "lstm")
+#: How the recurrent stream turns its states into one vector: mean over the words, or the last.
+RECURRENT_POOLING = ("mean", "last")
 DATA_KINDS = ("manifest", "mirflickr", "wikipedia", "flickr8k", "kinetics", "synthetic_video")
 MODALITIES = ("image", "text", "video")
 # Seeds go to numpy, which takes 0..2**32-1 (train.seed_everything reduces modulo 2**32, so a
@@ -73,14 +77,21 @@ class ImageConfig:
 
 @dataclass
 class TextConfig:
-    """Text stream: bag of words or character n-grams, or a frozen sentence encoder; an MLP."""
+    """Text stream: bag of words or character n-grams, a frozen sentence encoder, or a
+    recurrent network over word ids trained from scratch; then an MLP."""
 
-    encoder: str = "bag_of_words"  # bag_of_words | minilm (pretrained English, for captions)
-    tokenizer: str = "word"  # word | char (bag_of_words only)
+    # bag_of_words | minilm (pretrained English, for captions) | recurrent (word ids, in order)
+    encoder: str = "bag_of_words"
+    tokenizer: str = "word"  # word | char (bag_of_words and recurrent)
     ngram: int = 2
     min_count: int = 1
     max_vocab: int = 20000
-    max_length: int = 64  # minilm: tokens per text, special tokens included (longer is cut)
+    # minilm: tokens per text, special tokens included; recurrent: words (longer is cut)
+    max_length: int = 64
+    cell: str = "gru"  # recurrent: gru | lstm
+    embedding_dim: int = 256  # recurrent: word embeddings, trained from scratch
+    rnn_hidden: int = 512  # recurrent: the cell's state width
+    pooling: str = "mean"  # recurrent: mean of the states over the words | last state
     cache_dir: str = ".cache/features"  # minilm: cached sentence embeddings
     hidden: list[int] = field(default_factory=lambda: [1024])
     dropout: float = 0.2
@@ -205,6 +216,8 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
             section = _section(name, data.get(name, {}))
             if name == config.method:
                 config.options = section
+    if config.options is not None:
+        config.options.check_run(config)
     return config
 
 
@@ -274,6 +287,10 @@ def _rules() -> dict[str, Rule]:
         "text.min_count": at_least(1),
         "text.max_vocab": at_least(1),
         "text.max_length": between(3, 512),
+        "text.cell": one_of(RECURRENT_CELLS),
+        "text.embedding_dim": at_least(1),
+        "text.rnn_hidden": at_least(1),
+        "text.pooling": one_of(RECURRENT_POOLING),
         "video.backbone": one_of(VARIANTS),
         "video.size": between(32, 1024),
         "video.frames": at_least(1),

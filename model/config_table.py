@@ -49,14 +49,20 @@ MEANINGS = {
     "backbone and size)",
     "image.hidden": "MLP widths before the hash layer",
     "image.dropout": "dropout in that MLP",
-    "text.encoder": "`bag_of_words`, or `minilm`: the pretrained all-MiniLM-L6-v2 sentence "
-    "encoder (frozen, embeddings cached; for English captions)",
+    "text.encoder": "`bag_of_words`; `minilm`: the pretrained all-MiniLM-L6-v2 sentence "
+    "encoder (frozen, embeddings cached; for English captions); or `recurrent`: word ids in "
+    "order into a GRU/LSTM trained from scratch (DVSH)",
     "text.tokenizer": "`word` (lower-cased words after NFC) or `char` (character n-grams, for "
     "languages without spaces); bag of words only",
     "text.ngram": "n of the character n-grams",
     "text.min_count": "fewest training items a token must occur in to enter the vocabulary",
     "text.max_vocab": "largest vocabulary (the most frequent tokens are kept)",
-    "text.max_length": "MiniLM tokens per text, special tokens included (longer is cut)",
+    "text.max_length": "MiniLM tokens per text, special tokens included, or recurrent: words "
+    "per text (longer is cut)",
+    "text.cell": "recurrent: `gru` or `lstm`",
+    "text.embedding_dim": "recurrent: width of the word embeddings",
+    "text.rnn_hidden": "recurrent: width of the cell's state",
+    "text.pooling": "recurrent: `mean` of the states over the words, or the `last` one",
     "text.cache_dir": "where MiniLM embeddings are cached",
     "text.hidden": "MLP widths before the hash layer",
     "text.dropout": "dropout in that MLP",
@@ -111,8 +117,17 @@ MEANINGS = {
     "djsrh.momentum": "SGD momentum",
     "djsrh.weight_decay": "weight decay",
     "djsrh.schedule": "`cosine` (annealed over `train.epochs`) or `constant` (the reference)",
-    "ddcmh.initial": "stage 1's codes: `labels` (a text network on the label loss) or `itq` (no labels)",
-    "ddcmh.initial_epochs": "stage 1's epochs with `initial = \"labels\"` (ITQ trains none)",
+    "dvsh.margin_joint": "cosine margin between matches and non-matches in the joint embedding",
+    "dvsh.margin_code": "the same margin between image codes and sentence codes, both ways",
+    "dvsh.w_joint": "weight of the joint embedding's structured max-margin loss",
+    "dvsh.w_cross": "weight of the codes' max-margin loss, each direction",
+    "dvsh.w_fit": "weight of each modality's codes fitting the joint embedding's signs",
+    "dvsh.fusion_hidden": "the fusion cell's state width",
+    "dvsh.image_projection": "width the image features are projected to in the fusion cell",
+    "dvsh.dropout": "dropout on the fusion cell's pooled state",
+    "ddcmh.initial": "stage 1's codes: `labels` (a text network on the label loss) or `itq` "
+    "(no labels)",
+    "ddcmh.initial_epochs": 'stage 1\'s epochs with `initial = "labels"` (ITQ trains none)',
     "ddcmh.media_epochs": "stage 2's epochs: the image (or clip) network fits the initial codes",
     "ddcmh.text_epochs": "stage 3's epochs: the text network fits the reconstructed codes",
     "ddcmh.w_label": "stage 1: weight of the label loss on the text codes",
@@ -121,7 +136,7 @@ MEANINGS = {
     "ddcmh.keep_initial": "stage 3's targets: sign(media outputs + keep_initial x initial codes)",
     "ddcmh.w_quantization": "quantization term, every stage",
     "ddcmh.w_balance": "bit-balance term, every stage",
-    "ddcmh.itq_iterations": "ITQ's rotation iterations (`initial = \"itq\"`)",
+    "ddcmh.itq_iterations": 'ITQ\'s rotation iterations (`initial = "itq"`)',
 }
 
 

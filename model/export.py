@@ -2,13 +2,13 @@
 
 The bundle is the whole contract with `service/` (its format lives in `bundle/`, which both
 sides import; the service never imports `model/`): encoders take prepared inputs (uint8
-pixels, a float32 bag of words, int64 token ids and attention mask, or float32 feature
-vectors) and return packed uint8 codes, MSB-first (``codes_and_values`` also gives the real
-values behind them); files an input needs (a tokenizer) are
-copied in beside them. Each input kind (`bundle.inputs`) has one builder here: its eager
-encoder and sample inputs. `bundle.writer.BundleWriter` writes the bundle into a temporary
-folder, renamed into place only after every traced encoder has been reloaded from disk and
-shown to give the eager model's codes bit for bit.
+pixels, a float32 bag of words, int64 token ids and attention mask, int64 word ids with
+their lengths, or float32 feature vectors) and return packed uint8 codes, MSB-first
+(``codes_and_values`` also gives the real values behind them); files an input needs (a
+tokenizer) are copied in beside them. Each input kind (`bundle.inputs`) has one builder
+here: its eager encoder and sample inputs. `bundle.writer.BundleWriter` writes the bundle
+into a temporary folder, renamed into place only after every traced encoder has been
+reloaded from disk and shown to give the eager model's codes bit for bit.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from bundle.encoders import VALUES_METHOD, trace
-from bundle.inputs import BagOfWords, Clip, Features, InputKind, Pixels, Sentence
+from bundle.inputs import BagOfWords, Clip, Features, InputKind, Pixels, Sentence, TokenIds
 from bundle.manifest import MANIFEST
 from bundle.sentence import SentenceTokenizer
 from bundle.text import Vocabulary
@@ -276,6 +276,12 @@ def _verify(item: ModalityExport, path: Path) -> int:
     scripted = torch.jit.load(str(path), map_location="cpu").eval()
     samples = item.samples
     batches = [samples, samples[:1], samples[-3:]]
+    if isinstance(item.kind, TokenIds):
+        # Batches vary in width: one wider than the traced example's, one of a single column.
+        wide = np.zeros((1, samples.shape[1] + 5), dtype=np.int64)
+        narrow = item.kind.vectorize(["sky", ""])[0]
+        widened = item.kind.collate([samples.numpy(), wide])
+        batches += [torch.from_numpy(widened), torch.from_numpy(narrow)]
     with torch.inference_mode():
         for batch in batches:
             eager = item.encoder(batch)
@@ -399,6 +405,23 @@ def _sentence(source: _Source) -> ModalityExport:
     return _export(source, encoder, kind, list(kind.vectorize(texts)[0]))
 
 
+def _token_ids(source: _Source) -> ModalityExport:
+    stored = source.run.state.get("vocabulary")
+    if not stored:
+        raise ExportError(f"checkpoint in {source.run.run_dir} has a text stream but no vocabulary")
+    text = source.run.config.text
+    kind = TokenIds(Vocabulary.from_json(stored), text.max_length, text.cell)
+    texts = _texts(source)
+    if not texts:
+        log.warning("no texts of the run are readable; verifying on made-up sentences only")
+    # An empty text, one cut at max_length, and words outside the vocabulary.
+    texts += ["", "a photo " * kind.max_length, "Çà et là, 猫 🐈 — ok?", "two dogs play"]
+    samples = kind.collate([kind.vectorize(texts)[0], kind.probe(RANDOM_SAMPLES)])
+    return ModalityExport(
+        source.modality, VectorEncoder(source.stream).eval(), kind, torch.from_numpy(samples)
+    )
+
+
 def _features(source: _Source) -> ModalityExport:
     kind, stream = Features(source.dim), source.stream
     features = getattr(source.data, f"{source.modality}_features", None)
@@ -439,6 +462,7 @@ _BUILDERS: dict[str, Callable[[_Source], ModalityExport]] = {
     Clip.name: _clip,
     BagOfWords.name: _bag_of_words,
     Sentence.name: _sentence,
+    TokenIds.name: _token_ids,
     Features.name: _features,
 }
 

@@ -28,6 +28,7 @@ __all__ = [
     "make_similarity_loss",
     "quantization_loss",
     "semantic_label_loss",
+    "structured_margin_loss",
     "tie_aware_average_precision",
 ]
 
@@ -135,6 +136,30 @@ class TripletLoss(nn.Module):
         # Clamp instead of branching: no host sync, and no valid triplet gives 0 with a
         # finite (zero) gradient rather than 0/0.
         return (s * hinge_sums).sum() / n_valid.clamp(min=1)
+
+
+def structured_margin_loss(
+    u: Tensor, v: Tensor, s: Tensor, margin: float, exclude_self: bool = False
+) -> Tensor:
+    """Max-margin ranking of v for each row of u: a match closer than a non-match by `margin`.
+
+    Similarity is cosine. For anchor i, every match j (s_ij = 1) and non-match k (s_ik = 0)
+    give the hinge relu(margin - cos(u_i, v_j) + cos(u_i, v_k)); the loss is their mean over
+    all such triplets (0 when there is none). `exclude_self` drops j = i as a match, for u
+    and v the same items in the same space (DVSH's joint embedding against itself).
+    """
+    _check_pair(u, v, s)
+    with torch.autocast(u.device.type, enabled=False):
+        dtype = torch.promote_types(u.dtype, torch.float32)
+        sim = F.normalize(u.to(dtype), dim=1) @ F.normalize(v.to(dtype), dim=1).T
+        pos = s.to(dtype)
+        if exclude_self:
+            pos = pos * (1 - torch.eye(*pos.shape, dtype=dtype, device=pos.device))
+        neg = 1 - s.to(dtype)
+        # (n, matches, non-matches) hinges, masked to the valid triplets.
+        hinge = F.relu(margin - sim.unsqueeze(2) + sim.unsqueeze(1))
+        weight = pos.unsqueeze(2) * neg.unsqueeze(1)
+        return (hinge * weight).sum() / weight.sum().clamp(min=1)
 
 
 def tie_aware_average_precision(u: Tensor, v: Tensor, s: Tensor) -> Tensor:

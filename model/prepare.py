@@ -1,7 +1,8 @@
 """Turn a configured dataset into per-modality input matrices and a split.
 
 Image files go through the frozen backbone once (features cached on disk); text goes
-through a vocabulary built from the training items only, or through a frozen pretrained
+through a vocabulary built from the training items only (a bag of words, or word ids in
+their order for a recurrent stream), or through a frozen pretrained
 sentence encoder (embeddings cached on disk); datasets that ship feature
 vectors (Wikipedia) are used as they are.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bundle.inputs import BagOfWords, Clip, Features, Pixels, Sentence
+from bundle.inputs import BagOfWords, Clip, Features, Pixels, Sentence, TokenIds
 from bundle.text import Vocabulary
 from model.config import DATA_KINDS, ConfigError, RunConfig
 from model.data.flickr8k import flickr8k_split, load_flickr8k
@@ -55,6 +56,15 @@ class Prepared:
     inputs: dict[str, np.ndarray]
     kinds: dict[str, str]  # modality -> the name of its input kind (bundle.inputs.KINDS)
     vocabulary: Vocabulary | None = None
+
+    def input_dims(self) -> dict[str, int]:
+        """Each stream's input width: a row's width, or for word ids the ids it embeds."""
+        dims = {m: int(x.shape[1]) for m, x in self.inputs.items()}
+        for m, kind in self.kinds.items():
+            if kind == TokenIds.name:
+                assert self.vocabulary is not None  # prepare builds one for word ids
+                dims[m] = TokenIds(self.vocabulary, 1).num_ids
+        return dims
 
 
 @contextmanager
@@ -189,7 +199,7 @@ def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared
                 )[rows]
                 kinds["image"] = Pixels.name
         elif modality == "text":
-            if config.text.encoder != "bag_of_words":
+            if config.text.encoder == "minilm":
                 inputs["text"], kinds["text"] = _sentence_embeddings(config, data), Sentence.name
             elif data.texts is not None:
                 if vocabulary is None:
@@ -200,7 +210,18 @@ def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared
                         min_count=config.text.min_count,
                         max_size=config.text.max_vocab,
                     )
-                inputs["text"], kinds["text"] = vocabulary.encode(data.texts), BagOfWords.name
+                if config.text.encoder == "recurrent":
+                    # Every row as wide as the longest allowed: one array for the whole set.
+                    tokens = TokenIds(vocabulary, config.text.max_length)
+                    inputs["text"] = tokens.vectorize(data.texts, width=tokens.max_length)[0]
+                    kinds["text"] = TokenIds.name
+                else:
+                    inputs["text"], kinds["text"] = vocabulary.encode(data.texts), BagOfWords.name
+            elif config.text.encoder == "recurrent":
+                raise ConfigError(
+                    "text.encoder = 'recurrent' needs raw texts, but this dataset ships text "
+                    "feature vectors; use text.encoder = 'bag_of_words'"
+                )
             else:
                 assert data.text_features is not None
                 inputs["text"], kinds["text"] = data.text_features.astype(np.float32), Features.name

@@ -23,6 +23,11 @@ class ImageTailStream(nn.Module):
         c, h, w = self.map_shape
         return self.mlp(self.tail(x.reshape(-1, c, h, w)))
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's last hidden layer, which the hash head projects."""
+        c, h, w = self.map_shape
+        return self.mlp.features(self.tail(x.reshape(-1, c, h, w)))  # type: ignore[operator]
+
 
 class MLPStream(nn.Module):
     """MLP over a vector input (cached CNN features, bag of words, precomputed features).
@@ -55,8 +60,12 @@ class MLPStream(nn.Module):
         """The fixed input map applied before standardisation."""
         return torch.sign(x) * torch.sqrt(torch.abs(x)) if self.signed_sqrt else x
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer, which the hash head projects."""
+        return self.body((self.transform(x) - self.shift) / self.scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hash(self.body((self.transform(x) - self.shift) / self.scale))
+        return self.hash(self.features(x))
 
 
 class VideoStream(nn.Module):
@@ -96,6 +105,91 @@ class VideoStream(nn.Module):
         features = self.temporal(maps.transpose(1, 2))  # (n * clips, C, T, h, w) in
         features = features.reshape(-1, clips, features.shape[1]).mean(dim=1)
         return self.hash(self.body(features))
+
+
+class SentenceStream(nn.Module):
+    """Word ids in order -> embeddings -> GRU or LSTM -> pooled state -> MLP -> hash head.
+
+    Input rows are `bundle.inputs.TokenIds` batches: the length in words, then the ids,
+    right-padded. The cell runs forward over the padded rows; a state is read only at the
+    text's own positions (the mean over its words, or the state after its last word), so the
+    padding never reaches a code. A text of no words gets the initial (zero) state's code.
+    """
+
+    def __init__(
+        self,
+        num_ids: int,
+        embedding_dim: int,
+        cell: str,
+        rnn_hidden: int,
+        pooling: str,
+        hidden: Sequence[int],
+        bits: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        if cell not in ("gru", "lstm") or pooling not in ("mean", "last"):
+            raise ValueError(f"unknown cell {cell!r} or pooling {pooling!r}")
+        self.pooling = pooling
+        # Row 0 is padding: it stays zero and untrained.
+        self.embedding = nn.Embedding(num_ids, embedding_dim, padding_idx=0)
+        rnn = nn.GRU if cell == "gru" else nn.LSTM
+        self.rnn = rnn(embedding_dim, rnn_hidden, batch_first=True)
+        self.body, width = mlp(rnn_hidden, hidden, dropout)
+        self.hash = HashHead(width, bits)
+
+    def embed(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, width, embedding_dim) word embeddings and (n,) lengths of a token batch."""
+        ids = tokens[:, 1:]
+        # A length beyond the row (a hand-made batch) reads no more than the row holds.
+        # Widths from tensors, not Python ints: the traced encoder takes any batch width.
+        lengths = torch.minimum(tokens[:, 0].clamp(min=0), torch.ones_like(ids).sum(1))
+        return self.embedding(ids), lengths
+
+    def codes(
+        self, embedded: torch.Tensor, lengths: torch.Tensor, packed: bool = False
+    ) -> torch.Tensor:
+        """tanh codes of embedded words (`packed`: see `run_cell`)."""
+        states = run_cell(self.rnn, embedded, lengths, packed)
+        return self.hash(self.body(pool_states(states, lengths, self.pooling)))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.codes(*self.embed(tokens))
+
+
+def run_cell(
+    rnn: nn.Module, embedded: torch.Tensor, lengths: torch.Tensor, packed: bool = False
+) -> torch.Tensor:
+    """A GRU's or LSTM's states (n, width, h) over right-padded rows.
+
+    `packed` skips the padding (a packed sequence): the trainer's path, several times faster
+    on short texts padded to the batch's longest. The traced encoder runs the cell over the
+    padded rows instead; the states at each text's own positions are the same but for float
+    rounding, and those are all `pool_states` reads.
+    """
+    if not packed:
+        return rnn(embedded)[0]  # type: ignore[no-any-return]
+    # A text of no words runs one padding step: pool_states reads none of it.
+    sequence = nn.utils.rnn.pack_padded_sequence(
+        embedded, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+    )
+    states = rnn(sequence)[0]
+    return nn.utils.rnn.pad_packed_sequence(
+        states, batch_first=True, total_length=embedded.shape[1]
+    )[0]
+
+
+def pool_states(out: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torch.Tensor:
+    """States (n, width, h) of right-padded rows pooled over each row's first `lengths`."""
+    # The zero initial state in front: position `length` is then the state after the last
+    # word, and a row of no words pools to zeros either way.
+    states = torch.cat([torch.zeros_like(out[:, :1]), out], dim=1)
+    if pooling == "last":
+        at = lengths.view(-1, 1, 1).expand(-1, 1, states.shape[2])
+        return states.gather(1, at).squeeze(1)
+    steps = torch.ones_like(out[:, :, 0]).cumsum(1) - 1
+    mask = (steps < lengths.view(-1, 1).to(out.dtype)).to(out.dtype).unsqueeze(2)
+    return (out * mask).sum(1) / lengths.clamp(min=1).to(out.dtype).view(-1, 1)
 
 
 def mlp(width: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:

@@ -111,7 +111,7 @@ def train(
     data, split = prepared.data, prepared.split
     method = build_method(
         config,
-        {m: x.shape[1] for m, x in prepared.inputs.items()},
+        prepared.input_dims(),
         prepared.kinds,
         len(data.label_names),
         data.multi_label,
@@ -399,7 +399,7 @@ def checkpoint_state(
         "method_state": method.training_state(),
         "n_train": len(prepared.split.train),
         "history": history,
-        "input_dims": {m: int(x.shape[1]) for m, x in prepared.inputs.items()},
+        "input_dims": prepared.input_dims(),
         "kinds": prepared.kinds,
         "vocabulary": prepared.vocabulary.to_json() if prepared.vocabulary else None,
         "label_names": prepared.data.label_names,

@@ -49,8 +49,11 @@ class MicroBatcher:
         max_items: int,
         window_s: float,
         observe: Callable[[str, float, int], None] | None = None,
+        collate: Callable[[list[npt.NDArray[Any]]], npt.NDArray[Any]] = np.concatenate,
     ) -> None:
         self.encoder = encoder
+        #: Joins the gathered jobs' batches (the input kind's: word ids pad to the widest).
+        self.collate = collate
         self.max_items = max_items
         self.window_s = window_s
         self._pool = pool
@@ -157,7 +160,7 @@ class MicroBatcher:
         live = [j for j in jobs if not j.future.done()]
         if not live:
             return
-        batch = np.concatenate([j.batch for j in live])
+        batch = self.collate([j.batch for j in live])
         start = time.perf_counter()
         try:
             codes, values = await asyncio.get_running_loop().run_in_executor(

@@ -152,6 +152,7 @@ async def open_runtime(settings: Settings, bundle: Bundle | None, metrics: Metri
             ),
             window_s=settings.batch_window_ms / 1000,
             observe=metrics.observe_encode,
+            collate=bundle.inputs[modality].collate,
         )
         for modality, encoder in bundle.encoders.items()
     }

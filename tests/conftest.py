@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from tests.support.shapes import Shapes
 
 # Only a top-level conftest may load plugins: milvus-lite and the embedded Milvus server.
-pytest_plugins = ["tests.support.milvus"]
+pytest_plugins = ["tests.support.milvus", "tests.support.dvsh_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,10 @@ from bundle.inputs.clip import Clip
 from bundle.inputs.features import Features
 from bundle.inputs.pixels import Pixels
 from bundle.inputs.sentence import Sentence
+from bundle.inputs.token_ids import TokenIds
 
 KINDS: dict[str, type[InputKind]] = {
-    kind.name: kind for kind in (Pixels, Clip, BagOfWords, Sentence, Features)
+    kind.name: kind for kind in (Pixels, Clip, BagOfWords, Sentence, TokenIds, Features)
 }
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "Pixels",
     "Sentence",
     "TextPreparer",
+    "TokenIds",
 ]

@@ -66,6 +66,11 @@ class InputKind(ABC):
         """Files the bundle carries beside the encoder for this input (name -> source)."""
         return {}
 
+    def collate(self, batches: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+        """Several batches of this input as one (the micro-batcher's join); kinds whose
+        batches vary in width (token ids) pad them to a common one."""
+        return np.concatenate(list(batches))
+
 
 class TextPreparer(Protocol):
     """Turns texts into a text encoder's input batch, with each text's known-token count."""

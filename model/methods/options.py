@@ -140,3 +140,48 @@ class DDCMHConfig(Section):
                 f"{where}w_label and {where}w_pairwise are both 0: stage 1 (initial = "
                 "'labels') would train the text network on nothing; set one above 0"
             )
+
+
+@dataclass
+class DVSHConfig(Section):
+    """[dvsh]: DVSH's fusion network, its margins and the weights of its loss terms.
+
+    The image and sentence streams are the run's [image] and [text] sections (DVSH needs
+    text.encoder = "recurrent"); the fusion network runs the same cell as the sentence
+    stream over its word embeddings with the image's features at every step.
+    """
+
+    margin_joint: float = 0.3  # cosine margin between matches and non-matches, joint embedding
+    margin_code: float = 0.3  # the same, image codes against text codes and back
+    w_joint: float = 1.0  # structured max-margin loss of the joint embedding
+    w_cross: float = 1.0  # structured max-margin loss of the codes, each direction
+    w_fit: float = 1.0  # each modality's codes to the signs of the joint embedding
+    fusion_hidden: int = 512  # the fusion cell's state width
+    image_projection: int = 256  # image features projected into the fusion cell's input
+    dropout: float = 0.1  # on the fusion cell's pooled state
+
+    def rules(self) -> dict[str, Rule]:
+        margin = Rule(lambda v: 0 < v <= 2, "above 0 and at most 2 (cosines differ by 2 at most)")
+        return {
+            "margin_joint": margin,
+            "margin_code": margin,
+            "w_joint": at_least(0),
+            "w_cross": at_least(0),
+            "w_fit": at_least(0),
+            "fusion_hidden": at_least(1),
+            "image_projection": at_least(1),
+            "dropout": Rule(lambda v: 0 <= v < 1, "at least 0 and below 1"),
+        }
+
+    def check_run(self, config: Any) -> None:
+        """DVSH pairs an image stream with a recurrent sentence stream."""
+        if sorted(config.data.modalities) != ["image", "text"]:
+            raise ConfigError(
+                f"method 'dvsh' pairs images with sentences: data.modalities must be "
+                f"['image', 'text'], got {config.data.modalities}"
+            )
+        if config.text.encoder != "recurrent":
+            raise ConfigError(
+                f"method 'dvsh' trains a recurrent sentence stream: set text.encoder = "
+                f"'recurrent' (got {config.text.encoder!r})"
+            )

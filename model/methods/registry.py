@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from model.methods.options import DDCMHConfig, DJSRHConfig, DSMHNConfig
+from model.methods.options import DDCMHConfig, DJSRHConfig, DSMHNConfig, DVSHConfig
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ METHODS: dict[str, Registered] = {
     "dsmhn": Registered("model.methods.dsmhn:DSMHN", DSMHNConfig),
     "djsrh": Registered("model.methods.djsrh:DJSRH", DJSRHConfig),
     "ddcmh": Registered("model.methods.ddcmh:DDCMH", DDCMHConfig),
+    "dvsh": Registered("model.methods.dvsh:DVSH", DVSHConfig),
 }
 
 

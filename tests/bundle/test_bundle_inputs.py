@@ -28,7 +28,7 @@ KINDS_TO_TRY: list[InputKind] = [
 
 
 def test_the_registry_names_every_kind_by_its_manifest_input() -> None:
-    assert sorted(KINDS) == ["bag_of_words", "clip", "features", "pixels", "sentence"]
+    assert sorted(KINDS) == ["bag_of_words", "clip", "features", "pixels", "sentence", "token_ids"]
     assert all(kind.name == name for name, kind in KINDS.items())
 
 

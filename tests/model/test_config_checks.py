@@ -81,7 +81,7 @@ BAD_OVERRIDES = [
     (["text.min_count=0"], "text.min_count must be at least 1"),
     (["text.max_vocab=0"], "text.max_vocab must be at least 1"),
     # method and losses
-    (['method="dsmh"'], "method must be one of dsmhn, djsrh, ddcmh, got 'dsmh'"),
+    (['method="dsmh"'], "method must be one of dsmhn, djsrh, ddcmh, dvsh, got 'dsmh'"),
     (
         ['dsmhn.similarity="cosine"'],
         "dsmhn.similarity must be one of pairwise_nll, contrastive, triplet, tie_aware_ap",
@@ -130,7 +130,7 @@ BAD_OVERRIDES = [
     (["eval.ks=[0, 10]"], "eval.ks[0] must be at least 1, got 0"),
     (
         ["evaluation.top_r=1"],
-        "unknown config key 'evaluation'; known: bits, data, ddcmh, djsrh, dsmhn, eval",
+        "unknown config key 'evaluation'; known: bits, data, ddcmh, djsrh, dsmhn, dvsh, eval",
     ),
 ]
 

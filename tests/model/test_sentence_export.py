@@ -318,7 +318,10 @@ def test_service_refuses_a_tampered_or_missing_tokenizer(
         ({"max_length": "16"}, "max_length must be an integer >= 3, got '16'"),
         ({"pad_id": -1}, "pad_id must be a non-negative integer, got -1"),
         ({"tokenizer": None}, "tokenizer must name the bundle's tokenizer file"),
-        ({"input": "tokens"}, "input is 'tokens'; expected 'bag_of_words' or 'sentence'"),
+        (
+            {"input": "tokens"},
+            "input is 'tokens'; expected 'bag_of_words' or 'sentence' or 'token_ids'",
+        ),
     ],
 )
 def test_service_refuses_a_bad_sentence_spec(
