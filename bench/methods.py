@@ -220,6 +220,7 @@ def run_cell(
         "overrides": overrides,
         "run": str(run),
         "reused": seconds is None,
+        "method_set": mine,
         "train_seconds_this_call": seconds,
         **_summary(report, run),
     }
@@ -346,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for n, s in datasets.items()
             },
             "split_seed": args.split_seed,
+            # Methods the cell table knows that are not registered in this checkout yet.
+            "not_registered": sorted({m for m, _ in CELLS} - set(METHODS)),
             "cells": cells,
             "environment": env,
         }

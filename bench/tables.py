@@ -193,7 +193,8 @@ def _methods(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
     ]
     not_run = 0
     for dataset, spec in data["datasets"].items():
-        for c in (c for c in data["cells"] if c["dataset"] == dataset):
+        cells = [c for c in data["cells"] if c["dataset"] == dataset]
+        for c in sorted(cells, key=lambda c: c["bits"]):  # stable: methods in registry order
             head = f"| {dataset} | {c['bits']} | {c['method']} "
             if c["status"] == "not_applicable":
                 lines.append(head + f"| – | not applicable: {c['reason']} | | | |")
@@ -219,9 +220,20 @@ def _methods(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
             f"{not_run} cells not run: each cell of the JSON names the command that fills it "
             "(`python -m bench.methods --methods M --datasets D --bits B` with the flags above).",
         ]
+    if data.get("not_registered"):
+        lines += [
+            "",
+            f"Not registered in this checkout, so not in the table: "
+            f"{', '.join(data['not_registered'])}.",
+        ]
     for c in data["cells"]:
-        if c.get("note"):
-            lines += ["", f"{c['method']}, {c['dataset']}, {c['bits']} bits: {c['note']}"]
+        if c.get("method_set"):
+            lines += [
+                "",
+                f"{c['method']}, {c['dataset']}, {c['bits']} bits: trained with "
+                f"{', '.join(f'`{x}`' for x in c['method_set'])} over its config "
+                f"`{c['config']}` (`--method-set`).",
+            ]
     return lines
 
 
