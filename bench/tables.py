@@ -5,7 +5,8 @@ python bench/tables.py --write docs/results.md                 # regenerate ever
 
 Each file's kind is read from its content: `bench.accuracy` (accuracy-*.json),
 `bench.text_encoders` (text_encoders.json), `bench.video accuracy` (video-*.json but
-video-speed), a method's recorded run (djsrh-*.json) and `bench.search` (search*.json;
+video-speed), a method's recorded run (djsrh-*.json), `bench.methods` (methods.json) and
+`bench.search` (search*.json;
 `PATH#1000000x64` picks one size's detailed table from a sweep). In a Markdown file, a table
 is the text between `<!-- table: PATH -->` and `<!-- table: end -->`; `--write` replaces each
 with PATH's rendering; tests/docs/test_results_tables.py checks docs/results.md holds
@@ -182,10 +183,82 @@ def _search(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
     return lines
 
 
+def _direction(d: str) -> str:
+    q, _, db = d.partition("->")
+    return f"{q}→{db}"
+
+
+def _methods(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
+    """bench.methods: method x dataset x bits x direction; why a cell is empty where it is."""
+    lines = [
+        "| dataset | bits | method | direction | mAP@all | mAP by group | R@10 by group "
+        "| train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    not_run = 0
+    for dataset, spec in data["datasets"].items():
+        cells = [c for c in data["cells"] if c["dataset"] == dataset]
+        for c in sorted(cells, key=lambda c: c["bits"]):  # stable: methods in registry order
+            head = f"| {dataset} | {c['bits']} | {c['method']} "
+            if c["status"] == "not_applicable":
+                lines.append(head + f"| – | not applicable: {c['reason']} | | | |")
+                continue
+            if c["status"] == "not_run":
+                not_run += 1
+                lines.append(head + "| – | not run | | | |")
+                continue
+            for d in (d for d in CROSS_ALL if d in c["map"]):
+                g = c["by_group"][d]
+                group = (
+                    (f"{g['map']:.3f}", f"{g['recall_at_k'].get('10', float('nan')):.3f}")
+                    if spec.get("by_group")
+                    else ("", "")
+                )
+                lines.append(
+                    head + f"| {_direction(d)} | {c['map'][d]:.3f} | {group[0]} | {group[1]} "
+                    f"| {c['train_seconds_recorded']:.0f} |"
+                )
+    if not_run:
+        lines += [
+            "",
+            f"{not_run} cells not run: each cell of the JSON names the command that fills it "
+            "(`python -m bench.methods --methods M --datasets D --bits B` with the flags above).",
+        ]
+    if data.get("not_registered"):
+        lines += [
+            "",
+            f"Not registered in this checkout, so not in the table: "
+            f"{', '.join(data['not_registered'])}.",
+        ]
+    for c in data["cells"]:
+        if c.get("method_set"):
+            lines += [
+                "",
+                f"{c['method']}, {c['dataset']}, {c['bits']} bits: trained with "
+                f"{', '.join(f'`{x}`' for x in c['method_set'])} over its config "
+                f"`{c['config']}` (`--method-set`).",
+            ]
+    return lines
+
+
+#: Every direction, cross-modal first (bench.methods keeps all four).
+CROSS_ALL = (
+    "image->text",
+    "text->image",
+    "video->text",
+    "text->video",
+    "image->image",
+    "video->video",
+    "text->text",
+)
+
+
 def kind(data: dict[str, Any]) -> str:
     """Which bench script wrote this results file."""
     if data.get("benchmark") == "search":
         return "search"
+    if data.get("benchmark") == "methods":
+        return "methods"
     if "method" in data and "binary_map_at_all" in data:
         return "run"
     results = data.get("results")
@@ -222,6 +295,7 @@ def _run(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
 
 
 RENDERERS = {
+    "methods": _methods,
     "run": _run,
     "accuracy": _accuracy,
     "text_encoders": _text_encoders,
