@@ -86,7 +86,7 @@ QUICK_SETTINGS = (
     "eval.top_r=50",
 )
 
-_TAGS = "its text is a bag of tags, not sentences: DVSH's text side is a sentence model"
+_CLIPS = "DVSH pairs an image stream with sentences: it has no video side"
 _TOPICS = "its text is LDA topic vectors, not sentences: DVSH's text side is a sentence model"
 
 #: (method, dataset) -> how that method runs there, or why it cannot. A registered method
@@ -95,8 +95,12 @@ _TOPICS = "its text is LDA topic vectors, not sentences: DVSH's text side is a s
 CELLS: dict[tuple[str, str], Cell | str] = {
     ("djsrh", "mirflickr25k"): Cell("configs/djsrh-mirflickr25k.toml"),
     ("ddcmh", "mirflickr25k"): Cell("configs/ddcmh-mirflickr25k.toml"),
-    ("dvsh", "mirflickr25k"): _TAGS,
+    # DVSH reads a photo's tags in order as its sentence (configs/dvsh-mirflickr25k.toml).
+    ("dvsh", "mirflickr25k"): Cell("configs/dvsh-mirflickr25k.toml"),
+    ("dvsh", "flickr8k"): Cell("configs/dvsh-flickr8k.toml"),
     ("dvsh", "wikipedia"): _TOPICS,
+    ("dvsh", "synthetic-video"): _CLIPS,
+    ("dvsh", "shapes"): Cell(None, ('method="dvsh"', 'text.encoder="recurrent"')),
 }
 
 

@@ -84,7 +84,10 @@ def test_text_digest_is_sha256_of_utf8() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ({"encoder": "bert"}, "text.encoder must be one of bag_of_words, minilm, recurrent, got 'bert'"),
+        (
+            {"encoder": "bert"},
+            "text.encoder must be one of bag_of_words, minilm, recurrent, got 'bert'",
+        ),
         ({"max_length": 2}, "text.max_length must be between 3 and 512, got 2"),
         ({"max_length": 513}, "text.max_length must be between 3 and 512, got 513"),
         ({"max_length": "64"}, "'text.max_length' must be an integer"),
