@@ -71,6 +71,23 @@ class Stage:
             raise ValueError(f"stage {self.name!r} trains no epochs: it takes no optimizer")
 
 
+def adam_cosine_stage(
+    name: str, epochs: int, parameters: list[nn.Parameter], train: TrainConfig
+) -> Stage:
+    """A stage of Adam at train.lr (train.weight_decay) annealed by a cosine over its epochs."""
+    return Stage(
+        name=name,
+        epochs=epochs,
+        parameters=parameters,
+        optimizer=lambda params: torch.optim.Adam(
+            params, lr=train.lr, weight_decay=train.weight_decay
+        ),
+        schedule=lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=epochs
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class TrainingSet:
     """The training items, for hooks that look at all of them (memory banks, initial codes).

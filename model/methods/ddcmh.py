@@ -39,7 +39,7 @@ from model.losses import (
     quantization_loss,
     semantic_label_loss,
 )
-from model.methods.base import Batch, Method, MethodSetup, Stage, TrainingSet
+from model.methods.base import Batch, Method, MethodSetup, Stage, TrainingSet, adam_cosine_stage
 from model.methods.options import DDCMHConfig
 
 #: Training items encoded at once when a stage's codes are computed.
@@ -87,18 +87,7 @@ class DDCMH(Method):
         ]
 
     def _stage(self, name: str, epochs: int, parameters: list[nn.Parameter]) -> Stage:
-        train = self.train_config
-        return Stage(
-            name=name,
-            epochs=epochs,
-            parameters=parameters,
-            optimizer=lambda params: torch.optim.Adam(
-                params, lr=train.lr, weight_decay=train.weight_decay
-            ),
-            schedule=lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=epochs
-            ),
-        )
+        return adam_cosine_stage(name, epochs, parameters, self.train_config)
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         """The named terms of the batch's stage: label loss (1), or a fit to codes (2, 3)."""

@@ -23,7 +23,7 @@ from model.losses import (
     quantization_loss,
     semantic_label_loss,
 )
-from model.methods.base import Batch, Method, MethodSetup, Stage, TrainingSet
+from model.methods.base import Batch, Method, MethodSetup, Stage, TrainingSet, adam_cosine_stage
 from model.methods.options import DSMHNConfig
 
 
@@ -52,19 +52,7 @@ class DSMHN(Method):
 
     def stages(self) -> list[Stage]:
         train = self.train_config
-        return [
-            Stage(
-                name="joint",
-                epochs=train.epochs,
-                parameters=list(self.parameters()),
-                optimizer=lambda params: torch.optim.Adam(
-                    params, lr=train.lr, weight_decay=train.weight_decay
-                ),
-                schedule=lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(
-                    optimizer, T_max=train.epochs
-                ),
-            )
-        ]
+        return [adam_cosine_stage("joint", train.epochs, list(self.parameters()), train)]
 
     def start_epoch(self, stage: str, epoch: int) -> None:
         """Sharpen every hash layer's tanh for this epoch (continuation)."""

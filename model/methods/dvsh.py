@@ -23,7 +23,7 @@ from torch import nn
 from model.checks import ConfigError
 from model.hashing import HashHead
 from model.losses import label_similarity, structured_margin_loss
-from model.methods.base import Batch, Method, MethodSetup, Stage
+from model.methods.base import Batch, Method, MethodSetup, Stage, adam_cosine_stage
 from model.methods.options import DVSHConfig
 from model.streams import SentenceStream, pool_states, run_cell
 
@@ -82,19 +82,7 @@ class DVSH(Method):
 
     def stages(self) -> list[Stage]:
         train = self.train_config
-        return [
-            Stage(
-                name="joint",
-                epochs=train.epochs,
-                parameters=list(self.parameters()),
-                optimizer=lambda params: torch.optim.Adam(
-                    params, lr=train.lr, weight_decay=train.weight_decay
-                ),
-                schedule=lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(
-                    optimizer, T_max=train.epochs
-                ),
-            )
-        ]
+        return [adam_cosine_stage("joint", train.epochs, list(self.parameters()), train)]
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Joint embeddings and both streams' codes of a batch of pairs, and the loss terms."""
