@@ -50,6 +50,8 @@ def _train(args: argparse.Namespace) -> int:
     from model.train import train
 
     overrides = list(args.set or [])
+    if args.nproc > 1 and "WORLD_SIZE" in os.environ:
+        raise UsageError("--nproc starts the processes itself: under torchrun, drop it")
     if args.device:
         overrides.append(f"train.device={json.dumps(args.device)}")
     if args.resume:
@@ -72,10 +74,17 @@ def _train(args: argparse.Namespace) -> int:
         _writable_folder(args.out, "--out")
         _replace_run(args.out, args.force)
         run = functools.partial(train, config, args.out)
+    if args.nproc > 1:
+        from hashbridge.launch import launch, without_option
+
+        # Checked above, once: each process runs the same command, less --nproc.
+        return launch(without_option(args.argv, "--nproc"), args.nproc)
     try:
         result = run()
     except KeyboardInterrupt:
         return _interrupted(args.out)
+    if _rank() != 0:
+        return 0  # the first process reports the run
     final = result.history[-1].get("map", {}) if result.history else {}
     print(
         json.dumps(
@@ -84,6 +93,14 @@ def _train(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _rank() -> int:
+    """This process's rank in a distributed run (torchrun's RANK), 0 when alone."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def _replace_run(out: Path, force: bool) -> None:
@@ -114,7 +131,8 @@ def _interrupted(out: Path) -> int:
         if (out / CHECKPOINT).exists()
         else "no epoch had finished, so nothing was kept"
     )
-    print(f"hashbridge train: interrupted; {kept}", file=sys.stderr)
+    if _rank() == 0:
+        print(f"hashbridge train: interrupted; {kept}", file=sys.stderr)
     return 130
 
 
@@ -320,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", help="cpu or cuda (mixed precision on cuda)")
     p.add_argument(
+        "--nproc",
+        type=_process_count,
+        default=1,
+        metavar="N",
+        help="train as N processes on this machine (DistributedDataParallel: gloo on CPU, "
+        "NCCL with one GPU each); as torchrun --nproc_per_node N",
+    )
+    p.add_argument(
         "--data", type=Path, help="with --resume: where the run's data is now, if it moved"
     )
     p.add_argument(
@@ -427,11 +453,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _process_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (1 or more)")
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    quiet = _rank() != 0  # the other processes of a distributed run log warnings only
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Errors are imported per subcommand (see _model_command) so that serve never loads model/.
@@ -440,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, OSError) as exc:
         # OSError: a path the user named is missing, a folder, read-only, full... (-v: where)
         log.debug("%s failed", args.command, exc_info=True)
-        print(f"hashbridge {args.command}: error: {exc}", file=sys.stderr)
+        if not quiet:  # every process of a distributed run meets the same mistake
+            print(f"hashbridge {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from bundle.digests import file_sha256
 from model.backbones.efficientnet import TrunkFront, load_pretrained
 from model.data.images import load_image
+from model.distributed import ALONE, Share
 from model.hashing import PixelNormalize
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,8 @@ class FeatureCache:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path)
+        # Processes of a distributed run write their shares into one cache: wait for the lock.
+        self.db = sqlite3.connect(path, timeout=120)
         self.db.execute("CREATE TABLE IF NOT EXISTS features (digest TEXT PRIMARY KEY, vec BLOB)")
 
     def get_many(self, digests: Sequence[str]) -> dict[str, np.ndarray]:
@@ -67,10 +70,13 @@ def extract_image_features(
     batch_size: int = 64,
     flip: bool = False,
     tail_blocks: int = 0,
+    share: Share = ALONE,
 ) -> np.ndarray:
     """Pooled backbone features for every path, computing only what the cache lacks.
 
-    With `flip`, features of the mirrored image are averaged in (a cheap test-time augmentation).
+    With `share`, the processes of a distributed run each compute their share of what is
+    missing, into the one cache. With `flip`, features of the mirrored image are averaged in
+    (a cheap test-time augmentation).
     With `tail_blocks`, the result is instead the flattened feature map entering the last
     `tail_blocks` blocks, which are then fine-tuned.
     """
@@ -82,9 +88,11 @@ def extract_image_features(
         digests = list(pool.map(file_sha256, paths))
     known = cache.get_many(sorted(set(digests)))
     missing = sorted({d: p for d, p in zip(digests, paths, strict=True) if d not in known}.items())
-    if missing:
+    share.wait()  # every process has read the cache: each sees the same `missing`
+    mine = share.of(missing)
+    if mine:
         log.info(
-            "extracting %s features for %d images (%d cached)", backbone, len(missing), len(known)
+            "extracting %s features for %d images (%d cached)", backbone, len(mine), len(known)
         )
         trunk = load_pretrained(backbone)
         norm = PixelNormalize(trunk.spec.mean, trunk.spec.std)
@@ -92,10 +100,10 @@ def extract_image_features(
         net = net.to(memory_format=torch.channels_last)
         with (
             ThreadPoolExecutor(max_workers=2) as pool,
-            tqdm(total=len(missing), desc="features") as bar,
+            tqdm(total=len(mine), desc="features") as bar,
         ):
-            for start in range(0, len(missing), batch_size):
-                chunk = missing[start : start + batch_size]
+            for start in range(0, len(mine), batch_size):
+                chunk = mine[start : start + batch_size]
                 pixels = np.stack(list(pool.map(lambda item: load_image(item[1], size), chunk)))
                 x = norm(torch.from_numpy(pixels)).contiguous(memory_format=torch.channels_last)
                 with torch.inference_mode():
@@ -106,5 +114,15 @@ def extract_image_features(
                 cache.put_many(batch)
                 known.update(batch)
                 bar.update(len(chunk))
+    share.wait()  # every share is in the cache
+    known.update(cache.get_many(others_share(missing, mine)))
     cache.close()
     return np.stack([known[d] for d in digests]).astype(np.float32)
+
+
+def others_share(missing: list[tuple[str, Any]], mine: list[tuple[str, Any]]) -> list[str]:
+    """The digests the other processes computed: what was missing, less this one's share."""
+    if len(mine) == len(missing):
+        return []
+    done = {d for d, _ in mine}
+    return [d for d, _ in missing if d not in done]

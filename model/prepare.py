@@ -37,6 +37,7 @@ from model.data.splits import (
 )
 from model.data.synthetic_video import generate_video_dataset
 from model.data.wikipedia import load_wikipedia
+from model.distributed import ALONE, Share
 from model.features import extract_image_features
 from model.sentence_features import extract_sentence_features
 from model.video_features import extract_clip_maps
@@ -82,8 +83,9 @@ def _split_sizes(n_items: int) -> Iterator[None]:
 _FOLDER_KINDS = ("mirflickr", "wikipedia", "flickr8k", "kinetics")
 
 
-def load_dataset(config: RunConfig) -> tuple[PairedData, Split]:
-    """Load the configured dataset and its query/database/train split."""
+def load_dataset(config: RunConfig, share: Share = ALONE) -> tuple[PairedData, Split]:
+    """Load the configured dataset and its query/database/train split (data that is
+    generated, by the first of a distributed run's processes only)."""
     kind, path = config.data.kind, Path(config.data.path)
     if kind in _FOLDER_KINDS and not path.is_dir():
         # Named by the folder, not by the first file a loader happens to open in it.
@@ -118,7 +120,11 @@ def load_dataset(config: RunConfig) -> tuple[PairedData, Split]:
         split = split_from_column(data.splits, len(data))
     elif kind in ("manifest", "synthetic_video"):
         if kind == "synthetic_video":
-            path = _synthetic_videos(config)
+            if share.rank == 0:
+                path = _synthetic_videos(config)
+            share.wait()  # the others find it generated, and only read it
+            if share.rank != 0:
+                path = _synthetic_videos(config)
         data = load_manifest(path)
         if data.splits is None and len(data) < 2:
             raise DataError(
@@ -164,9 +170,13 @@ def _manifest_split(config: RunConfig, data: PairedData) -> Split:
     return split if data.groups is None else by_group(split, groups)
 
 
-def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared:
-    """Inputs for the configured modalities; `vocabulary` reuses a trained run's vocabulary."""
-    data, split = load_dataset(config)
+def prepare(
+    config: RunConfig, vocabulary: Vocabulary | None = None, share: Share = ALONE
+) -> Prepared:
+    """Inputs for the configured modalities; `vocabulary` reuses a trained run's vocabulary.
+
+    With `share`, the processes of a distributed run split the feature extraction."""
+    data, split = load_dataset(config, share)
     require_labels(config, data)
     inputs: dict[str, np.ndarray] = {}
     kinds: dict[str, str] = {}
@@ -196,11 +206,15 @@ def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared
                     cache_dir=Path(config.image.cache_dir),
                     flip=config.image.flip_features,
                     tail_blocks=config.image.finetune_blocks,
+                    share=share,
                 )[rows]
                 kinds["image"] = Pixels.name
         elif modality == "text":
             if config.text.encoder == "minilm":
-                inputs["text"], kinds["text"] = _sentence_embeddings(config, data), Sentence.name
+                inputs["text"], kinds["text"] = (
+                    _sentence_embeddings(config, data, share),
+                    Sentence.name,
+                )
             elif data.texts is not None:
                 if vocabulary is None:
                     vocabulary = Vocabulary.build(
@@ -226,7 +240,7 @@ def prepare(config: RunConfig, vocabulary: Vocabulary | None = None) -> Prepared
                 assert data.text_features is not None
                 inputs["text"], kinds["text"] = data.text_features.astype(np.float32), Features.name
         elif modality == "video":
-            inputs["video"], kinds["video"] = _clip_maps(config, data), Clip.name
+            inputs["video"], kinds["video"] = _clip_maps(config, data, share), Clip.name
         else:
             raise ConfigError(f"unknown modality {modality!r}; use image, video and text")
     return Prepared(data=data, split=split, inputs=inputs, kinds=kinds, vocabulary=vocabulary)
@@ -262,7 +276,7 @@ def _synthetic_videos(config: RunConfig) -> Path:
         raise ConfigError(f"data.generate: {exc}") from None
 
 
-def _clip_maps(config: RunConfig, data: PairedData) -> np.ndarray:
+def _clip_maps(config: RunConfig, data: PairedData, share: Share) -> np.ndarray:
     """Frozen per-frame maps of every item's clip (cached), flattened per item."""
     assert data.video_paths is not None
     missing = [i for i, p in enumerate(data.video_paths) if p is None]
@@ -278,6 +292,7 @@ def _clip_maps(config: RunConfig, data: PairedData) -> np.ndarray:
         clips=video.clips,
         cache_dir=Path(video.cache_dir),
         workers=video.workers,
+        share=share,
     )[rows]
 
 
@@ -292,7 +307,7 @@ def _distinct_paths(paths: Sequence[Path | None]) -> tuple[list[Path], np.ndarra
     return list(position), rows
 
 
-def _sentence_embeddings(config: RunConfig, data: PairedData) -> np.ndarray:
+def _sentence_embeddings(config: RunConfig, data: PairedData, share: Share) -> np.ndarray:
     """Frozen sentence-encoder embeddings of every item's text (cached)."""
     if data.texts is None:
         raise ConfigError(
@@ -304,4 +319,5 @@ def _sentence_embeddings(config: RunConfig, data: PairedData) -> np.ndarray:
         encoder=config.text.encoder,
         max_length=config.text.max_length,
         cache_dir=Path(config.text.cache_dir),
+        share=share,
     )

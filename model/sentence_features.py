@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from bundle.sentence import SentenceTokenizer
 from model.backbones.minilm import EMBEDDING_DIM, MODEL_NAME, load_minilm, tokenizer_path
-from model.features import FeatureCache
+from model.distributed import ALONE, Share
+from model.features import FeatureCache, others_share
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ def extract_sentence_features(
     max_length: int,
     cache_dir: Path,
     batch_size: int = 64,
+    share: Share = ALONE,
 ) -> np.ndarray:
-    """Unit-length sentence embeddings (n, 384) float32, computing only what the cache lacks."""
+    """Unit-length sentence embeddings (n, 384) float32, computing only what the cache lacks
+    (with `share`, this process's share of it; see model.features.extract_image_features)."""
     if encoder not in SENTENCE_ENCODERS:
         raise ValueError(f"unknown sentence encoder {encoder!r}; use {sorted(SENTENCE_ENCODERS)}")
     if not texts:
@@ -51,15 +54,17 @@ def extract_sentence_features(
     digests = [text_digest(t) for t in texts]
     known = cache.get_many(sorted(set(digests)))
     missing = sorted({d: t for d, t in zip(digests, texts, strict=True) if d not in known}.items())
-    if missing:
-        log.info("embedding %d texts with %s (%d cached)", len(missing), name, len(known))
+    share.wait()  # every process has read the cache: each sees the same `missing`
+    mine = share.of(missing)
+    if mine:
+        log.info("embedding %d texts with %s (%d cached)", len(mine), name, len(known))
         model = load_minilm()
         tokens = SentenceTokenizer(tokenizer_path(), max_length)
-        lengths = tokens.lengths([t for _, t in missing])
+        lengths = tokens.lengths([t for _, t in mine])
         order = np.argsort(lengths, kind="stable")
-        with tqdm(total=len(missing), desc="sentences") as bar:
+        with tqdm(total=len(mine), desc="sentences") as bar:
             for start in range(0, len(order), batch_size):
-                chunk = [missing[i] for i in order[start : start + batch_size]]
+                chunk = [mine[i] for i in order[start : start + batch_size]]
                 longest = max(lengths[i] for i in order[start : start + batch_size])
                 ids, mask = tokens.encode([t for _, t in chunk], pad_to=longest)
                 with torch.inference_mode():
@@ -68,5 +73,7 @@ def extract_sentence_features(
                 cache.put_many(batch)
                 known.update(batch)
                 bar.update(len(chunk))
+    share.wait()  # every share is in the cache
+    known.update(cache.get_many(others_share(missing, mine)))
     cache.close()
     return np.stack([known[d] for d in digests]).astype(np.float32)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from bundle.fileio import write_json
@@ -37,6 +38,7 @@ from model.checkpoint import (
 )
 from model.config import ConfigError, RunConfig
 from model.data.records import DataError
+from model.distributed import World, data_parallel, joined, trains_only
 from model.evaluate import quick_map
 from model.methods.base import Batch, Method, Stage, TrainingSet
 from model.prepare import Prepared, data_fingerprint, prepare
@@ -91,18 +93,43 @@ def train(
     config: RunConfig, run_dir: Path, *, resume: bool = False, data: Path | None = None
 ) -> TrainResult:
     """Train `config` into `run_dir`, or resume it from its checkpoint (its data moved to
-    `data` when given)."""
+    `data` when given).
+
+    Started by torchrun (or `hashbridge train --nproc N`), each process trains its share
+    of every batch (model.distributed); the first writes the run's files.
+    """
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir, require=RESUME_KEYS) if resume else None
     if state is not None:
         config = run_config(state, run_dir, data)
+    world = World.from_environment()
     # Before any data is prepared: a wrong device should not cost a feature extraction.
-    device = _device(config, run_dir if resume else None)
+    device = world.device(_device(config, run_dir if resume else None))
+    if (
+        device.type == "cuda"
+        and world.distributed
+        and world.local_rank >= (count := torch.cuda.device_count())
+    ):
+        raise ConfigError(
+            f"{world.size} processes train on one GPU each, but this machine has {count}; "
+            f"use --nproc {count} (or torchrun --nproc_per_node {count})"
+        )
+    with joined(world, device):
+        return _train(config, run_dir, state, world, device)
+
+
+def _train(
+    config: RunConfig,
+    run_dir: Path,
+    state: dict[str, Any] | None,
+    world: World,
+    device: torch.device,
+) -> TrainResult:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.seed)
     started = time.perf_counter()
-    prepared = prepare(config)
+    prepared = prepare(config, share=world.share())
     fingerprint = data_fingerprint(prepared)
     if state is not None:
         _check_same_data(state, prepared, fingerprint, run_dir, config)
@@ -144,7 +171,9 @@ def train(
             log.info("%s finished all its %d epochs; nothing is left to resume", run_dir, at.done)
         else:
             log.info("resuming %s from epoch %d", run_dir, at.done)
-    loop = _Loop(config, method, prepared, training, device, run_dir, fingerprint, history, stages)
+    loop = _Loop(
+        config, method, prepared, training, device, run_dir, fingerprint, history, stages, world
+    )
     for index in range(at.stage, len(stages)):
         stage = stages[index]
         before = total_epochs(stages[:index])
@@ -173,15 +202,17 @@ def train(
             method.start_stage(stage.name, training)
         loop.run_stage(stage, before, first, optimizer, scheduler)
     seconds = time.perf_counter() - started
-    write_json(
-        run_dir / "metrics.json",
-        {
-            "bits": config.bits,
-            "split_seed": config.split_seed,
-            "history": history,
-            "seconds": seconds,
-        },
-    )
+    if world.main:
+        write_json(
+            run_dir / "metrics.json",
+            {
+                "bits": config.bits,
+                "split_seed": config.split_seed,
+                "history": history,
+                "seconds": seconds,
+                "processes": world.size,
+            },
+        )
     return TrainResult(
         run_dir=run_dir, epochs=total_epochs(stages), history=history, seconds=seconds
     )
@@ -210,6 +241,7 @@ class _Loop:
     fingerprint: str
     history: list[dict[str, Any]]
     stages: list[Stage]
+    world: World
 
     def __post_init__(self) -> None:
         self.total = total_epochs(self.stages)
@@ -225,75 +257,94 @@ class _Loop:
         scheduler: Any,
     ) -> None:
         """Epochs `first` .. of `stage`, which follows `before` epochs of earlier stages."""
-        config, method, device = self.config, self.method, self.device
+        method, world = self.method, self.world
+        desc = "training" if len(self.stages) == 1 else f"training: {stage.name}"
+        bar = tqdm(range(first, stage.epochs), desc=desc, unit="epoch", disable=not world.main)
+        with trains_only(method, stage.parameters) if world.distributed else nullcontext():
+            # DDP is built for the stage's parameters alone: the others neither wait nor sync.
+            step = data_parallel(_Step(method), world)
+            for epoch in bar:
+                self._epoch(stage, before, epoch, step, optimizer, scheduler, bar)
+
+    def _epoch(
+        self,
+        stage: Stage,
+        before: int,
+        epoch: int,
+        step: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        bar: Any,
+    ) -> None:
+        """One epoch of `stage`, its evaluation and its checkpoint."""
+        config, method, device, world = self.config, self.method, self.device, self.world
         amp = (
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         )
         n = len(self.training)
-        desc = "training" if len(self.stages) == 1 else f"training: {stage.name}"
-        bar = tqdm(range(first, stage.epochs), desc=desc, unit="epoch")
-        for epoch in bar:
-            done = before + epoch  # epochs of the whole run before this one
-            method.train()
-            method.start_epoch(stage.name, epoch)
-            torch.manual_seed(config.seed * 100_003 + done)
-            order = torch.randperm(
-                n, generator=torch.Generator().manual_seed(config.seed * 100_003 + done)
-            )
-            sums: dict[str, float] = {}
-            for start, stop in pairwise(self.bounds):
-                positions = order[start:stop].to(device)
-                batch = self._batch(positions, stage.name, epoch)
-                try:
-                    with amp:
-                        terms = method.training_step(batch)
-                except ValueError as exc:
-                    if "more than 1 value per channel" not in str(exc):
-                        raise
-                    raise ConfigError(
-                        f"batches of one item (train.batch_size {config.train.batch_size}, {n} "
-                        "training item(s)) cannot train the batch norm layers of "
-                        "image.finetune_blocks or the video network at this input size; use "
-                        "train.batch_size 2 or more, on 2 or more training items"
-                    ) from None
-                # Checked before the step: one nan loss would turn every weight into nan.
-                total = float(terms["total"].detach())
-                if not math.isfinite(total):
-                    raise diverged(config, done, f"its loss became {total}")
-                optimizer.zero_grad(set_to_none=True)
-                terms["total"].backward()
-                try:
-                    optimizer.step()
-                except RuntimeError as exc:
-                    # Adam's step of lr / bias correction does not fit a float32 (lr ~1e38).
-                    if "overflow" not in str(exc):
-                        raise
-                    raise diverged(config, done, "its step overflowed float32") from None
-                for key, value in terms.items():
-                    sums[key] = sums.get(key, 0.0) + float(value.detach())
-            if not finite_weights(method):
-                # A finite loss with overflowing gradients: never checkpoint such weights.
-                raise diverged(config, done, "its weights became nan or infinite")
-            if scheduler is not None:
-                scheduler.step()
-            record: dict[str, Any] = {
-                "epoch": done + 1,
-                "stage": stage.name,
-                "loss": {k: v / (len(self.bounds) - 1) for k, v in sums.items()},
-            }
-            last = done + 1 == self.total
-            every = config.train.eval_every
-            if every and ((done + 1) % every == 0 or last):
-                record["map"] = quick_map(method, self.prepared, device)
-                log.info("epoch %d: %s", done + 1, record["map"])
-            self.history.append(record)
-            bar.set_postfix(loss=f"{record['loss']['total']:.4f}")
-            if epoch + 1 == stage.epochs:
-                method.end_stage(stage.name, self.training)
-            self.save(Progress(stage.name, epoch + 1, done + 1, optimizer, scheduler))
+        done = before + epoch  # epochs of the whole run before this one
+        method.train()
+        method.start_epoch(stage.name, epoch)
+        torch.manual_seed(config.seed * 100_003 + done)
+        order = torch.randperm(
+            n, generator=torch.Generator().manual_seed(config.seed * 100_003 + done)
+        )
+        sums: dict[str, float] = {}
+        for start, stop in pairwise(self.bounds):
+            positions = order[start:stop].to(device)
+            batch = self._batch(positions, stage.name, epoch)
+            try:
+                with amp, method.step_shared_by(world):
+                    terms = step(batch)
+            except ValueError as exc:
+                if "more than 1 value per channel" not in str(exc):
+                    raise
+                raise ConfigError(
+                    f"batches of one item (train.batch_size {config.train.batch_size}, {n} "
+                    "training item(s)) cannot train the batch norm layers of "
+                    "image.finetune_blocks or the video network at this input size; use "
+                    "train.batch_size 2 or more, on 2 or more training items"
+                ) from None
+            # Checked before the step: one nan loss would turn every weight into nan.
+            total = float(terms["total"].detach())
+            if not math.isfinite(total):
+                raise diverged(config, done, f"its loss became {total}")
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            try:
+                optimizer.step()
+            except RuntimeError as exc:
+                # Adam's step of lr / bias correction does not fit a float32 (lr ~1e38).
+                if "overflow" not in str(exc):
+                    raise
+                raise diverged(config, done, "its step overflowed float32") from None
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+        if not finite_weights(method):
+            # A finite loss with overflowing gradients: never checkpoint such weights.
+            raise diverged(config, done, "its weights became nan or infinite")
+        if scheduler is not None:
+            scheduler.step()
+        record: dict[str, Any] = {
+            "epoch": done + 1,
+            "stage": stage.name,
+            "loss": {k: v / (len(self.bounds) - 1) for k, v in sums.items()},
+        }
+        last = done + 1 == self.total
+        every = config.train.eval_every
+        if every and ((done + 1) % every == 0 or last) and world.main:
+            record["map"] = quick_map(method, self.prepared, device)
+            log.info("epoch %d: %s", done + 1, record["map"])
+        self.history.append(record)
+        bar.set_postfix(loss=f"{record['loss']['total']:.4f}")
+        if epoch + 1 == stage.epochs:
+            method.end_stage(stage.name, self.training)
+        self.save(Progress(stage.name, epoch + 1, done + 1, optimizer, scheduler))
 
     def save(self, progress: Progress) -> None:
-        """Write the checkpoint of where the run stands."""
+        """Write the checkpoint of where the run stands (the first process only)."""
+        if not self.world.main:
+            return
         save_checkpoint(
             checkpoint_state(
                 self.config, self.method, self.prepared, self.fingerprint, progress, self.history
@@ -311,6 +362,17 @@ class _Loop:
             stage=stage,
             epoch=epoch,
         )
+
+
+class _Step(nn.Module):
+    """A method's training step as a module's forward: what DistributedDataParallel wraps."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.method.training_step(batch)
 
 
 def has_batch_norm(method: torch.nn.Module) -> bool:

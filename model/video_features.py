@@ -25,6 +25,8 @@ from model.backbones.efficientnet import load_pretrained
 from model.backbones.video import FrameMaps, clip_map_shape
 from model.data.clip_decoding import decode_clips
 from model.data.records import DataError
+from model.distributed import ALONE, Share
+from model.features import others_share
 from model.hashing import PixelNormalize
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,8 @@ class MapCache:
     def __init__(self, path: Path, size: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.size = size
-        self.db = sqlite3.connect(path)
+        # Processes of a distributed run write their shares into one cache: wait for the lock.
+        self.db = sqlite3.connect(path, timeout=120)
         self.db.execute("CREATE TABLE IF NOT EXISTS maps (digest TEXT PRIMARY KEY, maps BLOB)")
 
     def get(self, digests: Sequence[str]) -> dict[str, np.ndarray]:
@@ -85,8 +88,10 @@ def extract_clip_maps(
     cache_dir: Path,
     workers: int = 2,
     batch_videos: int = 8,
+    share: Share = ALONE,
 ) -> np.ndarray:
-    """Flattened per-frame maps (n, clips*frames*C*h*w) float16, computing only cache misses."""
+    """Flattened per-frame maps (n, clips*frames*C*h*w) float16, computing only cache misses
+    (with `share`, this process's share of them; see model.features.extract_image_features)."""
     shape = clip_map_shape(backbone, size, frames, clips)
     name = f"{backbone}-{size}px-{frames}f-{clips}c-maps.sqlite"
     cache = MapCache(Path(cache_dir) / name, int(np.prod(shape)))
@@ -94,15 +99,17 @@ def extract_clip_maps(
         digests = list(pool.map(file_sha256, paths))
     known = cache.get(sorted(set(digests)))
     missing = sorted({d: p for d, p in zip(digests, paths, strict=True) if d not in known}.items())
-    if missing:
-        log.info("extracting %s maps for %d clips (%d cached)", backbone, len(missing), len(known))
+    share.wait()  # every process has read the cache: each sees the same `missing`
+    mine = share.of(missing)
+    if mine:
+        log.info("extracting %s maps for %d clips (%d cached)", backbone, len(mine), len(known))
         trunk = load_pretrained(backbone)
         norm = PixelNormalize(trunk.spec.mean, trunk.spec.std)
         net = FrameMaps(trunk).to(memory_format=torch.channels_last)
-        decoded = _decoded([p for _, p in missing], frames, size, clips, workers)
-        with tqdm(total=len(missing), desc="clip maps") as bar:
-            for start in range(0, len(missing), batch_videos):
-                chunk = missing[start : start + batch_videos]
+        decoded = _decoded([p for _, p in mine], frames, size, clips, workers)
+        with tqdm(total=len(mine), desc="clip maps") as bar:
+            for start in range(0, len(mine), batch_videos):
+                chunk = mine[start : start + batch_videos]
                 pixels = np.stack([next(decoded) for _ in chunk])
                 batch = {
                     d: m for (d, _), m in zip(chunk, clip_maps(net, norm, pixels), strict=True)
@@ -110,6 +117,8 @@ def extract_clip_maps(
                 cache.put(batch)
                 known.update(batch)
                 bar.update(len(chunk))
+    share.wait()  # every share is in the cache
+    known.update(cache.get(others_share(missing, mine)))
     cache.close()
     return np.stack([known[d] for d in digests])
 

@@ -11,17 +11,26 @@ The trainer gives labels only to a method whose `labels_needed(options)` is true
 its class's `needs_labels`; a method whose config picks a supervised or unsupervised variant
 answers from its options).
 
+In a distributed run (model.distributed) every process gets the whole batch. `per_row`
+computes a function that treats rows independently on this process's share of them and
+gathers every row's result, with gradients; `encode` goes through it, and a method whose step
+computes per-item outputs without `encode` (DVSH) calls it itself. Whatever a step computes
+from those rows is then the same in every process.
+
 A method is registered in model/methods/registry.py and built as `cls(streams, setup)`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from model.distributed import World, gather_rows
 
 if TYPE_CHECKING:  # model.config validates methods through the registry: no cycle at run time
     from model.config import TrainConfig
@@ -145,6 +154,7 @@ class Method(nn.Module):
     def __init__(self, streams: Mapping[str, nn.Module]) -> None:
         super().__init__()
         self.streams = nn.ModuleDict(dict(streams))
+        self._step_world = World()
 
     @property
     def modalities(self) -> list[str]:
@@ -156,7 +166,21 @@ class Method(nn.Module):
 
     def encode(self, modality: str, x: Tensor) -> Tensor:
         """Continuous (tanh) codes of one modality."""
-        return self.stream(modality)(x)
+        return self.per_row(self.stream(modality), x)  # type: ignore[no-any-return]
+
+    def per_row(self, fn: Callable[..., Any], *inputs: Tensor) -> Any:
+        """`fn(*inputs)` for an `fn` that treats rows independently; within a distributed
+        training step, computed on this process's share of the rows and gathered."""
+        return gather_rows(self._step_world, fn, *inputs)
+
+    @contextmanager
+    def step_shared_by(self, world: World) -> Iterator[None]:
+        """Training steps in which `world`'s processes share the batch's rows (see per_row)."""
+        self._step_world = world
+        try:
+            yield
+        finally:
+            self._step_world = World()
 
     def stages(self) -> list[Stage]:
         """The stages it trains, in order (names unique)."""

@@ -93,14 +93,19 @@ class DVSH(Method):
         # Training rows are padded to text.max_length: the batch's longest text is enough, and
         # the cells skip the padding (packed sequences).
         width = int(tokens[:, 0].max().clamp(min=1))
-        words, lengths = text_stream.embed(tokens[:, : 1 + width])
-        pictures = image_stream.features(batch.inputs["image"])  # type: ignore[operator]
-        codes = {
-            "image": hash_head(image_stream)(pictures),
-            "text": text_stream.codes(words, lengths, packed=True),
-        }
-        joint = self.fusion(words, lengths, pictures)
-        return self.objective(joint, codes, batch.labels)
+
+        def pairs(tokens: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            """Each pair's image codes, sentence codes and joint embedding."""
+            words, lengths = text_stream.embed(tokens)
+            pictures = image_stream.features(images)  # type: ignore[operator]
+            return (
+                hash_head(image_stream)(pictures),
+                text_stream.codes(words, lengths, packed=True),
+                self.fusion(words, lengths, pictures),
+            )
+
+        image, text, joint = self.per_row(pairs, tokens[:, : 1 + width], batch.inputs["image"])
+        return self.objective(joint, {"image": image, "text": text}, batch.labels)
 
     def objective(
         self, joint: torch.Tensor, codes: dict[str, torch.Tensor], labels: torch.Tensor
