@@ -259,6 +259,8 @@ def kind(data: dict[str, Any]) -> str:
         return "search"
     if data.get("benchmark") == "methods":
         return "methods"
+    if data.get("benchmark") == "distributed":
+        return "distributed"
     if "method" in data and "binary_map_at_all" in data:
         return "run"
     results = data.get("results")
@@ -294,7 +296,33 @@ def _run(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
     return lines
 
 
+def _distributed(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
+    """bench.distributed: one process against N on the same config."""
+    one, many = data["one_process"], data["processes"]
+    directions = [d for d in CROSS_ALL if d in one["map"]]
+    lines = [
+        "| processes | threads each | "
+        + " | ".join(_direction(d) for d in directions)
+        + " | train s | wall s |",
+        "| --- | --- | " + "--- | " * len(directions) + "--- | --- |",
+    ]
+    for row in (one, many):
+        lines.append(
+            f"| {row['processes']} | {row['threads_each']} | "
+            + " | ".join(f"{row['map'][d]:.3f}" for d in directions)
+            + f" | {row['train_seconds']:.0f} | {row['wall_seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "N processes against one: mAP "
+        + ", ".join(f"{_direction(d)} {data['map_difference'][d]:+.3f}" for d in directions)
+        + f"; wall time x{data['wall_ratio']:.2f}.",
+    ]
+    return lines
+
+
 RENDERERS = {
+    "distributed": _distributed,
     "methods": _methods,
     "run": _run,
     "accuracy": _accuracy,

@@ -26,8 +26,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 #: How long a process waits for the others (at the start, at a barrier, in a collective)
-#: before it gives up, rather than hanging for gloo's default of 30 minutes.
-TIMEOUT = timedelta(minutes=10)
+#: before it gives up: long enough for what the others wait on rank 0 for (generating
+#: synthetic data, an evaluation of a large split, a checkpoint on a slow disk). A process
+#: that dies is noticed sooner: `--nproc` (and torchrun) then stop the others.
+TIMEOUT = timedelta(minutes=60)
 
 
 @dataclass(frozen=True)

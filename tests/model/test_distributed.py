@@ -107,7 +107,7 @@ def test_two_processes_train_the_weights_one_process_trains(
         train_two(config, two)
     a, b = checkpoint(one), checkpoint(two)
     assert a["epoch"] == b["epoch"] > 0
-    # Without the gathered gradients' scaling the streams train at half the rate: ~1e-2 apart.
+    # Without the gathered gradients' scaling (the streams at half the gradient) ~1e-3 apart.
     assert largest_difference(a["model"], b["model"]) < 1e-4
     for name, bank in a["method_state"].get("banks", {}).items():
         # DSMHN's memory banks hold every process's codes, not rank 0's half.
