@@ -50,12 +50,18 @@ def tiny_config(shapes: Shapes, cache: Path, method: str, epochs: int = 4) -> di
     }
 
 
+def toml_value(value: Any) -> str:
+    """A scalar, a list or a table as a TOML value (JSON writes the first two alike)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
 def write_toml(config: dict[str, Any], path: Path) -> Path:
-    """A config dict of scalars, lists and one level of sections as TOML (JSON values are
-    TOML values for these types)."""
-    top = [f"{k} = {json.dumps(v)}" for k, v in config.items() if not isinstance(v, dict)]
+    """A config dict as TOML: its tables as sections, tables within them inline."""
+    top = [f"{k} = {toml_value(v)}" for k, v in config.items() if not isinstance(v, dict)]
     sections = [
-        f"[{name}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+        f"[{name}]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in values.items())
         for name, values in config.items()
         if isinstance(values, dict)
     ]
@@ -246,3 +252,29 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().lower()
     except OSError:
         return "zombie"
+
+
+def test_two_processes_train_on_clips_they_generate_and_split(work: Path) -> None:
+    """Synthetic clips generated once (by rank 0), their maps extracted in two halves, the
+    (2+1)-D stream (batch norm: each process normalises its share) trained and exported."""
+    config = {
+        "bits": 16,
+        "data": {
+            "kind": "synthetic_video",
+            "path": str(work / "clips"),
+            "modalities": ["video", "text"],
+            "generate": {"n": 40, "seed": 0, "size": 64, "frames_per_clip": 4},
+        },
+        "video": {"size": 64, "frames": 4, "width": 8, "blocks": 1, "hidden": [32]}
+        | {"cache_dir": str(work / "maps")},
+        "text": {"hidden": [32]},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "eval_every": 2},
+    }
+    run = work / "video"
+    done = train_two(config, run)
+    assert "maps for 20 clips (0 cached)" in done.stderr
+    final = json.loads(done.stdout)["map"]
+    assert {"video->text", "text->video"} <= final.keys()
+    exported = hashbridge("export", "--run", str(run), "--out", str(work / "video-bundle"))
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert json.loads(exported.stdout)["modalities"] == ["text", "video"]
