@@ -8,7 +8,7 @@ mixture, signs packed) go into four collection backends through ``index.opening.
 as the service opens them: the local backend (SQLite + FAISS) with ``IndexConfig(kind="flat")``
 and ``kind="ivf"``, and ``MilvusCollection`` with ``BIN_FLAT`` and ``BIN_IVF_FLAT`` on an
 embedded Milvus 2.3 standalone server (bench.milvus_server, a fresh server per Milvus
-collection so that its memory is that collection's). Each backend is measured in its own
+collection so that its memory is that collection's). Each backend is measured in a fresh
 spawned process: ingest (``upsert`` in batches of the service's HASHBRIDGE_MAX_BATCH_ITEMS),
 then search with k=10: one call with 100 queries (the contract's search takes a batch) and
 single-query calls, p50/p99 of each; recall@10 against exact search; memory.
@@ -302,8 +302,11 @@ def settle(backend: MilvusCollection, timeout_s: float = 600) -> dict[str, Any]:
         info = client.describe_index(name, "code")
         segments = list(utility.get_query_segment_info(name, using=alias))
         growing = [s for s in segments if s.state == SegmentState.Growing]
+        # The query node lists only the segments handed off to it: until the last flushed
+        # segment is, its rows are still served from the growing one.
+        served = sum(int(s.num_rows) for s in segments)
         if info.get("pending_index_rows", 0) == 0 and not growing and segments:
-            if info.get("indexed_rows") == info.get("total_rows"):
+            if info.get("indexed_rows") == info.get("total_rows") == served:
                 break
         time.sleep(1)
     settle_s = time.perf_counter() - started
@@ -316,6 +319,7 @@ def settle(backend: MilvusCollection, timeout_s: float = 600) -> dict[str, Any]:
             "rows_min": rows[0] if rows else 0,
             "rows_max": rows[-1] if rows else 0,
             "states": sorted({SegmentState.Name(s.state) for s in segments}),
+            "rows_served_sealed": sum(rows),
             "indexed_rows": info.get("indexed_rows"),
             "total_rows": info.get("total_rows"),
         },
@@ -524,7 +528,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-mvf-bundle-") as tmp:
         bundle_dir = make_bundle("tiny", Path(tmp), BITS, args.seed)
-        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
             for n in args.sizes:
                 rows.append(run_size(n, args, pool, bundle_dir))
     notes = dict(NOTES)
