@@ -241,6 +241,95 @@ def _methods(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
     return lines
 
 
+_BACKEND_LABELS = {
+    "faiss_flat": 'FAISS `kind="flat"`',
+    "faiss_ivf": 'FAISS `kind="ivf"`',
+    "milvus_bin_flat": "Milvus `BIN_FLAT`",
+    "milvus_bin_ivf_flat": "Milvus `BIN_IVF_FLAT`",
+}
+
+
+def _p50_p99(x: dict[str, Any] | None, p50: str = "median_ms") -> str:
+    if not x:
+        return "–"
+    return f"{_ms(x[p50] / 1000)} / {_ms(x['p99_ms'] / 1000)}"
+
+
+def _times(r: float | None) -> str:
+    if r is None:
+        return "–"
+    return f"{r:,.0f}×" if r >= 100 else f"{r:.3g}×"
+
+
+def _milvus_vs_faiss(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
+    """bench.milvus_vs_faiss: each backend's figures, and Milvus / FAISS under each pair."""
+    clients = [str(c) for c in data["settings"]["http_clients"]]
+    lines = [
+        "| items | backend | nlist, nprobe | ingest items/s | batch of 100 p50 / p99 "
+        "| one query p50 / p99 | recall@10 | memory | "
+        + " | ".join(f"HTTP {c} client{'s' if c != '1' else ''} p50 / p99" for c in clients)
+        + " |",
+        "| --- " * (8 + len(clients)) + "|",
+    ]
+    summary = {(s["n"], s["milvus"]): s for s in data["summary"]}
+    for row in data["results"]:
+        for milvus, faiss_name in (
+            ("milvus_bin_flat", "faiss_flat"),
+            ("milvus_bin_ivf_flat", "faiss_ivf"),
+        ):
+            for name in (faiss_name, milvus):
+                b = row["backends"][name]
+                ivf = f"{b['nlist']:,}, {b['nprobe']}" if b["nlist"] else "exact"
+                if name.startswith("milvus"):
+                    memory = f"{b['server_rss_growth_bytes'] / 1e6:,.0f} MB server RSS"
+                else:
+                    memory = f"{b['rss_growth_bytes'] / 1e6:,.0f} MB process RSS"
+                http = row["http"].get(name, {}).get("clients", {})
+                lines.append(
+                    f"| {b['items']:,} | {_BACKEND_LABELS[name]} | {ivf} "
+                    f"| {b['ingest']['items_per_s']:,.0f} "
+                    f"| {_p50_p99(b['search']['batch100'])} | {_p50_p99(b['search']['single'])} "
+                    f"| {b['recall_at_10']:.4f} | {memory} | "
+                    + " | ".join(_p50_p99(http.get(c), "p50_ms") for c in clients)
+                    + " |"
+                )
+            s = summary[(row["n"], milvus)]
+
+            def pair(key: str, s: dict[str, Any] = s) -> str:
+                return _times(s.get(key, {}).get("milvus_over_faiss"))
+
+            lines.append(
+                f"| | Milvus / FAISS | | {pair('ingest_items_per_s')} "
+                f"| {pair('batch100_p50_ms')} / {pair('batch100_p99_ms')} "
+                f"| {pair('single_p50_ms')} / {pair('single_p99_ms')} "
+                f"| {pair('recall_at_10')} | {pair('memory_bytes')} | "
+                + " | ".join(
+                    f"{pair(f'http_{c}_clients_p50_ms')} / {pair(f'http_{c}_clients_p99_ms')}"
+                    for c in clients
+                )
+                + " |"
+            )
+    consistency = []
+    for row in data["results"]:
+        for name in ("milvus_bin_flat", "milvus_bin_ivf_flat"):
+            b = row["backends"][name]
+            c = b["consistency_single_ms"]
+            consistency.append(
+                f"{_BACKEND_LABELS[name]} at {b['items']:,}: "
+                + ", ".join(f"{level} {_ms(v['p50_ms'] / 1000)}" for level, v in c.items())
+                + f" (recall@10 {b['recall_as_ingested']:.4f} before the flush, "
+                f"{b['segments']['count']} sealed segments after it)"
+            )
+    lines += [
+        "",
+        "One Milvus search call's median latency by consistency level (the backend asks for "
+        "Strong): " + "; ".join(consistency) + ".",
+    ]
+    if data["notes"].get("incomplete_ingest"):
+        lines += ["", data["notes"]["incomplete_ingest"]]
+    return lines
+
+
 #: Every direction, cross-modal first (bench.methods keeps all four).
 CROSS_ALL = (
     "image->text",
@@ -255,12 +344,9 @@ CROSS_ALL = (
 
 def kind(data: dict[str, Any]) -> str:
     """Which bench script wrote this results file."""
-    if data.get("benchmark") == "search":
-        return "search"
-    if data.get("benchmark") == "methods":
-        return "methods"
-    if data.get("benchmark") == "distributed":
-        return "distributed"
+    # These scripts name themselves in the file; older ones are told apart by their keys.
+    if data.get("benchmark") in ("search", "methods", "distributed", "milvus_vs_faiss"):
+        return str(data["benchmark"])
     if "method" in data and "binary_map_at_all" in data:
         return "run"
     results = data.get("results")
@@ -329,6 +415,7 @@ RENDERERS = {
     "text_encoders": _text_encoders,
     "video": _video,
     "search": _search,
+    "milvus_vs_faiss": _milvus_vs_faiss,
 }
 
 

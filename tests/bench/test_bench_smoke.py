@@ -21,6 +21,7 @@ from bench.common import train_or_reuse
 from bench.ingest_clients import ingest_with
 from model.checkpoint import save_checkpoint
 from model.config import load_config
+from tests.support.milvus import lite_available
 from tests.support.service_bundle import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +92,7 @@ def test_rerank_speed_quick_times_every_ranking_over_http(tmp_path: Path) -> Non
         (["bench.serving", "--bundles", "tiny", "--clients", "0"], "at least 1"),
         (["bench.ingest_cli", "--rounds", "0"], "at least 1"),
         (["bench.rerank_speed", "--bits", "12"], "multiple of 8"),
+        (["bench.milvus_vs_faiss", "--sizes", "0"], "at least 1"),
         (["bench.video", "accuracy", "--config", "x.toml", "--bits", "twelve"], "whole number"),
     ],
 )
@@ -193,3 +195,61 @@ def test_http_search_fills_serves_and_checks_recall(tmp_path: Path) -> None:
     # The flat index is exact, so the service's answers are exact; IVF may miss some.
     assert by_kind["flat"]["text_to_image_recall_at_10"] == 1.0
     assert 0 < by_kind["auto"]["text_to_image_recall_at_10"] <= 1.0
+
+
+def test_milvus_vs_faiss_quick_compares_all_four_backends_in_process_and_over_http(
+    tmp_path: Path,
+) -> None:
+    """Against a real embedded Milvus: equal counts, exact backends exact, HTTP answers whole."""
+    if lite_available():
+        pytest.skip(lite_available())
+    out = tmp_path / "mvf.json"
+    args = ["--sizes", "600", "--singles", "5", "--batch-calls", "2", "--requests", "6"]
+    done = bench(
+        "bench.milvus_vs_faiss", "--quick", *args, "--clients", "1", "2", "--out", str(out)
+    )
+    if done.returncode != 0 and "EmbeddedMilvusError" in done.stderr:
+        pytest.skip(f"embedded Milvus server cannot start here: {done.stderr[-500:]}")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout) == result
+    assert result["command"].startswith("python -m bench.milvus_vs_faiss --quick")
+    (row,) = result["results"]
+    backends = row["backends"]
+    assert set(backends) == {"faiss_flat", "faiss_ivf", "milvus_bin_flat", "milvus_bin_ivf_flat"}
+    for b in backends.values():
+        assert b["items"] == b["count_after_ingest"] == 600, b["backend"]
+        assert b["ingest"]["calls"] == math.ceil(600 / result["settings"]["ingest_batch_items"])
+        assert 0 <= b["recall_at_10"] <= 1
+    # Exact search is exact: every one of the 10 slots within the exact 10th distance.
+    assert backends["faiss_flat"]["recall_at_10"] == 1.0
+    assert backends["milvus_bin_flat"]["recall_at_10"] == 1.0
+    for name in ("milvus_bin_flat", "milvus_bin_ivf_flat"):
+        m = backends[name]
+        assert m["segments"]["indexed_rows"] == m["segments"]["total_rows"] == 600
+        assert m["segments"]["states"] == ["Sealed"]
+        assert m["server_rss_bytes"] > m["server_rss_growth_bytes"] > 0
+        assert set(m["consistency_single_ms"]) == {"Strong", "Bounded", "Eventually"}
+    assert backends["milvus_bin_ivf_flat"]["nlist"] == result["settings"]["milvus_nlist"]
+    assert set(row["http"]) == set(backends)
+    for h in row["http"].values():
+        assert h["count"] == 600
+        assert [c["failures"] for c in h["clients"].values()] == [0, 0]
+    assert row["http"]["faiss_flat"]["recall_at_10"] == 1.0
+    assert row["http"]["milvus_bin_flat"]["recall_at_10"] == 1.0
+    lines = result["summary"]
+    assert [(s["milvus"], s["faiss"]) for s in lines] == [
+        ("milvus_bin_flat", "faiss_flat"),
+        ("milvus_bin_ivf_flat", "faiss_ivf"),
+    ]
+    ratios = [
+        s[key]["milvus_over_faiss"]
+        for s in lines
+        for key in (
+            "ingest_items_per_s",
+            "batch100_p50_ms",
+            "single_p99_ms",
+            "http_2_clients_p50_ms",
+        )
+    ]
+    assert all(isinstance(r, float) and math.isfinite(r) and r > 0 for r in ratios), ratios
