@@ -18,6 +18,7 @@ fall, and a backend keeps to it exactly, also across the k-th result:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
@@ -101,6 +102,11 @@ class CollectionBackend(Protocol):
         params: SearchParams | None = None,
     ) -> list[list[Hit]]:
         """Up to k hits per query, nearest first, ties as ``tie_order`` says."""
+        ...
+
+    def reading(self) -> AbstractContextManager[None]:
+        """A block whose reads (a search, then the lookup of its hits) share one view of the
+        writes, so a backend that waits for consistency waits once per block, not per read."""
         ...
 
     def stats(self) -> dict[str, Any]:

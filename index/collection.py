@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Self
 
@@ -92,6 +93,10 @@ class Collection:
         """Close the store."""
         with self._lock.write():
             self.store.close()
+
+    def reading(self) -> AbstractContextManager[None]:
+        """Nothing to share: every read of this process already sees every committed write."""
+        return nullcontext()
 
     def upsert(self, items: Sequence[NewItem]) -> list[int]:
         """Write items to the store, then to the indexes; return their ids."""

@@ -23,3 +23,7 @@ class BackendUnavailable(RuntimeError):
 
 class CollectionMismatch(ValueError):
     """A shared collection was made by another program, or holds another model's codes."""
+
+
+class IndexKindMismatch(CollectionMismatch):
+    """A shared collection is indexed otherwise than the settings say (kind or nlist)."""

@@ -15,11 +15,18 @@ kept in the process but the client. One row per item:
 - ``thumbnail`` VARCHAR: the JPEG in base64 (Milvus has no bytes scalar), at most
   ``THUMBNAIL_CHARS`` characters; a larger one is not stored (logged).
 
-Consistency: every search and query asks for Strong consistency, so it waits until the
-query nodes have applied every write acknowledged before it began, whichever proxy or
+Consistency: the first read of a request asks for Strong consistency, so it waits until
+the query nodes have applied every write acknowledged before it began, whichever proxy or
 replica took the write. The cost is that wait (Milvus's time tick, up to ~200 ms by
 default, on top of the search itself); Bounded or Session would answer sooner but could
-miss another replica's last writes.
+miss another replica's last writes. The reads after it inside one ``reading()`` block (a
+search's larger tie pools, the service's lookup of the hits) ask for the point the first
+one waited for (Milvus's "Customized" level with that guarantee timestamp), which the
+query nodes have already passed, so a request pays the wait once. That point is the
+server's session timestamp where Milvus returns one (2.4 and later), else this host's
+clock just before the first read: a host clock behind Milvus's by d can let those later
+reads miss writes acknowledged in the last d, and such a hit is left out of the answer as
+if it was deleted meanwhile (keep hosts on NTP).
 
 Ties: ordered by (distance, id), the ``"id"`` tie order of ``index.backend``: Milvus breaks
 ties arbitrarily, so candidates are fetched in growing pools until the k-th distance's tie
@@ -39,10 +46,11 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
@@ -52,7 +60,13 @@ import numpy.typing as npt
 from index.backend import Hit, TieOrder
 from index.base import SearchParams, check_ids, check_k
 from index.codes import check_bits, validate_codes
-from index.errors import BackendUnavailable, BitsMismatchError, CollectionMismatch, ItemError
+from index.errors import (
+    BackendUnavailable,
+    BitsMismatchError,
+    CollectionMismatch,
+    IndexKindMismatch,
+    ItemError,
+)
 from index.filters import canonical_values, milvus_expression
 from index.ranking import top_k_by_sequence
 from index.store import NewItem, StoredItem, encode_item
@@ -70,6 +84,8 @@ MAX_CLIENT_ID_CHARS = 1024
 LOAD_TIMEOUT_S = 120.0
 _ID_BITS = 53
 _STRONG = "Strong"
+#: A Milvus hybrid timestamp is milliseconds since the epoch shifted past 18 logical bits.
+_LOGICAL_BITS = 18
 _MARK = "hashbridge items"
 _ITEM_FIELDS = ["id", "client_id", "modality", "code", "metadata", "created_at"]
 # Ids per "id in [...]" expression: keeps each expression small.
@@ -113,6 +129,9 @@ class MilvusCollection:
         self._bits = bits
         self._seen = set(config.modalities)
         self.open_report = {"milvus": report}
+        # Per thread: None outside reading(), 0 inside it before its first read, else the
+        # guarantee timestamp the block's later reads ask for.
+        self._view = threading.local()
 
     @classmethod
     def open(cls, bits: int, config: MilvusConfig) -> Self:
@@ -130,14 +149,20 @@ class MilvusCollection:
                 timeout=_seconds(config),
                 alias=f"hashbridge-{uuid.uuid4().hex}",
             )
-        with _unavailable(f"{where}: cannot open collection {config.collection!r}"):
-            created = False
-            if not client.has_collection(config.collection, timeout=_seconds(config)):
-                created = _create(client, config, bits)
-            _check_schema(client, config, bits)
-            client.load_collection(config.collection, timeout=_load_timeout(config))
-        collection = cls(client, config, bits, "")
-        n = len(collection)
+        try:
+            with _unavailable(f"{where}: cannot open collection {config.collection!r}"):
+                created = False
+                if not client.has_collection(config.collection, timeout=_seconds(config)):
+                    created = _create(client, config, bits)
+                _check_schema(client, config, bits)
+                client.load_collection(config.collection, timeout=_load_timeout(config))
+            collection = cls(client, config, bits, "")
+            n = len(collection)
+        except BaseException:
+            # A refused or unreachable collection leaves no client (nor milvus-lite process).
+            with suppress(Exception):
+                client.close()
+            raise
         verb = "created" if created else "opened"
         collection.open_report["milvus"] = (
             f"{verb} collection {config.collection!r} at {config.uri} "
@@ -149,6 +174,38 @@ class MilvusCollection:
     def bits(self) -> int:
         """Code width in bits."""
         return self._bits
+
+    @property
+    def client(self) -> Any:
+        """The pymilvus MilvusClient (for operations and benches that talk to Milvus itself)."""
+        return self._client
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Reads inside see one consistent view and wait for Milvus's time tick only once."""
+        if getattr(self._view, "ts", None) is not None:
+            yield  # nested: the outer block's view holds
+            return
+        self._view.ts = 0
+        try:
+            yield
+        finally:
+            self._view.ts = None
+
+    def _consistency(self) -> dict[str, Any]:
+        """The consistency arguments of the next read (see the module's docstring)."""
+        view = getattr(self._view, "ts", None)
+        if view:
+            return {"consistency_level": "Customized", "guarantee_timestamp": view}
+        if view == 0:
+            # Taken before the Strong read, so at or before the point it waits for.
+            self._view.ts = int(time.time() * 1000) << _LOGICAL_BITS
+        return {"consistency_level": _STRONG}
+
+    def _saw(self, session_ts: int) -> None:
+        """Ask later reads of this view for the server's own timestamp where it gave one."""
+        if session_ts > 0 and getattr(self._view, "ts", None):
+            self._view.ts = session_ts
 
     def __len__(self) -> int:
         rows = self._query("", ["count(*)"])
@@ -288,9 +345,10 @@ class MilvusCollection:
                     filter=expression,
                     output_fields=["modality"],
                     search_params=search_params,
-                    consistency_level=_STRONG,
                     timeout=_seconds(self.config),
+                    **self._consistency(),
                 )
+            self._saw(int(getattr(found, "get_session_ts", lambda: 0)() or 0))
             dist = np.full((len(rows), kk), -1, dtype=np.int32)
             ids = np.full((len(rows), kk), -1, dtype=np.int64)
             for r, hits in enumerate(found):
@@ -300,7 +358,8 @@ class MilvusCollection:
                     modality_of[int(hit["id"])] = hit["entity"]["modality"]
             return dist, ids
 
-        result = top_k_by_sequence(candidates, queries.shape[0], MAX_TOPK, k, lambda ids: ids)
+        with self.reading():
+            result = top_k_by_sequence(candidates, queries.shape[0], MAX_TOPK, k, lambda ids: ids)
         return [
             [
                 Hit(int(i), int(d), modality_of[int(i)])
@@ -312,6 +371,10 @@ class MilvusCollection:
 
     def stats(self) -> dict[str, Any]:
         """Item counts per modality; index_sizes are the same (one Milvus index holds all)."""
+        with self.reading():
+            return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
         total = len(self)
         counts = {m: self._count(f"modality == {json.dumps(m)}") for m in sorted(self._seen)}
         if sum(counts.values()) != total:
@@ -381,8 +444,8 @@ class MilvusCollection:
                 self.config.collection,
                 batch_size=MAX_TOPK,
                 output_fields=["modality"],
-                consistency_level=_STRONG,
                 timeout=_seconds(self.config),
+                **self._consistency(),
             )
             try:
                 while batch := iterator.next():
@@ -399,8 +462,8 @@ class MilvusCollection:
                     self.config.collection,
                     filter=expression,
                     output_fields=fields,
-                    consistency_level=_STRONG,
                     timeout=_seconds(self.config),
+                    **self._consistency(),
                 )
             )
 
@@ -492,6 +555,20 @@ def _check_schema(client: Any, config: MilvusConfig, bits: int) -> None:
         raise BitsMismatchError(
             f"Milvus collection {config.collection!r} holds {mark.get('bits')}-bit codes but was "
             f"opened with bits={bits}; use a bundle of that width or another collection"
+        )
+    index = client.describe_index(config.collection, "code", timeout=_seconds(config)) or {}
+    kind, nlist = index.get("index_type"), index.get("nlist")
+    if kind != config.index_kind or (
+        kind == "BIN_IVF_FLAT" and nlist is not None and int(nlist) != config.nlist
+    ):
+        found = f"{kind}" + (f" with nlist {nlist}" if kind == "BIN_IVF_FLAT" else "")
+        wanted = config.index_kind + (
+            f" with nlist {config.nlist}" if config.index_kind == "BIN_IVF_FLAT" else ""
+        )
+        raise IndexKindMismatch(
+            f"Milvus collection {config.collection!r} at {config.uri} is indexed {found}, not "
+            f"{wanted}: set HASHBRIDGE_MILVUS_INDEX (and HASHBRIDGE_MILVUS_NLIST) to match it, "
+            "or name another collection (HASHBRIDGE_MILVUS_COLLECTION)"
         )
     if config.model and mark.get("model") and mark["model"] != config.model:
         raise CollectionMismatch(

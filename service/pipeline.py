@@ -351,6 +351,20 @@ def _search(
     nprobe: int | None,
     ranking: Rerank,
 ) -> list[Found]:
+    """The hits, and their stored items, read in one view of the backend."""
+    with rt.collection.reading():
+        return _search_in_view(rt, query, k, modalities, where, nprobe, ranking)
+
+
+def _search_in_view(
+    rt: Runtime,
+    query: Encoded,
+    k: int,
+    modalities: Sequence[str] | None,
+    where: Mapping[str, Any] | None,
+    nprobe: int | None,
+    ranking: Rerank,
+) -> list[Found]:
     codes = query.code[None, :]
     params = SearchParams(nprobe=nprobe)
     search_values = getattr(rt.collection, "search_values", None)

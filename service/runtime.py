@@ -20,7 +20,12 @@ import torch
 from bundle.fileio import write_bytes
 from index.backend import CollectionBackend
 from index.collection import STORE_FILE
-from index.errors import BackendUnavailable, BitsMismatchError, CollectionMismatch
+from index.errors import (
+    BackendUnavailable,
+    BitsMismatchError,
+    CollectionMismatch,
+    IndexKindMismatch,
+)
 from index.factory import IndexConfig
 from index.faiss_index import set_num_threads
 from index.milvus_collection import MilvusConfig
@@ -201,6 +206,8 @@ def open_collection(settings: Settings, bundle: Bundle) -> CollectionBackend:
             f"cannot reach the index backend: {exc}; start Milvus or fix HASHBRIDGE_MILVUS_URI "
             f"(waited {settings.milvus_timeout_s:g} s, HASHBRIDGE_MILVUS_TIMEOUT_S)"
         ) from None
+    except IndexKindMismatch as exc:
+        raise IndexBackendError(f"the index settings do not fit the collection: {exc}") from None
     except (BitsMismatchError, CollectionMismatch) as exc:
         if settings.index_backend != "milvus":
             raise

@@ -195,6 +195,29 @@ def test_adds_then_search_match_the_oracle(backend: Backend) -> None:
     assert stats["count"] == 180 and stats["by_modality"] == {"image": 90, "text": 90}
 
 
+def test_reads_in_one_reading_block_agree_with_those_outside(backend: Backend) -> None:
+    rng = np.random.default_rng(7)
+    coll = backend()
+    oracle = Oracle(coll.tie_order)
+    items = make_items(rng, 40, prefix="r")
+    ids = coll.upsert(items)
+    oracle.wrote(ids, items)
+    queries = tied_codes(rng, 3)
+    with coll.reading():
+        check(coll, oracle, queries)
+        with coll.reading():
+            found = coll.get_many(ids)
+        assert coll.stats()["count"] == 40
+    assert sorted(found) == sorted(ids)
+    assert [found[i].metadata for i in ids] == [it.metadata for it in items]
+    # A write after the block is seen by the next block.
+    more = make_items(rng, 5, prefix="s")
+    oracle.wrote(coll.upsert(more), more)
+    with coll.reading():
+        check(coll, oracle, queries)
+        assert len(coll) == 45
+
+
 def test_removals(backend: Backend) -> None:
     rng = np.random.default_rng(1)
     coll = backend()

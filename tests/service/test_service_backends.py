@@ -122,6 +122,22 @@ def test_unreachable_milvus_fails_start_up_saying_what(
             pass
 
 
+def test_a_collection_indexed_otherwise_fails_start_up_naming_the_setting(
+    svc_bundle_dir: Path, svc_bundle: Bundle, tmp_path: Path, milvus_lite_uri: str
+) -> None:
+    settings = milvus_settings(svc_bundle_dir, tmp_path / "d", milvus_lite_uri)
+    with open_client(settings, svc_bundle) as api:
+        ingest_texts(api, ["kept"], client_id="kept")
+    ivf = milvus_settings(
+        svc_bundle_dir, tmp_path / "d", milvus_lite_uri, milvus_index="BIN_IVF_FLAT"
+    )
+    with pytest.raises(IndexBackendError, match="indexed BIN_FLAT.*HASHBRIDGE_MILVUS_INDEX"):
+        with open_client(ivf, svc_bundle):
+            pass
+    with open_client(settings, svc_bundle) as api:
+        assert api.get("/v1/stats").json()["count"] == 1
+
+
 def test_milvus_lost_mid_life_answers_503_problems(
     svc_bundle_dir: Path,
     svc_bundle: Bundle,
