@@ -1,6 +1,6 @@
-"""The service API over each index backend: a representative subset of the API tests, run
-against the FAISS backend and against Milvus (milvus-lite in-process), and how a Milvus that
-cannot be reached is answered.
+"""The service API over each index backend: the API and thumbnail tests, run against the
+FAISS backend and against Milvus (milvus-lite in-process), and how a Milvus that cannot be
+reached is answered.
 """
 
 from __future__ import annotations
@@ -31,19 +31,30 @@ from tests.support.service_bundle import (
     png,
 )
 
-# test_ingest_texts_and_images_then_search_each_way ranks ties by write order, the FAISS
-# backend's; test_cross_modal_ranking_follows_the_tie_order checks it per backend.
-REPRESENTATIVE: list[Callable[..., None]] = [
-    api_tests.test_all_modalities_are_merged_by_distance,
-    api_tests.test_client_ids_are_idempotent,
-    api_tests.test_multipart_batch_with_client_ids_metadata_and_texts,
-    api_tests.test_metadata_filter,
-    api_tests.test_search_leaves_out_items_replaced_while_it_ran,
-    api_tests.test_get_delete_and_stats,
-    thumbnail_tests.test_an_ingested_image_gets_a_small_jpeg_keeping_its_aspect,
-    thumbnail_tests.test_texts_and_unknown_ids_answer_404_problems,
-    thumbnail_tests.test_an_unchanged_thumbnail_revalidates_with_304,
-]
+# Every API and thumbnail test that runs on the `api` fixture alone, on each backend, but
+# those whose subject is the local backend itself, each with the reason.
+LOCAL_ONLY = {
+    # Ranks ties by write order, the FAISS backend's; test_cross_modal_ranking_follows_the_
+    # tie_order below checks ties per backend.
+    "test_ingest_texts_and_images_then_search_each_way",
+}
+
+
+def api_tests_of(*modules: Any) -> list[Callable[..., None]]:
+    """The unparametrized tests of these modules whose fixtures include `api`."""
+    return [
+        f
+        for m in modules
+        for name, f in vars(m).items()
+        if name.startswith("test_")
+        and callable(f)
+        and "api" in inspect.signature(f).parameters
+        and not hasattr(f, "pytestmark")
+        and name not in LOCAL_ONLY
+    ]
+
+
+ON_EACH_BACKEND: list[Callable[..., None]] = api_tests_of(api_tests, thumbnail_tests)
 
 
 def milvus_settings(bundle_dir: Path, data_dir: Path, uri: str, **overrides: Any) -> Any:
@@ -64,7 +75,7 @@ def backend_api(
         yield client
 
 
-@pytest.mark.parametrize("api_test", REPRESENTATIVE, ids=lambda f: f.__name__[5:])
+@pytest.mark.parametrize("api_test", ON_EACH_BACKEND, ids=lambda f: f.__name__[5:])
 def test_api_with_each_backend(
     api_test: Callable[..., None], backend_api: TestClient, request: pytest.FixtureRequest
 ) -> None:

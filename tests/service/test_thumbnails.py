@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from index.milvus_collection import MilvusCollection
 from index.store import CodeStore, NewItem
 from service.encoders import Bundle
 from service.settings import Settings
@@ -40,8 +41,20 @@ def fetch(api: TestClient, item_id: int) -> Image.Image:
     return image.convert("RGB")
 
 
-def thumbnail_rows(data_dir: Path) -> list[int]:
-    with sqlite3.connect(data_dir / "store.sqlite3") as db:
+def thumbnail_rows(data_dir: Path, api: TestClient | None = None) -> list[int]:
+    """Ids with a stored thumbnail: the local store's table, or the Milvus rows' field."""
+    store = data_dir / "store.sqlite3"
+    if not store.exists() and api is not None:
+        collection = api.app.state.runtime.collection  # type: ignore[attr-defined]
+        assert isinstance(collection, MilvusCollection), "no local store and no Milvus"
+        rows = collection.client.query(
+            collection.config.collection,
+            filter='thumbnail != ""',
+            output_fields=["id"],
+            consistency_level="Strong",
+        )
+        return sorted(int(r["id"]) for r in rows)
+    with sqlite3.connect(store) as db:
         return [row[0] for row in db.execute("SELECT id FROM thumbnails ORDER BY id")]
 
 
@@ -92,11 +105,11 @@ def test_texts_and_unknown_ids_answer_404_problems(api: TestClient) -> None:
 
 def test_deleting_an_item_deletes_its_thumbnail(api: TestClient, tmp_path: Path) -> None:
     keep, gone = ingest_files(api, [("a.png", png(1)), ("b.png", png(2))])
-    assert thumbnail_rows(tmp_path / "data") == [keep["id"], gone["id"]]
+    assert thumbnail_rows(tmp_path / "data", api) == [keep["id"], gone["id"]]
     assert api.delete(f"/v1/items/{gone['id']}", headers=AUTH).status_code == 204
     r = api.get(f"/v1/items/{gone['id']}/thumbnail")
     assert (r.status_code, r.json()["detail"]) == (404, f"no item with id {gone['id']}")
-    assert thumbnail_rows(tmp_path / "data") == [keep["id"]]
+    assert thumbnail_rows(tmp_path / "data", api) == [keep["id"]]
     fetch(api, keep["id"])
 
 
@@ -105,7 +118,7 @@ def test_a_refused_batch_stores_no_thumbnail(api: TestClient, tmp_path: Path) ->
     r = api.post("/v1/items", files=files, headers=AUTH)
     assert r.status_code == 422, r.text
     assert api.get("/v1/stats").json()["count"] == 0
-    assert thumbnail_rows(tmp_path / "data") == []
+    assert thumbnail_rows(tmp_path / "data", api) == []
 
 
 def test_replacing_an_item_replaces_or_drops_its_thumbnail(api: TestClient, tmp_path: Path) -> None:
@@ -118,7 +131,7 @@ def test_replacing_an_item_replaces_or_drops_its_thumbnail(api: TestClient, tmp_
     # The same client id re-sent as a text: the item is a text now and has no thumbnail.
     ingest_texts(api, ["a blue square"], client_id="x")
     assert api.get(f"/v1/items/{first['id']}/thumbnail").status_code == 404
-    assert thumbnail_rows(tmp_path / "data") == []
+    assert thumbnail_rows(tmp_path / "data", api) == []
 
 
 def test_an_unchanged_thumbnail_revalidates_with_304(api: TestClient) -> None:
@@ -155,7 +168,7 @@ def test_thumbnails_can_be_turned_off(
         r = api.get(f"/v1/items/{item['id']}/thumbnail")
         assert r.status_code == 404
         assert "HASHBRIDGE_THUMBNAILS is off" in r.json()["detail"]
-    assert thumbnail_rows(tmp_path / "data") == []
+    assert thumbnail_rows(tmp_path / "data", api) == []
 
 
 def test_store_keeps_thumbnails_in_the_item_transaction(tmp_path: Path) -> None:
