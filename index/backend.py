@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_che
 import numpy.typing as npt
 
 from index.base import SearchParams
+from index.rerank import MAX_POOL, Ranking
 from index.store import NewItem, StoredItem
 
 if TYPE_CHECKING:
@@ -102,6 +103,23 @@ class CollectionBackend(Protocol):
         params: SearchParams | None = None,
     ) -> list[list[Hit]]:
         """Up to k hits per query, nearest first, ties as ``tie_order`` says."""
+        ...
+
+    def search_values(
+        self,
+        values: npt.ArrayLike,
+        k: int,
+        ranking: Ranking,
+        *,
+        modalities: Sequence[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+        params: SearchParams | None = None,
+        max_pool: int = MAX_POOL,
+        codes: npt.ArrayLike | None = None,
+    ) -> list[list[Hit]]:
+        """Like ``search``, for queries given as real-valued codes (nq, bits): ``ranking``
+        "hamming" is ``search``; the others re-rank its nearest items by the asymmetric score
+        (``index.rerank``), equal scores falling as equal distances do (``tie_order``)."""
         ...
 
     def reading(self) -> AbstractContextManager[None]:

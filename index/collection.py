@@ -22,7 +22,7 @@ from index.base import PathLike, SearchParams, SnapshotIndex, check_ids, check_k
 from index.codes import check_bits, hamming, validate_codes
 from index.factory import IndexConfig, make_index
 from index.reference import NumpyHammingIndex
-from index.rerank import MAX_POOL, Candidates, Ranking, check_values, rerank
+from index.rerank import MAX_POOL, Candidates, Ranking, check_values, rerank, value_queries
 from index.rwlock import RWLock
 from index.snapshots import rebuild, remove_leftovers, restore, save_snapshots
 from index.store import CodeStore, NewItem, StoredItem
@@ -208,14 +208,7 @@ class Collection:
         candidate the store no longer holds with the code the index found it by (a write
         meanwhile).
         """
-        rows = np.asarray(values, dtype=np.float64)
-        if rows.ndim != 2 or rows.shape[1] != self.bits:
-            raise ValueError(f"values must be 2-D (queries, {self.bits}), got shape {rows.shape}")
-        queries = (
-            np.packbits(rows >= 0, axis=1) if codes is None else validate_codes(codes, self.bits)
-        )
-        if len(queries) != len(rows):
-            raise ValueError(f"got {len(queries)} query codes for {len(rows)} rows of values")
+        rows, queries = value_queries(values, codes, self.bits)
         if ranking == "hamming":
             return self.search(queries, k, modalities=modalities, where=where, params=params)
         k = check_k(k)

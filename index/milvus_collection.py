@@ -59,7 +59,7 @@ import numpy.typing as npt
 
 from index.backend import Hit, TieOrder
 from index.base import SearchParams, check_ids, check_k
-from index.codes import check_bits, validate_codes
+from index.codes import check_bits, hamming, validate_codes
 from index.errors import (
     BackendUnavailable,
     BitsMismatchError,
@@ -69,6 +69,7 @@ from index.errors import (
 )
 from index.filters import canonical_values, milvus_expression
 from index.ranking import top_k_by_sequence
+from index.rerank import MAX_POOL, Candidates, Ranking, check_values, rerank, value_queries
 from index.store import NewItem, StoredItem, encode_item
 
 log = logging.getLogger(__name__)
@@ -368,6 +369,70 @@ class MilvusCollection:
             ]
             for row_ids, row_distances in zip(result.ids, result.distances, strict=True)
         ]
+
+    def search_values(
+        self,
+        values: npt.ArrayLike,
+        k: int,
+        ranking: Ranking,
+        *,
+        modalities: Sequence[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+        params: SearchParams | None = None,
+        max_pool: int = MAX_POOL,
+        codes: npt.ArrayLike | None = None,
+    ) -> list[list[Hit]]:
+        """Like ``search``, for queries given as real-valued codes (nq, bits), under ``ranking``
+        (as ``Collection.search_values``): the Hamming search's nearest items, read back with
+        their codes in the same view, re-ranked by the asymmetric score; equal scores fall by
+        id, as equal distances do here."""
+        rows, queries = value_queries(values, codes, self._bits)
+        if ranking == "hamming":
+            return self.search(queries, k, modalities=modalities, where=where, params=params)
+        k = check_k(k)
+        out = []
+        with self.reading():
+            for query, row in zip(queries, rows, strict=True):
+
+                def fetch(pool: int, query: npt.NDArray[np.uint8] = query) -> Candidates:
+                    (hits,) = self.search(
+                        query[None, :], pool, modalities=modalities, where=where, params=params
+                    )
+                    return self._with_codes(hits, query, exhausted=len(hits) < pool)
+
+                ranked = rerank(fetch, check_values(row, self._bits), k, ranking, max_pool=max_pool)
+                found = ranked.candidates
+                out.append(
+                    [
+                        Hit(int(found.ids[r]), int(found.distances[r]), found.modalities[r], score)
+                        for r, score in zip(ranked.rows, ranked.scores.tolist(), strict=True)
+                    ]
+                )
+        return out
+
+    def _with_codes(
+        self, hits: Sequence[Hit], query: npt.NDArray[np.uint8], *, exhausted: bool
+    ) -> Candidates:
+        """The hits with their stored codes; one rewritten or deleted since is left out."""
+        rows = {
+            int(r["id"]): r for r in self._rows_of([h.id for h in hits], ["id", "code", "modality"])
+        }
+        width = self._bits // 8
+        kept = [h for h in hits if h.id in rows and rows[h.id]["modality"] == h.modality]
+        codes = np.frombuffer(
+            b"".join(_code_bytes(rows[h.id]["code"]) for h in kept), dtype=np.uint8
+        ).reshape(-1, width)
+        distances = np.array([h.distance for h in kept], dtype=np.int64)
+        same = hamming(codes, query) == distances if len(kept) else np.zeros(0, dtype=bool)
+        ids = np.array([h.id for h in kept], dtype=np.int64)[same]
+        return Candidates(
+            ids=ids,
+            distances=distances[same],
+            codes=codes[same],
+            seqs=ids,  # the "id" tie order
+            exhausted=exhausted,
+            modalities=tuple(h.modality for h, keep in zip(kept, same, strict=True) if keep),
+        )
 
     def stats(self) -> dict[str, Any]:
         """Item counts per modality; index_sizes are the same (one Milvus index holds all)."""

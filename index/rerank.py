@@ -27,6 +27,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from index.codes import validate_codes
+
 Ranking = Literal["hamming", "asymmetric", "hamming_asymmetric"]
 RANKINGS: tuple[Ranking, ...] = ("hamming", "asymmetric", "hamming_asymmetric")
 #: The first pool holds this many candidates per wanted result (at least MIN_POOL).
@@ -80,6 +82,20 @@ def check_values(values: npt.ArrayLike, bits: int) -> npt.NDArray[np.float64]:
     if not np.isfinite(arr).all():
         raise ValueError("a query's real-valued code must be finite")
     return arr
+
+
+def value_queries(
+    values: npt.ArrayLike, codes: npt.ArrayLike | None, bits: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint8]]:
+    """Queries given as real-valued codes (nq, bits), and their packed bits: ``codes``, or
+    by default the values' signs (0 counts as +1, as encoders pack them)."""
+    rows = np.asarray(values, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] != bits:
+        raise ValueError(f"values must be 2-D (queries, {bits}), got shape {rows.shape}")
+    queries = np.packbits(rows >= 0, axis=1) if codes is None else validate_codes(codes, bits)
+    if len(queries) != len(rows):
+        raise ValueError(f"got {len(queries)} query codes for {len(rows)} rows of values")
+    return rows, queries
 
 
 def score_table(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

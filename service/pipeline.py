@@ -367,12 +367,10 @@ def _search_in_view(
 ) -> list[Found]:
     codes = query.code[None, :]
     params = SearchParams(nprobe=nprobe)
-    search_values = getattr(rt.collection, "search_values", None)
-    if ranking == "hamming" or query.values is None or search_values is None:
-        # Backends without re-ranking (Milvus, for now) answer by Hamming distance.
+    if ranking == "hamming" or query.values is None:
         hits = rt.collection.search(codes, k, modalities=modalities, where=where, params=params)[0]
     else:
-        hits = search_values(
+        hits = rt.collection.search_values(
             query.values[None, :],
             k,
             RANKINGS[ranking],

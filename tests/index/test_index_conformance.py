@@ -131,6 +131,39 @@ class Oracle:
             for q in range(queries.shape[0])
         ]
 
+    def rerank(
+        self,
+        values: np.ndarray,
+        k: int,
+        ranking: str,
+        modalities: Sequence[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[list[tuple[int, int]]]:
+        """(id, distance) of the top k by brute force under the ranking; equal scores fall
+        as equal distances do in the tie order."""
+        live = {
+            i: v
+            for i, v in self.items.items()
+            if (modalities is None or v[0] in modalities)
+            and (where is None or matches(v[2], where))
+        }
+        names = (
+            list(modalities) if modalities is not None else sorted({v[0] for v in live.values()})
+        )
+        out = []
+        for row in values:
+            query = np.packbits(row >= 0)
+            keyed = []
+            for i, (modality, code, _, clock) in live.items():
+                b = np.unpackbits(np.frombuffer(code, np.uint8)).astype(np.float64) * 2 - 1
+                score = round(float(-(row * b).sum()), 9)
+                distance = int(np.unpackbits(np.frombuffer(code, np.uint8) ^ query).sum())
+                tie = (i,) if self.tie_order == "id" else (names.index(modality), clock)
+                first = (score,) if ranking == "asymmetric" else (distance, score)
+                keyed.append((first + tie, i, distance))
+            out.append([(i, d) for _, i, d in sorted(keyed)[:k]])
+        return out
+
 
 def _ranked(
     live: Mapping[int, tuple[str, bytes, dict[str, Any], int]],
@@ -216,6 +249,30 @@ def test_reads_in_one_reading_block_agree_with_those_outside(backend: Backend) -
     with coll.reading():
         check(coll, oracle, queries)
         assert len(coll) == 45
+
+
+@pytest.mark.parametrize("ranking", ["asymmetric", "hamming_asymmetric"])
+def test_reranking_by_the_query_values_matches_brute_force(backend: Backend, ranking: str) -> None:
+    rng = np.random.default_rng(11)
+    coll = backend()
+    oracle = Oracle(coll.tie_order)
+    items = make_items(rng, 60, prefix="v")
+    oracle.wrote(coll.upsert(items), items)
+    # Values whose signs are tied codes, so many items share a distance and the score decides.
+    signs = np.unpackbits(tied_codes(rng, 4), axis=1).astype(np.float64) * 2 - 1
+    values = signs * rng.uniform(0.05, 1.0, signs.shape)
+    for k, kw in [
+        (1, {}),
+        (7, {}),
+        (40, {}),
+        (7, {"modalities": ["text"]}),
+        (7, {"where": {"n": 2}}),
+    ]:
+        got = coll.search_values(values, k, ranking, params=EXACT, **kw)  # type: ignore[arg-type]
+        assert [[(h.id, h.distance) for h in row] for row in got] == oracle.rerank(
+            values, k, ranking, **kw
+        ), (k, kw)
+        assert all(h.score is not None for row in got for h in row)
 
 
 def test_removals(backend: Backend) -> None:

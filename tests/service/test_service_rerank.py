@@ -30,15 +30,24 @@ def real_values(bundle: Path, text: str) -> tuple[np.ndarray, np.ndarray]:
     return codes.numpy()[0], values.numpy()[0].astype(np.float64)
 
 
-def test_search_answers_both_rankings_through_the_real_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["faiss", "milvus-lite"])
+def test_search_answers_both_rankings_through_the_real_server(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     bundle = build_bundle(tmp_path / "bundle", bits=BITS, values=True, seed=3)
-    with ServerProcess(bundle, tmp_path / "data", tmp_path / "server.log") as server:
+    env = {}
+    if backend == "milvus-lite":
+        uri = request.getfixturevalue("milvus_lite_uri")
+        env = {"HASHBRIDGE_INDEX_BACKEND": "milvus", "HASHBRIDGE_MILVUS_URI": uri}
+    with ServerProcess(bundle, tmp_path / "data", tmp_path / "server.log", **env) as server:
         server.wait_ready(timeout=300)  # a loaded 2-core machine imports torch slowly
         with httpx.Client(base_url=server.url, timeout=60) as http:
             items = http.post(
                 "/v1/items", json={"items": [{"text": t} for t in TEXTS]}, headers=AUTH
             ).json()["items"]
             http.post("/v1/items", files=[("files", ("a.png", png(1), "image/png"))], headers=AUTH)
+            # The backend asked for holds the items (Milvus mode keeps no local store).
+            assert (tmp_path / "data" / "store.sqlite3").exists() == (backend == "faiss")
             ids = np.array([i["id"] for i in items])
             codes = np.stack([np.frombuffer(bytes.fromhex(i["code"]), np.uint8) for i in items])
             assert len(np.unique(codes, axis=0)) < len(TEXTS) / 2  # tie-heavy
@@ -47,8 +56,10 @@ def test_search_answers_both_rankings_through_the_real_server(tmp_path: Path) ->
             scores = -(unpack_codes(codes, BITS).astype(np.float64) @ values)
             distances = hamming(codes, code)
             k = 12
-            by_score = ids[np.lexsort((ids, scores))][:k]  # ids rise in write order here
+            # Ties fall by id: on FAISS ids rise in write order here, Milvus's are by id.
+            by_score = ids[np.lexsort((ids, scores))][:k]
             by_distance = ids[np.lexsort((ids, distances))][:k]
+            row_of = {int(i): r for r, i in enumerate(ids)}
             assert by_score.tolist() != by_distance.tolist()  # the rankings really differ
             for ask in (None, "asymmetric", "hamming"):
                 extra = {} if ask is None else {"rerank": ask}
@@ -70,12 +81,12 @@ def test_search_answers_both_rankings_through_the_real_server(tmp_path: Path) ->
                     else:  # the asymmetric ranking is the default for a text query
                         assert body["rerank"] == "asymmetric"
                         assert got == by_score.tolist()
-                        want = scores[np.searchsorted(ids, got)]
+                        want = scores[[row_of[i] for i in got]]
                         np.testing.assert_allclose(
                             [h["score"] for h in body["results"]], want, atol=1e-5
                         )
                     assert [h["distance"] for h in body["results"]] == [
-                        int(distances[np.searchsorted(ids, i)]) for i in got
+                        int(distances[row_of[i]]) for i in got
                     ]
             # A hex code has no real values: Hamming by default, and asymmetric is refused.
             hexed = http.post("/v1/search", json={"code": code.tobytes().hex(), "k": k})
