@@ -22,10 +22,11 @@ from index.base import PathLike, SearchParams, SnapshotIndex, check_ids, check_k
 from index.codes import check_bits, hamming, validate_codes
 from index.factory import IndexConfig, make_index
 from index.reference import NumpyHammingIndex
-from index.rerank import MAX_POOL, Candidates, Ranking, check_values, rerank, value_queries
+from index.rerank import MAX_POOL, Candidates, Ranking
 from index.rwlock import RWLock
 from index.snapshots import rebuild, remove_leftovers, restore, save_snapshots
 from index.store import CodeStore, NewItem, StoredItem
+from index.value_search import search_by_values
 
 log = logging.getLogger(__name__)
 
@@ -208,33 +209,30 @@ class Collection:
         candidate the store no longer holds with the code the index found it by (a write
         meanwhile).
         """
-        rows, queries = value_queries(values, codes, self.bits)
-        if ranking == "hamming":
-            return self.search(queries, k, modalities=modalities, where=where, params=params)
-        k = check_k(k)
-        out = []
-        for query, row in zip(queries, rows, strict=True):
 
-            def fetch(pool: int, query: npt.NDArray[np.uint8] = query) -> Candidates:
-                if where is None:
-                    found = self._nearest(query, pool, modalities, params)
-                    if found is not None:
-                        return found
-                hits = self.search(
-                    query[None, :], pool, modalities=modalities, where=where, params=params
-                )[0]
-                names = modalities if modalities is not None else sorted(self._indexes)
-                return self._stored_candidates(hits, query, names, exhausted=len(hits) < pool)
+        def fetch(query: npt.NDArray[np.uint8], pool: int) -> Candidates:
+            if where is None:
+                found = self._nearest(query, pool, modalities, params)
+                if found is not None:
+                    return found
+            hits = self.search(
+                query[None, :], pool, modalities=modalities, where=where, params=params
+            )[0]
+            names = modalities if modalities is not None else sorted(self._indexes)
+            return self._stored_candidates(hits, query, names, exhausted=len(hits) < pool)
 
-            ranked = rerank(fetch, check_values(row, self.bits), k, ranking, max_pool=max_pool)
-            found = ranked.candidates
-            out.append(
-                [
-                    Hit(int(found.ids[r]), int(found.distances[r]), found.modalities[r], score)
-                    for r, score in zip(ranked.rows, ranked.scores.tolist(), strict=True)
-                ]
-            )
-        return out
+        return search_by_values(
+            values,
+            codes,
+            self.bits,
+            k,
+            ranking,
+            hamming_search=lambda q: self.search(
+                q, k, modalities=modalities, where=where, params=params
+            ),
+            fetch=fetch,
+            max_pool=max_pool,
+        )
 
     def _nearest(
         self,

@@ -69,8 +69,9 @@ from index.errors import (
 )
 from index.filters import canonical_values, milvus_expression
 from index.ranking import top_k_by_sequence
-from index.rerank import MAX_POOL, Candidates, Ranking, check_values, rerank, value_queries
+from index.rerank import MAX_POOL, Candidates, Ranking
 from index.store import NewItem, StoredItem, encode_item
+from index.value_search import search_by_values
 
 log = logging.getLogger(__name__)
 
@@ -386,29 +387,26 @@ class MilvusCollection:
         (as ``Collection.search_values``): the Hamming search's nearest items, read back with
         their codes in the same view, re-ranked by the asymmetric score; equal scores fall by
         id, as equal distances do here."""
-        rows, queries = value_queries(values, codes, self._bits)
-        if ranking == "hamming":
-            return self.search(queries, k, modalities=modalities, where=where, params=params)
-        k = check_k(k)
-        out = []
+
+        def fetch(query: npt.NDArray[np.uint8], pool: int) -> Candidates:
+            (hits,) = self.search(
+                query[None, :], pool, modalities=modalities, where=where, params=params
+            )
+            return self._with_codes(hits, query, exhausted=len(hits) < pool)
+
         with self.reading():
-            for query, row in zip(queries, rows, strict=True):
-
-                def fetch(pool: int, query: npt.NDArray[np.uint8] = query) -> Candidates:
-                    (hits,) = self.search(
-                        query[None, :], pool, modalities=modalities, where=where, params=params
-                    )
-                    return self._with_codes(hits, query, exhausted=len(hits) < pool)
-
-                ranked = rerank(fetch, check_values(row, self._bits), k, ranking, max_pool=max_pool)
-                found = ranked.candidates
-                out.append(
-                    [
-                        Hit(int(found.ids[r]), int(found.distances[r]), found.modalities[r], score)
-                        for r, score in zip(ranked.rows, ranked.scores.tolist(), strict=True)
-                    ]
-                )
-        return out
+            return search_by_values(
+                values,
+                codes,
+                self._bits,
+                k,
+                ranking,
+                hamming_search=lambda q: self.search(
+                    q, k, modalities=modalities, where=where, params=params
+                ),
+                fetch=fetch,
+                max_pool=max_pool,
+            )
 
     def _with_codes(
         self, hits: Sequence[Hit], query: npt.NDArray[np.uint8], *, exhausted: bool

@@ -353,49 +353,39 @@ def _search(
 ) -> list[Found]:
     """The hits, and their stored items, read in one view of the backend."""
     with rt.collection.reading():
-        return _search_in_view(rt, query, k, modalities, where, nprobe, ranking)
-
-
-def _search_in_view(
-    rt: Runtime,
-    query: Encoded,
-    k: int,
-    modalities: Sequence[str] | None,
-    where: Mapping[str, Any] | None,
-    nprobe: int | None,
-    ranking: Rerank,
-) -> list[Found]:
-    codes = query.code[None, :]
-    params = SearchParams(nprobe=nprobe)
-    if ranking == "hamming" or query.values is None:
-        hits = rt.collection.search(codes, k, modalities=modalities, where=where, params=params)[0]
-    else:
-        hits = rt.collection.search_values(
-            query.values[None, :],
-            k,
-            RANKINGS[ranking],
-            modalities=modalities,
-            where=where,
-            params=params,
-            codes=codes,
-        )[0]
-    stored = rt.collection.get_many([h.id for h in hits])
-    # Writers run again between the search and this lookup: an item deleted, or replaced by
-    # one the search would not have found (another modality, code or metadata), is left out
-    # rather than answered with a distance or metadata that contradict the query.
-    pairs = [(h, stored[h.id]) for h in hits if h.id in stored]
-    if not pairs:
-        return []
-    width = len(pairs[0][1].code)
-    found = np.frombuffer(b"".join(item.code for _, item in pairs), np.uint8).reshape(-1, width)
-    distances = hamming(found, codes[0])
-    return [
-        Found(h.id, item.client_id, h.modality, h.distance, item.metadata, h.score)
-        for (h, item), distance in zip(pairs, distances.tolist(), strict=True)
-        if item.modality == h.modality
-        and distance == h.distance
-        and metadata_matches(item.metadata, where)
-    ]
+        codes = query.code[None, :]
+        params = SearchParams(nprobe=nprobe)
+        if ranking == "hamming" or query.values is None:
+            hits = rt.collection.search(
+                codes, k, modalities=modalities, where=where, params=params
+            )[0]
+        else:
+            hits = rt.collection.search_values(
+                query.values[None, :],
+                k,
+                RANKINGS[ranking],
+                modalities=modalities,
+                where=where,
+                params=params,
+                codes=codes,
+            )[0]
+        stored = rt.collection.get_many([h.id for h in hits])
+        # Writers run again between the search and this lookup: an item deleted, or replaced by
+        # one the search would not have found (another modality, code or metadata), is left out
+        # rather than answered with a distance or metadata that contradict the query.
+        pairs = [(h, stored[h.id]) for h in hits if h.id in stored]
+        if not pairs:
+            return []
+        width = len(pairs[0][1].code)
+        found = np.frombuffer(b"".join(item.code for _, item in pairs), np.uint8).reshape(-1, width)
+        distances = hamming(found, codes[0])
+        return [
+            Found(h.id, item.client_id, h.modality, h.distance, item.metadata, h.score)
+            for (h, item), distance in zip(pairs, distances.tolist(), strict=True)
+            if item.modality == h.modality
+            and distance == h.distance
+            and metadata_matches(item.metadata, where)
+        ]
 
 
 def _precheck(rt: Runtime, source: Source) -> str | ServiceError:
