@@ -50,6 +50,7 @@ from bench.common import (
     timed,
 )
 from bench.serving import make_bundle, post_images, texts
+from bundle.inputs import Pixels
 from model.data.synthetic import make_scene
 from service.encoders import Bundle, load_bundle
 from service.media import Upload, encoder_pixels, open_image
@@ -75,7 +76,9 @@ def photo(seed: int, wh: tuple[int, int]) -> bytes:
 
 def agreement(bundle: Bundle, files: list[bytes]) -> dict[str, Any]:
     """Bits that differ between reduced-decode and full-decode codes, and both decode times."""
-    size = bundle.inputs["image"].size
+    kind = bundle.inputs["image"]
+    assert isinstance(kind, Pixels)  # load_bundle gives images the pixels kind
+    size = kind.size
     encoder = bundle.encoders["image"]
     reduced_s, full_s, reduced, full = [], [], [], []
     for i, data in enumerate(files):
@@ -83,7 +86,7 @@ def agreement(bundle: Bundle, files: list[bytes]) -> dict[str, Any]:
         for out, times, reduce in ((reduced, reduced_s, True), (full, full_s, False)):
             t, image = timed(lambda u=upload, r=reduce: open_image(u, size, 10**9, reduce=r))
             times.append(t)
-            out.append(encoder_pixels(image, size))
+            out.append(encoder_pixels(image, kind))
     codes_r, codes_f = encoder.encode(np.stack(reduced)), encoder.encode(np.stack(full))
     differ = np.unpackbits(codes_r ^ codes_f, axis=1).sum(axis=1)
     return {

@@ -253,3 +253,20 @@ def test_milvus_vs_faiss_quick_compares_all_four_backends_in_process_and_over_ht
         )
     ]
     assert all(isinstance(r, float) and math.isfinite(r) and r > 0 for r in ratios), ratios
+
+
+def test_photos_quick_agreement_compares_reduced_and_full_decodes(tmp_path: Path) -> None:
+    out = tmp_path / "photos.json"
+    done = bench(
+        "bench.photos", "--quick", "--parts", "agreement", "--photos", "1", "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["command"].startswith("python -m bench.photos --quick")
+    assert set(result["agreement"]) == {"vga", "12mp"}
+    for size in result["agreement"].values():
+        assert size["photos"] == 1 and size["bits"] == 64
+        differ = size["bits_differing"]
+        assert 0 <= differ["mean"] <= differ["max"] <= 64
+        assert 0 <= differ["share_of_codes_identical"] <= 1
+        assert size["decode_ms_reduced"]["n"] == size["decode_ms_full"]["n"] == 1
