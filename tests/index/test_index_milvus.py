@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -150,3 +151,15 @@ def test_another_nlist_is_refused_too(milvus_server_uri: str, milvus_collection_
     finally:
         made.drop()
         made.close()
+
+
+def test_stats_finds_a_modality_only_another_replica_wrote(
+    server_collection: tuple[MilvusCollection, MilvusConfig],
+) -> None:
+    writer, config = server_collection
+    # This replica's bundle knows images only; another replica stored texts and clips too.
+    replica = MilvusCollection(writer.client, replace(config, modalities=("image",)), BITS, "")
+    writer.upsert(tied_items(2) + [NewItem("text", bytes(BITS // 8)), NewItem("video", bytes(4))])
+    stats = replica.stats()
+    assert stats["count"] == 4
+    assert stats["by_modality"] == {"image": 2, "text": 1, "video": 1}
