@@ -98,6 +98,17 @@ class Oracle:
         for item_id in ids:
             self.items.pop(item_id, None)
 
+    def live(
+        self, modalities: Sequence[str] | None, where: Mapping[str, Any] | None
+    ) -> dict[int, tuple[str, bytes, dict[str, Any], int]]:
+        """The items a search with these filters may return."""
+        return {
+            i: v
+            for i, v in self.items.items()
+            if (modalities is None or v[0] in modalities)
+            and (where is None or matches(v[2], where))
+        }
+
     def search(
         self,
         queries: np.ndarray,
@@ -105,12 +116,7 @@ class Oracle:
         modalities: Sequence[str] | None = None,
         where: Mapping[str, Any] | None = None,
     ) -> list[list[Hit]]:
-        live = {
-            i: v
-            for i, v in self.items.items()
-            if (modalities is None or v[0] in modalities)
-            and (where is None or matches(v[2], where))
-        }
+        live = self.live(modalities, where)
         if self.tie_order == "id":
             return _ranked(live, sorted(live), queries, k)
         names = (
@@ -141,12 +147,7 @@ class Oracle:
     ) -> list[list[tuple[int, int]]]:
         """(id, distance) of the top k by brute force under the ranking; equal scores fall
         as equal distances do in the tie order."""
-        live = {
-            i: v
-            for i, v in self.items.items()
-            if (modalities is None or v[0] in modalities)
-            and (where is None or matches(v[2], where))
-        }
+        live = self.live(modalities, where)
         names = (
             list(modalities) if modalities is not None else sorted({v[0] for v in live.values()})
         )
