@@ -10,11 +10,13 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+import model.train
 from bundle.inputs import TokenIds
 from bundle.text import Vocabulary
 from model.checkpoint import load_checkpoint, trained_method
@@ -24,7 +26,7 @@ from model.losses import structured_margin_loss
 from model.methods.dvsh import DVSH
 from model.prepare import prepare
 from model.streams import SentenceStream
-from model.train import TrainResult
+from model.train import TrainResult, train
 from tests.support.dvsh_run import dvsh_config
 
 
@@ -105,6 +107,47 @@ def test_training_lowers_every_term_and_stores_the_word_ids(dvsh_trained: TrainR
     method = trained_method(state, config_from_dict(state["config"]), dvsh_trained.run_dir)
     assert isinstance(method, DVSH) and isinstance(method.stream("text"), SentenceStream)
     assert any(name.startswith("fusion.") for name in method.state_dict())
+
+
+def test_resume_equals_an_uninterrupted_run(
+    dvsh_trained: TrainResult,
+    dvsh_scenes: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopped after epoch 4 of 8 and resumed: the same weights (fusion network included),
+    optimiser moments and history as the session's uninterrupted run."""
+    real_save = model.train.save_checkpoint
+
+    def save_then_interrupt(state: dict[str, Any], run_dir: Path) -> Path:
+        path = real_save(state, run_dir)
+        if state["epoch"] == 4:
+            raise KeyboardInterrupt
+        return path
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(model.train, "save_checkpoint", save_then_interrupt)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(dvsh_config(dvsh_scenes, tmp_path / "cache"), run)
+        assert load_checkpoint(run)["epoch"] == 4
+        monkeypatch.undo()
+        resumed = train(config_from_dict({}), run, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed.history == dvsh_trained.history
+    a, b = load_checkpoint(dvsh_trained.run_dir), load_checkpoint(run)
+    assert a["model"].keys() == b["model"].keys()
+    assert any(key.startswith("fusion.") for key in a["model"])
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for k, moments in a["optimizer"]["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(
+                torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][k][name])
+            )
 
 
 def test_training_rows_are_the_kinds_word_ids(dvsh_trained: TrainResult) -> None:
