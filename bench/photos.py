@@ -15,6 +15,8 @@ EfficientNet-Lite0 trunk at 128 px, untrained) unless ``--bundle`` names another
 * ``ingest``: a real server on loopback, batches of 16 photos posted to /v1/items by one
   client, images per second (decode, encode, thumbnail, store), at 4000x3000 and 640x480,
   with reduced decoding on and off in alternating batches of the same photos (two servers);
+  then, reduced decoding on, 1, 2 and 4 clients posting at once (``--clients``): one client
+  waits for each answer, so the server's stages overlap only across clients;
 * ``isolation``: a text search's latency, idle and while one /v1/encode of 40 copies of a
   single-colour 7000x7000 PNG runs (the PNG is small, its decode is not); with the default
   HASHBRIDGE_MAX_REQUEST_PIXELS (the encode is refused with 413) and with the bound raised
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +107,51 @@ def agreement(bundle: Bundle, files: list[bytes]) -> dict[str, Any]:
     }
 
 
+def concurrent_rate(url: str, batch: list[bytes], clients: int, batches_each: int) -> float:
+    """Images/s of `clients` clients posting `batches_each` batches each, all at once."""
+    start = threading.Barrier(clients + 1)
+
+    def work() -> None:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            start.wait()
+            for _ in range(batches_each):
+                post_images(client, batch)
+
+    with ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(work) for _ in range(clients)]
+        start.wait()
+        began = time.perf_counter()
+        for future in futures:
+            future.result()  # a failed post fails the bench
+        seconds = time.perf_counter() - began
+    return clients * batches_each * len(batch) / seconds
+
+
+def by_clients(url: str, batch: list[bytes], levels: list[int], rounds: int) -> dict[str, Any]:
+    """Images/s at each number of concurrent clients: `rounds` rounds, the levels' order
+    reversed every other round; the median round of each level."""
+    rates: dict[int, list[float]] = {n: [] for n in levels}
+    for r in range(rounds):
+        for n in levels if r % 2 == 0 else levels[::-1]:
+            rates[n].append(concurrent_rate(url, batch, n, max(1, 4 // n)))
+    medians = {n: statistics.median(v) for n, v in rates.items()}
+    return {
+        "images_per_s": {str(n): round(v, 1) for n, v in medians.items()},
+        "rounds": {str(n): [round(x, 1) for x in v] for n, v in rates.items()},
+        "vs_one_client": {str(n): ratio(v, medians[levels[0]]) for n, v in medians.items()},
+    }
+
+
 def ingest(
-    bundle_dir: Path, root: Path, files: list[bytes], batches: int, name: str
+    bundle_dir: Path,
+    root: Path,
+    files: list[bytes],
+    batches: int,
+    name: str,
+    client_counts: list[int],
 ) -> dict[str, Any]:
-    """Images/s over HTTP, reduced decoding on and off, in alternating batches (two servers)."""
+    """Images/s over HTTP, reduced decoding on and off, in alternating batches (two servers);
+    then the reduced-decode server's rate with several clients posting at once."""
     servers = {
         reduce: ServerProcess(
             bundle_dir,
@@ -135,6 +179,10 @@ def ingest(
                 codes[reduce] += [item["code"] for item in items]
         for client in clients.values():
             client.close()
+        servers[False].stop()  # its idle threads would only blur the next figures
+        concurrent = (
+            by_clients(servers[True].url, batch, client_counts, rounds=3) if client_counts else None
+        )
     finally:
         for server in servers.values():
             server.stop()
@@ -149,6 +197,7 @@ def ingest(
         "images_per_s_full_decode": round(rate[False], 1),
         "speedup": ratio(rate[True], rate[False]),
         "share_of_codes_identical_over_http": round(float(np.mean(same)), 3),
+        "reduced_decode_by_clients": concurrent,
     }
 
 
@@ -221,6 +270,13 @@ def main() -> int:
     parser.add_argument(
         "--parts", nargs="+", choices=("agreement", "ingest", "isolation"), default=None
     )
+    parser.add_argument(
+        "--clients",
+        type=positive_int,
+        nargs="*",
+        default=[1, 2, 4],
+        help="concurrent client counts for the ingest part's last figures (none: skip them)",
+    )
     args = parser.parse_args()
     set_threads(args.threads)
     parts = args.parts or ["agreement", "ingest", "isolation"]
@@ -240,14 +296,21 @@ def main() -> int:
             log(f"agreement: {result['agreement']}")
         if "ingest" in parts:
             result["ingest"] = {
-                s: ingest(bundle_dir, root, files[s], batches, s) for s in ("12mp", "vga")
+                s: ingest(bundle_dir, root, files[s], batches, s, args.clients)
+                for s in ("12mp", "vga")
             }
             log(f"ingest: {result['ingest']}")
         if "isolation" in parts:
             result["isolation"] = [isolation(bundle_dir, bundle, root, r) for r in (False, True)]
     result.update(
         environment=env,
-        settings={"photos_per_size": n_photos, "batches": batches, "batch": BATCH, "parts": parts},
+        settings={
+            "photos_per_size": n_photos,
+            "batches": batches,
+            "batch": BATCH,
+            "parts": parts,
+            "clients": args.clients,
+        },
         notes={"photos": __doc__.split("\n\n")[2], "decode_ms": "open_image alone, one thread"},
     )
     emit(result, args.out)

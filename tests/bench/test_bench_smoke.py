@@ -270,3 +270,20 @@ def test_photos_quick_agreement_compares_reduced_and_full_decodes(tmp_path: Path
         assert 0 <= differ["mean"] <= differ["max"] <= 64
         assert 0 <= differ["share_of_codes_identical"] <= 1
         assert size["decode_ms_reduced"]["n"] == size["decode_ms_full"]["n"] == 1
+
+
+def test_photos_quick_ingest_reports_each_client_count(tmp_path: Path) -> None:
+    out = tmp_path / "photos.json"
+    args = ["--quick", "--parts", "ingest", "--photos", "1", "--batches", "1"]
+    done = bench("bench.photos", *args, "--clients", "1", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert set(result["ingest"]) == {"12mp", "vga"}
+    for size in result["ingest"].values():
+        assert size["images_per_s_reduced_decode"] > 0 and size["images_per_s_full_decode"] > 0
+        # Both servers' codes are for the same photos: each was answered.
+        assert 0 <= size["share_of_codes_identical_over_http"] <= 1
+        concurrent = size["reduced_decode_by_clients"]
+        assert set(concurrent["images_per_s"]) == {"1", "2"}
+        assert all(len(r) == 3 and min(r) > 0 for r in concurrent["rounds"].values())
+        assert concurrent["vs_one_client"]["1"] == 1.0
