@@ -13,6 +13,8 @@ run is reused wherever one of the `--runs` folders holds it finished, and refuse
 in the first folder. Runs are named as `bench.accuracy` names them, `<config>-<bits>b-s<seed>`,
 so either script reuses the other's. Evaluations are written under the first folder, never
 into a reused run. `--quick` runs every method on a tiny generated dataset in seconds (CI).
+`--merge FILE...` trains nothing: it lays the results of earlier calls out on the full
+matrix, each cell naming the file and command it came from (bench/methods_merge.py).
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ CELLS: dict[tuple[str, str], Cell | str] = {
     ("ddcmh", "mirflickr25k"): Cell("configs/ddcmh-mirflickr25k.toml"),
     # DVSH reads a photo's tags in order as its sentence (configs/dvsh-mirflickr25k.toml).
     ("dvsh", "mirflickr25k"): Cell("configs/dvsh-mirflickr25k.toml"),
+    ("djsrh", "flickr8k"): Cell("configs/djsrh-flickr8k.toml"),
     ("dvsh", "flickr8k"): Cell("configs/dvsh-flickr8k.toml"),
     ("dvsh", "wikipedia"): _TOPICS,
     ("dvsh", "synthetic-video"): _CLIPS,
@@ -289,6 +292,42 @@ def _quick_dataset(folder: Path) -> Path:
     return config
 
 
+def _header(
+    datasets: dict[str, Dataset], argv: Sequence[str] | None, *, generated: bool = False
+) -> dict[str, Any]:
+    """What every results file starts with: the command, the methods, the datasets."""
+    from model.methods.registry import METHODS
+
+    return {
+        "benchmark": "methods",
+        "command": shlex.join(["python", "-m", "bench.methods", *(argv or sys.argv[1:])]),
+        "methods": list(METHODS),
+        "datasets": {
+            n: {
+                "config": "generated" if generated else s.config,
+                "bits": list(s.bits),
+                "inputs": s.inputs,
+                "chart_bits": s.chart_bits,
+                "by_group": s.by_group,
+            }
+            for n, s in datasets.items()
+        },
+        # Methods the cell table knows that are not registered in this checkout yet.
+        "not_registered": sorted({m for m, _ in CELLS} - set(METHODS)),
+    }
+
+
+def merged(paths: Sequence[Path], argv: Sequence[str] | None) -> dict[str, Any]:
+    """The full matrix from the results of several calls (bench/methods_merge.py)."""
+    from bench.methods_merge import merge
+    from model.methods.registry import METHODS
+
+    matrix = [(m, d, b) for d, spec in DATASETS.items() for m in METHODS for b in spec.bits]
+    reasons = {k: r for k in matrix if isinstance(r := cell_settings(k[0], k[1]), str)}
+    sources, cells, seed = merge(paths, matrix, reasons)
+    return {**_header(DATASETS, argv), "merged_from": sources, "split_seed": seed, "cells": cells}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the matrix (or the cells picked) and write one JSON of every cell."""
     from model.methods.registry import METHODS
@@ -318,7 +357,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--charts", type=Path, metavar="DIR", help="write pr-DATASET.svg here")
     parser.add_argument("--quick", action="store_true", help="every method on tiny data, < 1 min")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="train nothing: lay the results of these files out on the full matrix",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        picked = [f"--{k}" for k in ("methods", "datasets", "bits") if getattr(args, k)]
+        picked += [f"--{k}" for k in ("quick", "retrain") if getattr(args, k)]
+        if picked:
+            parser.error(f"--merge trains nothing: leave out {', '.join(picked)}")
+        result = merged(args.merge, argv)
+        if args.charts:
+            result["charts"] = write_charts(result, args.charts)
+        emit(result, args.out)
+        return 0
     env = environment(threads=0)
     with tempfile.TemporaryDirectory() as tmp:
         datasets = DATASETS
@@ -337,22 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if cells[-1]["status"] == "result":
                         log(f"{method} {name} {bits} bits: mAP {cells[-1]['map']}")
         result = {
-            "benchmark": "methods",
-            "command": shlex.join(["python", "-m", "bench.methods", *(argv or sys.argv[1:])]),
-            "methods": list(METHODS),
-            "datasets": {
-                n: {
-                    "config": "generated" if args.quick else s.config,
-                    "bits": list(s.bits),
-                    "inputs": s.inputs,
-                    "chart_bits": s.chart_bits,
-                    "by_group": s.by_group,
-                }
-                for n, s in datasets.items()
-            },
+            **_header(datasets, argv, generated=args.quick),
             "split_seed": args.split_seed,
-            # Methods the cell table knows that are not registered in this checkout yet.
-            "not_registered": sorted({m for m, _ in CELLS} - set(METHODS)),
             "cells": cells,
             "environment": env,
         }

@@ -188,40 +188,98 @@ def _direction(d: str) -> str:
     return f"{q}→{db}"
 
 
+#: A cell's four directions as (query, database): media is the photo, or the clip.
+_MEDIA_DIRECTIONS = (("media", "text"), ("text", "media"), ("media", "media"), ("text", "text"))
+
+
+def _media_of(cell: dict[str, Any]) -> str:
+    return "video" if any(d.startswith("video") for d in cell["map"]) else "image"
+
+
+def _pair(values: dict[str, float], media: str, fmt: str = "{:.3f}") -> str:
+    """`media→text / text→media` of a by-direction mapping."""
+    m2t, t2m = values.get(f"{media}->text"), values.get(f"text->{media}")
+    if m2t is None or t2m is None:
+        return ""
+    return f"{fmt.format(m2t)} / {fmt.format(t2m)}"
+
+
 def _methods(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:
-    """bench.methods: method x dataset x bits x direction; why a cell is empty where it is."""
+    """bench.methods: a row per method x dataset x bits, a column per direction; why a cell
+    is empty where it is; for a merge, the file (and so the command) behind every row."""
+    merged = data.get("merged_from")
+    files = {s["file"]: i for i, s in enumerate(merged or [], start=1)}
     lines = [
-        "| dataset | bits | method | direction | mAP@all | mAP by group | R@10 by group "
-        "| train s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| dataset | bits | method | "
+        + " | ".join(f"{q}→{db}" for q, db in _MEDIA_DIRECTIONS)
+        + " | by group: mAP m→t / t→m | R@10 m→t / t→m | train s |"
+        + (" from |" if merged else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        + (" --- |" if merged else ""),
     ]
     not_run = 0
     for dataset, spec in data["datasets"].items():
         cells = [c for c in data["cells"] if c["dataset"] == dataset]
+        # One call's file shows what it ran (its other cells are counted below); a merge
+        # shows the whole matrix, gaps included.
+        shown = merged or any(c["status"] == "result" for c in cells)
         for c in sorted(cells, key=lambda c: c["bits"]):  # stable: methods in registry order
             head = f"| {dataset} | {c['bits']} | {c['method']} "
-            if c["status"] == "not_applicable":
-                lines.append(head + f"| – | not applicable: {c['reason']} | | | |")
-                continue
+            tail = " |" if merged else ""
             if c["status"] == "not_run":
                 not_run += 1
-                lines.append(head + "| – | not run | | | |")
+                if merged:
+                    lines.append(head + "| not run |" + " |" * 6 + tail)
                 continue
-            for d in (d for d in CROSS_ALL if d in c["map"]):
-                g = c["by_group"][d]
+            if not shown:
+                continue
+            if c["status"] == "not_applicable":
+                lines.append(head + f"| not applicable: {c['reason']} |" + " |" * 6 + tail)
+                continue
+            media = _media_of(c)
+            maps = [
+                f"{c['map'][d]:.3f}"
+                if (d := f"{q}->{db}".replace("media", media)) in c["map"]
+                else "–"
+                for q, db in _MEDIA_DIRECTIONS
+            ]
+            group = ("", "")
+            if spec.get("by_group"):
+                g = c["by_group"]
                 group = (
-                    (f"{g['map']:.3f}", f"{g['recall_at_k'].get('10', float('nan')):.3f}")
-                    if spec.get("by_group")
-                    else ("", "")
+                    _pair({d: r["map"] for d, r in g.items()}, media),
+                    _pair(
+                        {d: r["recall_at_k"].get("10", float("nan")) for d, r in g.items()}, media
+                    ),
                 )
-                lines.append(
-                    head + f"| {_direction(d)} | {c['map'][d]:.3f} | {group[0]} | {group[1]} "
-                    f"| {c['train_seconds_recorded']:.0f} |"
-                )
+            source = f" {files[c['source']]} |" if merged else ""
+            lines.append(
+                head + "| " + " | ".join(maps) + f" | {group[0]} | {group[1]} "
+                f"| {c['train_seconds_recorded']:.0f} |" + source
+            )
+    lines += [
+        "",
+        "Binary codes, mAP@all with Hamming ranking; media is the photo, or the clip on "
+        "synthetic-video. By group: a photo's own captions are its relevant items (and it "
+        "theirs).",
+    ]
+    if merged:
+        lines += ["", "From (each file's command reproduces its rows):", ""]
+        lines += [f"{i}. `{s['file']}`: `{s['command']}`" for i, s in enumerate(merged, 1)]
+        replaced = [c for c in data["cells"] if c.get("replaces")]
+        if replaced:
+            lines.append("")
+        for c in replaced:
+            older = ", ".join(str(files[f]) for f in c["replaces"])
+            lines.append(
+                f"- {c['method']}, {c['dataset']}, {c['bits']} bits: from {files[c['source']]}, "
+                f"a later run; it replaces the result in {older}."
+            )
     if not_run:
         lines += [
             "",
-            f"{not_run} cells not run: each cell of the JSON names the command that fills it "
+            f"{not_run} cells not run{'' if merged else ' (not shown)'}: each cell of the JSON "
+            "names the command that fills it "
             "(`python -m bench.methods --methods M --datasets D --bits B` with the flags above).",
         ]
     if data.get("not_registered"):
@@ -422,7 +480,10 @@ RENDERERS = {
 def render(source: str | Path) -> str:
     """The Markdown table of one results file (PATH, or PATH#NxBITS for one size of a search)."""
     path, _, pick = str(source).partition("#")
-    data = json.loads((ROOT / path).read_text())
+    try:
+        data = json.loads((ROOT / path).read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"tables: {path} does not exist (a table block names it)") from None
     lines = [f"`{path}`", ""]
     if data.get("command"):
         lines += [f"`{data['command']}`", ""]

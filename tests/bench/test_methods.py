@@ -91,3 +91,121 @@ def test_runs_are_named_as_bench_accuracy_names_them() -> None:
     config = Path("configs/mirflickr25k.toml")
     assert methods.run_name(config, "dsmhn", True, 32, 0) == "mirflickr25k-32b-s0"
     assert methods.run_name(config, "djsrh", False, 16, 7) == "djsrh-mirflickr25k-16b-s7"
+
+
+def _results_file(path: Path, cells: list[dict], command: str, split_seed: int = 0) -> Path:
+    """A bench.methods results file holding `cells` (copies of committed result cells)."""
+    path.write_text(
+        json.dumps(
+            {
+                "benchmark": "methods",
+                "command": command,
+                "split_seed": split_seed,
+                "cells": cells,
+                "environment": {"cpu_count": 2},
+            }
+        )
+    )
+    return path
+
+
+def _committed_cell(method: str) -> dict:
+    data = json.loads((REPO / "bench" / "results" / "methods-wikipedia.json").read_text())
+    return next(c for c in data["cells"] if c["method"] == method and c["status"] == "result")
+
+
+def _merge(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.methods", "--merge", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_merge_lays_every_file_result_on_the_full_matrix(tmp_path: Path) -> None:
+    dsmhn, ddcmh = _committed_cell("dsmhn"), _committed_cell("ddcmh")
+    moved = {**ddcmh, "dataset": "mirflickr25k", "bits": 16}  # another cell of the matrix
+    a = _results_file(tmp_path / "a.json", [dsmhn], "python -m bench.methods --datasets wikipedia")
+    b = _results_file(tmp_path / "b.json", [moved], "python -m bench.methods --bits 16")
+    out = tmp_path / "methods.json"
+    done = _merge(a, b, "--out", out, "--charts", tmp_path / "charts")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [s["file"] for s in result["merged_from"]] == [str(a), str(b)]
+    cells = {(c["method"], c["dataset"], c["bits"]): c for c in result["cells"]}
+    expected = {(m, d, b) for d, s in methods.DATASETS.items() for m in METHODS for b in s.bits}
+    assert set(cells) == expected and len(result["cells"]) == len(expected)
+    got = cells[("dsmhn", "wikipedia", 32)]
+    assert got["map"] == dsmhn["map"] and got["source"] == str(a)
+    assert got["command"] == "python -m bench.methods --datasets wikipedia"
+    assert cells[("ddcmh", "mirflickr25k", 16)]["source"] == str(b)
+    assert cells[("dvsh", "wikipedia", 32)]["status"] == "not_applicable"
+    empty = cells[("djsrh", "flickr8k", 64)]
+    assert empty["status"] == "not_run"
+    assert empty["command"] == (
+        "python -m bench.methods --methods djsrh --datasets flickr8k --bits 64 --split-seed 0"
+    )
+    assert [Path(p).name for p in result["charts"]] == ["pr-wikipedia.svg"]
+    # The table names the file behind each row, and that file's command.
+    table = subprocess.run(
+        [sys.executable, "bench/tables.py", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    row = next(line for line in table.splitlines() if "| wikipedia | 32 | dsmhn |" in line)
+    assert row.rstrip().endswith("| 1 |") and f"{dsmhn['map']['image->text']:.3f}" in row
+    assert f"2. `{b}`: `python -m bench.methods --bits 16`" in table
+    assert "is itself a merge" in _merge(out).stderr
+
+
+def test_a_cell_trained_again_replaces_the_earlier_file_result(tmp_path: Path) -> None:
+    first = _committed_cell("dsmhn")
+    again = {**first, "map": {**first["map"], "image->text": 0.5}}
+    a = _results_file(tmp_path / "a.json", [first], "old config")
+    b = _results_file(tmp_path / "b.json", [again], "new config")
+    out = tmp_path / "methods.json"
+    assert _merge(a, b, "--out", out).returncode == 0
+    cell = next(c for c in json.loads(out.read_text())["cells"] if c.get("source"))
+    assert cell["map"]["image->text"] == 0.5 and cell["command"] == "new config"
+    assert cell["replaces"] == [str(a)]
+    table = subprocess.run(
+        [sys.executable, "bench/tables.py", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert (
+        "- dsmhn, wikipedia, 32 bits: from 2, a later run; it replaces the result in 1." in table
+    )
+
+
+def test_merge_refuses_what_it_cannot_merge(tmp_path: Path) -> None:
+    cell = _committed_cell("dsmhn")
+    a = _results_file(tmp_path / "a.json", [cell], "first")
+    seeds = _merge(a, _results_file(tmp_path / "c.json", [], "other", split_seed=1))
+    assert seeds.returncode != 0 and "different split seeds [0, 1]" in seeds.stderr
+    outside = _results_file(tmp_path / "d.json", [{**cell, "dataset": "shapes"}], "quick")
+    assert "not in this checkout's matrix" in _merge(outside).stderr
+    (tmp_path / "e.json").write_text(json.dumps({"benchmark": "search"}))
+    assert "is not a bench.methods results file" in _merge(tmp_path / "e.json").stderr
+    assert "cannot read" in _merge(tmp_path / "missing.json").stderr
+    picked = _merge(a, "--methods", "dsmhn")
+    assert picked.returncode == 2 and "--merge trains nothing: leave out --methods" in picked.stderr
+    assert "Traceback" not in seeds.stderr + picked.stderr
+
+
+def test_a_method_with_its_own_config_for_a_dataset_runs_from_it() -> None:
+    """configs/<method>-<dataset>.toml is that method's tuned setting there: the cell uses it
+    (DJSRH on Flickr8k once ran on DSMHN's config with DJSRH's defaults, at a third of its
+    own config's mAP)."""
+    for method in METHODS:
+        for dataset, spec in methods.DATASETS.items():
+            own = Path("configs") / f"{method}-{Path(spec.config).stem}.toml"
+            if (REPO / own).exists():
+                cell = methods.cell_settings(method, dataset)
+                assert not isinstance(cell, str) and cell.config == str(own), (method, dataset)
