@@ -100,6 +100,7 @@ CELLS: dict[tuple[str, str], Cell | str] = {
     # DVSH reads a photo's tags in order as its sentence (configs/dvsh-mirflickr25k.toml).
     ("dvsh", "mirflickr25k"): Cell("configs/dvsh-mirflickr25k.toml"),
     ("djsrh", "flickr8k"): Cell("configs/djsrh-flickr8k.toml"),
+    ("djsrh", "synthetic-video"): Cell("configs/djsrh-synthetic-video.toml"),
     ("dvsh", "flickr8k"): Cell("configs/dvsh-flickr8k.toml"),
     ("dvsh", "wikipedia"): _TOPICS,
     ("dvsh", "synthetic-video"): _CLIPS,
