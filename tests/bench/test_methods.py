@@ -124,6 +124,17 @@ def _merge(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _table(results: Path) -> str:
+    """bench/tables.py's Markdown of a results file, as `--write` puts it in the docs."""
+    return subprocess.run(
+        [sys.executable, "bench/tables.py", str(results)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def test_merge_lays_every_file_result_on_the_full_matrix(tmp_path: Path) -> None:
     dsmhn, ddcmh = _committed_cell("dsmhn"), _committed_cell("ddcmh")
     moved = {**ddcmh, "dataset": "mirflickr25k", "bits": 16}  # another cell of the matrix
@@ -149,13 +160,7 @@ def test_merge_lays_every_file_result_on_the_full_matrix(tmp_path: Path) -> None
     )
     assert [Path(p).name for p in result["charts"]] == ["pr-wikipedia.svg"]
     # The table names the file behind each row, and that file's command.
-    table = subprocess.run(
-        [sys.executable, "bench/tables.py", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    table = _table(out)
     row = next(line for line in table.splitlines() if "| wikipedia | 32 | dsmhn |" in line)
     assert row.rstrip().endswith("| 1 |") and f"{dsmhn['map']['image->text']:.3f}" in row
     assert f"2. `{b}`: `python -m bench.methods --bits 16`" in table
@@ -172,16 +177,8 @@ def test_a_cell_trained_again_replaces_the_earlier_file_result(tmp_path: Path) -
     cell = next(c for c in json.loads(out.read_text())["cells"] if c.get("source"))
     assert cell["map"]["image->text"] == 0.5 and cell["command"] == "new config"
     assert cell["replaces"] == [str(a)]
-    table = subprocess.run(
-        [sys.executable, "bench/tables.py", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert (
-        "- dsmhn, wikipedia, 32 bits: from 2, a later run; it replaces the result in 1." in table
-    )
+    table = _table(out)
+    assert "- dsmhn, wikipedia, 32 bits: from 2, a later run; it replaces the result in 1." in table
 
 
 def test_merge_refuses_what_it_cannot_merge(tmp_path: Path) -> None:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-import model.train
 from bundle.inputs import TokenIds
 from bundle.text import Vocabulary
 from model.checkpoint import load_checkpoint, trained_method
@@ -28,6 +26,7 @@ from model.prepare import prepare
 from model.streams import SentenceStream
 from model.train import TrainResult, train
 from tests.support.dvsh_run import dvsh_config
+from tests.support.interrupted import train_until
 
 
 def test_structured_margin_loss_by_hand() -> None:
@@ -117,22 +116,11 @@ def test_resume_equals_an_uninterrupted_run(
 ) -> None:
     """Stopped after epoch 4 of 8 and resumed: the same weights (fusion network included),
     optimiser moments and history as the session's uninterrupted run."""
-    real_save = model.train.save_checkpoint
-
-    def save_then_interrupt(state: dict[str, Any], run_dir: Path) -> Path:
-        path = real_save(state, run_dir)
-        if state["epoch"] == 4:
-            raise KeyboardInterrupt
-        return path
-
     run = tmp_path / "run"
-    monkeypatch.setattr(model.train, "save_checkpoint", save_then_interrupt)
     threads = torch.get_num_threads()
     try:
-        with pytest.raises(KeyboardInterrupt):
-            train(dvsh_config(dvsh_scenes, tmp_path / "cache"), run)
+        train_until(dvsh_config(dvsh_scenes, tmp_path / "cache"), run, 4, monkeypatch)
         assert load_checkpoint(run)["epoch"] == 4
-        monkeypatch.undo()
         resumed = train(config_from_dict({}), run, resume=True)
     finally:
         torch.set_num_threads(threads)
