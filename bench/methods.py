@@ -325,7 +325,14 @@ def merged(paths: Sequence[Path], argv: Sequence[str] | None) -> dict[str, Any]:
 
     matrix = [(m, d, b) for d, spec in DATASETS.items() for m in METHODS for b in spec.bits]
     reasons = {k: r for k in matrix if isinstance(r := cell_settings(k[0], k[1]), str)}
-    sources, cells, seed = merge(paths, matrix, reasons)
+
+    def fill(method: str, dataset: str, bits: int, split_seed: int) -> str:
+        plain = argparse.Namespace(
+            split_seed=split_seed, data_root=None, set=[], method_set=[], runs=[]
+        )
+        return _fill_command(method, dataset, bits, plain)
+
+    sources, cells, seed = merge(paths, matrix, reasons, fill)
     return {**_header(DATASETS, argv), "merged_from": sources, "split_seed": seed, "cells": cells}
 
 

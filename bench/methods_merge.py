@@ -15,8 +15,7 @@ or evaluated here.
 from __future__ import annotations
 
 import json
-import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +52,9 @@ def collect(
     for path in paths:
         data = _load(path)
         seeds.add(data["split_seed"])
-        source = {
-            "file": str(path),
-            "command": data["command"],
-            "environment": data.get("environment"),
-        }
-        sources.append(source)
+        sources.append(
+            {"file": str(path), "command": data["command"], "environment": data.get("environment")}
+        )
         for cell in data["cells"]:
             if cell["status"] != "result":
                 continue
@@ -66,26 +62,25 @@ def collect(
             # A later file's result replaces an earlier one's (a cell trained again after a
             # config changed), and the cell says which files it replaced.
             earlier = cells.get(key)
-            replaced = [*earlier["replaces"], earlier["source"]] if earlier else []
-            cells[key] = {**cell, "source": str(path), "command": data["command"]}
-            cells[key]["replaces"] = replaced
+            cells[key] = {
+                **cell,
+                "source": str(path),
+                "command": data["command"],
+                "replaces": [*earlier["replaces"], earlier["source"]] if earlier else [],
+            }
     if len(seeds) > 1:
         raise MergeError(f"--merge: the files were run on different split seeds {sorted(seeds)}")
     return sources, cells, seeds.pop()
-
-
-def fill_command(method: str, dataset: str, bits: int, split_seed: int) -> str:
-    """The bench.methods call that trains and scores one cell."""
-    words = ["python", "-m", "bench.methods", "--methods", method, "--datasets", dataset]
-    return shlex.join([*words, "--bits", str(bits), "--split-seed", str(split_seed)])
 
 
 def merge(
     paths: Sequence[Path],
     matrix: Sequence[tuple[str, str, int]],
     not_applicable: dict[Key, str],
+    fill_command: Callable[[str, str, int, int], str],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """Every cell of `matrix` (method, dataset, bits), from the files where they have one.
+    """Every cell of `matrix` (method, dataset, bits), from the files where they have one;
+    a cell none has gets `fill_command(method, dataset, bits, split_seed)`.
 
     Returns the sources, the cells in matrix order, and the split seed. A result for a cell
     outside the matrix (a dataset or method this checkout does not have) is refused."""

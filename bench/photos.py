@@ -110,10 +110,12 @@ def agreement(bundle: Bundle, files: list[bytes]) -> dict[str, Any]:
 
 def concurrent_rate(url: str, batch: list[bytes], clients: int, batches_each: int) -> float:
     """Images/s of `clients` clients posting `batches_each` batches each, all at once."""
-    start = threading.Barrier(clients + 1)
+    # A client that fails before the start breaks the barrier (timeout) instead of hanging it.
+    start = threading.Barrier(clients + 1, timeout=120)
 
     def work() -> None:
         with httpx.Client(base_url=url, timeout=600) as client:
+            client.get("/healthz").raise_for_status()  # connect before the clock starts
             start.wait()
             for _ in range(batches_each):
                 post_images(client, batch)

@@ -196,12 +196,12 @@ def _media_of(cell: dict[str, Any]) -> str:
     return "video" if any(d.startswith("video") for d in cell["map"]) else "image"
 
 
-def _pair(values: dict[str, float], media: str, fmt: str = "{:.3f}") -> str:
+def _pair(values: dict[str, float], media: str) -> str:
     """`media→text / text→media` of a by-direction mapping."""
     m2t, t2m = values.get(f"{media}->text"), values.get(f"text->{media}")
     if m2t is None or t2m is None:
         return ""
-    return f"{fmt.format(m2t)} / {fmt.format(t2m)}"
+    return f"{m2t:.3f} / {t2m:.3f}"
 
 
 def _methods(path: Path, data: dict[str, Any], pick: str | None) -> list[str]:

@@ -281,8 +281,6 @@ def test_photos_quick_ingest_reports_each_client_count(tmp_path: Path) -> None:
     assert set(result["ingest"]) == {"12mp", "vga"}
     for size in result["ingest"].values():
         assert size["images_per_s_reduced_decode"] > 0 and size["images_per_s_full_decode"] > 0
-        # Both servers' codes are for the same photos: each was answered.
-        assert 0 <= size["share_of_codes_identical_over_http"] <= 1
         concurrent = size["reduced_decode_by_clients"]
         assert set(concurrent["images_per_s"]) == {"1", "2"}
         assert all(len(r) == 3 and min(r) > 0 for r in concurrent["rounds"].values())
